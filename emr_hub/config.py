@@ -1,0 +1,64 @@
+"""Settings, read from the environment with the prefix ``EMR_HUB_``.
+
+The embedded default needs none of them: a SQLite file and an object folder under
+``DATA_DIR``, Celery tasks run in process after commit, signing keys made on first start.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMR_HUB_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./data"), description="Root of the embedded state.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite file under DATA_DIR."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (redis:// or amqp://); unset = run in process."
+    )
+    object_store: str | None = Field(
+        default=None, description="file://PATH or s3://bucket; default DATA_DIR/objects."
+    )
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    wallet_url: str | None = None
+    base_url: str = Field(default="http://127.0.0.1:8000", description="Public base URL.")
+    require_services: bool = False
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'emr_hub.db').resolve()}"
+
+    @property
+    def effective_object_store(self) -> str:
+        return self.object_store or f"file://{(self.data_dir / 'objects').resolve()}"
+
+    @property
+    def fhir_base_url(self) -> str:
+        return self.base_url.rstrip("/") + "/fhir"
+
+
+def normalise_database_url(url: str) -> str:
+    """Let operators write ``postgresql://`` and still get the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,392 @@
+"""The FHIR repository: versioned resources, their history and index rows, in one session.
+
+Every method works inside the caller's transaction; nothing here commits. Creates are
+buffered and written with one multi-row INSERT per table at :meth:`FhirStore.flush` (called
+before any read), which is what keeps bulk ingest fast.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from emr_hub.errors import conflict, gone, not_found, precondition_failed
+from emr_hub.fhir.criteria import Criterion
+from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
+
+RESOURCE = ResourceRow.__table__
+HISTORY = ResourceHistoryRow.__table__
+TOKEN = SearchTokenRow.__table__
+
+
+def now_instant() -> datetime:
+    """Current time truncated to milliseconds, the precision we publish in meta.lastUpdated."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def format_instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One version of a resource as stored."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: dict[str, Any] | None
+    method: str = "PUT"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    stored: Stored
+    created: bool
+    changed: bool = True
+
+
+def identifier_tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str | None, str]]:
+    """Index rows (param, system, code) for the resource's top-level identifiers."""
+    identifiers = resource.get("identifier")
+    if isinstance(identifiers, dict):
+        identifiers = [identifiers]
+    for identifier in identifiers or ():
+        value = identifier.get("value")
+        if isinstance(value, str):
+            yield "identifier", identifier.get("system"), value
+
+
+def _strip_volatile_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        return resource
+    rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+    copy = {k: v for k, v in resource.items() if k != "meta"}
+    if rest:
+        copy["meta"] = rest
+    return copy
+
+
+class FhirStore:
+    """Versioned reads and writes of FHIR resources inside one database session."""
+
+    def __init__(self, session: Session, *, moment: datetime | None = None) -> None:
+        self.session = session
+        self.moment = moment or now_instant()
+        self._pending_resources: list[dict[str, Any]] = []
+        self._pending_history: list[dict[str, Any]] = []
+        self._pending_tokens: list[dict[str, Any]] = []
+        self._pending_keys: set[tuple[str, str]] = set()
+        self.is_postgres = session.get_bind().dialect.name == "postgresql"
+
+    # ---------------------------------------------------------------- reads
+    def current(
+        self, resource_type: str, resource_id: str, *, for_update: bool = False
+    ) -> Stored | None:
+        """The newest version, tombstones included; None when the id was never used."""
+        self.flush()
+        query = select(
+            RESOURCE.c.version_id, RESOURCE.c.last_updated, RESOURCE.c.deleted, RESOURCE.c.content
+        ).where(RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id)
+        if for_update and self.is_postgres:
+            query = query.with_for_update()
+        row = self.session.execute(query).first()
+        if row is None:
+            return None
+        return Stored(resource_type, resource_id, row[0], _aware(row[1]), row[2], row[3])
+
+    def read(self, resource_type: str, resource_id: str) -> Stored:
+        stored = self.current(resource_type, resource_id)
+        if stored is None:
+            raise not_found(f"{resource_type}/{resource_id} is not known")
+        if stored.deleted:
+            error = gone(f"{resource_type}/{resource_id} was deleted")
+            error.headers["ETag"] = stored.etag
+            raise error
+        return stored
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored:
+        self.flush()
+        row = self.session.execute(
+            select(
+                HISTORY.c.last_updated, HISTORY.c.deleted, HISTORY.c.content, HISTORY.c.method
+            ).where(
+                HISTORY.c.resource_type == resource_type,
+                HISTORY.c.id == resource_id,
+                HISTORY.c.version_id == version_id,
+            )
+        ).first()
+        if row is None:
+            raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
+        stored = Stored(
+            resource_type, resource_id, version_id, _aware(row[0]), row[1], row[2], row[3]
+        )
+        if stored.deleted:
+            raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return stored
+
+    def exists(self, references: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of the (type, id) pairs name a live resource."""
+        wanted = set(references)
+        if not wanted:
+            return set()
+        self.flush()
+        found: set[tuple[str, str]] = set()
+        items = list(wanted)
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            condition = or_(
+                *(and_(RESOURCE.c.resource_type == t, RESOURCE.c.id == i) for t, i in chunk)
+            )
+            rows = self.session.execute(
+                select(RESOURCE.c.resource_type, RESOURCE.c.id).where(
+                    condition, RESOURCE.c.deleted.is_(False)
+                )
+            )
+            found.update((t, i) for t, i in rows)
+        return found
+
+    def find(self, resource_type: str, criteria: list[Criterion], *, limit: int = 2) -> list[str]:
+        """Ids of live resources of ``resource_type`` matching all criteria (at most ``limit``)."""
+        self.flush()
+        query = select(RESOURCE.c.id).where(
+            RESOURCE.c.resource_type == resource_type, RESOURCE.c.deleted.is_(False)
+        )
+        for criterion in criteria:
+            if criterion.param == "_id":
+                query = query.where(RESOURCE.c.id.in_([v.code for v in criterion.values if v.code]))
+                continue
+            alternatives = []
+            for value in criterion.values:
+                parts = [TOKEN.c.param == criterion.param, TOKEN.c.resource_type == resource_type]
+                if value.code is not None:
+                    parts.append(TOKEN.c.code == value.code)
+                if value.system == "":
+                    parts.append(TOKEN.c.system.is_(None))
+                elif value.system is not None:
+                    parts.append(TOKEN.c.system == value.system)
+                alternatives.append(and_(*parts))
+            matching = select(TOKEN.c.resource_id).where(or_(*alternatives))
+            query = query.where(RESOURCE.c.id.in_(matching))
+        return list(self.session.scalars(query.limit(limit)))
+
+    def history(
+        self,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        before_seq: int | None = None,
+        count: int = 50,
+    ) -> tuple[list[Stored], int | None]:
+        """Versions newest first; returns the page and the cursor for the next page (or None)."""
+        self.flush()
+        query = select(
+            HISTORY.c.seq,
+            HISTORY.c.resource_type,
+            HISTORY.c.id,
+            HISTORY.c.version_id,
+            HISTORY.c.last_updated,
+            HISTORY.c.deleted,
+            HISTORY.c.content,
+            HISTORY.c.method,
+        )
+        if resource_type:
+            query = query.where(HISTORY.c.resource_type == resource_type)
+        if resource_id:
+            query = query.where(HISTORY.c.id == resource_id)
+        if since is not None:
+            query = query.where(HISTORY.c.last_updated >= since)
+        if before_seq is not None:
+            query = query.where(HISTORY.c.seq < before_seq)
+        rows = self.session.execute(query.order_by(HISTORY.c.seq.desc()).limit(count + 1)).all()
+        page = [Stored(r[1], r[2], r[3], _aware(r[4]), r[5], r[6], r[7]) for r in rows[:count]]
+        cursor = rows[count - 1][0] if len(rows) > count else None
+        return page, cursor
+
+    # --------------------------------------------------------------- writes
+    def create(self, resource: dict[str, Any], *, resource_id: str | None = None) -> Stored:
+        """A new resource under a server id (``resource_id`` only for create-on-update)."""
+        resource_type = resource["resourceType"]
+        new_id = resource_id or str(uuid.uuid4())
+        key = (resource_type, new_id)
+        if key in self._pending_keys:
+            raise conflict(f"{resource_type}/{new_id} is written twice in one request")
+        content = self._stamp(resource, new_id, 1)
+        self._pending_keys.add(key)
+        self._pending_resources.append(
+            self._resource_values(resource_type, new_id, 1, False, content)
+        )
+        self._queue_history(
+            resource_type, new_id, 1, False, content, "POST" if resource_id is None else "PUT"
+        )
+        self._queue_tokens(resource_type, new_id, content)
+        return Stored(resource_type, new_id, 1, self.moment, False, content, "POST")
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+    ) -> WriteResult:
+        """Update in place, or create with the client's id when the id is unused."""
+        current = self.current(resource_type, resource_id, for_update=True)
+        _check_if_match(current, if_match, f"{resource_type}/{resource_id}")
+        if current is None:
+            return WriteResult(self.create(resource, resource_id=resource_id), created=True)
+        if not current.deleted and current.content is not None:
+            if _strip_volatile_meta(current.content) == _strip_volatile_meta(
+                {**resource, "id": resource_id}
+            ):
+                return WriteResult(current, created=False, changed=False)
+        version = current.version_id + 1
+        content = self._stamp(resource, resource_id, version)
+        self._write_version(resource_type, resource_id, version, False, content, "PUT")
+        return WriteResult(
+            Stored(resource_type, resource_id, version, self.moment, False, content, "PUT"),
+            created=current.deleted,
+        )
+
+    def delete(
+        self, resource_type: str, resource_id: str, *, if_match: int | None = None
+    ) -> Stored | None:
+        """Mark deleted (a new version); None when there was nothing live to delete."""
+        current = self.current(resource_type, resource_id, for_update=True)
+        _check_if_match(current, if_match, f"{resource_type}/{resource_id}")
+        if current is None or current.deleted:
+            return None
+        version = current.version_id + 1
+        self._write_version(resource_type, resource_id, version, True, None, "DELETE")
+        return Stored(resource_type, resource_id, version, self.moment, True, None, "DELETE")
+
+    def flush(self) -> None:
+        """Write buffered creates with one multi-row INSERT per table."""
+        if self._pending_resources:
+            self.session.execute(insert(RESOURCE), self._pending_resources)
+            self._pending_resources = []
+        if self._pending_history:
+            self.session.execute(insert(HISTORY), self._pending_history)
+            self._pending_history = []
+        if self._pending_tokens:
+            self.session.execute(insert(TOKEN), self._pending_tokens)
+            self._pending_tokens = []
+        self._pending_keys.clear()
+
+    # -------------------------------------------------------------- helpers
+    def _stamp(self, resource: dict[str, Any], resource_id: str, version: int) -> dict[str, Any]:
+        content = dict(resource)
+        content["id"] = resource_id
+        meta = dict(content.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = format_instant(self.moment)
+        content["meta"] = meta
+        # keep resourceType, id and meta first, as FHIR servers conventionally do
+        head = {
+            "resourceType": content.pop("resourceType"),
+            "id": content.pop("id"),
+            "meta": content.pop("meta"),
+        }
+        return head | content
+
+    def _resource_values(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        deleted: bool,
+        content: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        return {
+            "resource_type": resource_type,
+            "id": resource_id,
+            "version_id": version,
+            "last_updated": self.moment,
+            "deleted": deleted,
+            "content": content,
+        }
+
+    def _queue_history(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        deleted: bool,
+        content: dict[str, Any] | None,
+        method: str,
+    ) -> None:
+        values = self._resource_values(resource_type, resource_id, version, deleted, content)
+        values["method"] = method
+        self._pending_history.append(values)
+
+    def _queue_tokens(self, resource_type: str, resource_id: str, content: dict[str, Any]) -> None:
+        for param, system, code in identifier_tokens(content):
+            self._pending_tokens.append(
+                {
+                    "resource_type": resource_type,
+                    "resource_id": resource_id,
+                    "param": param,
+                    "system": system,
+                    "code": code,
+                }
+            )
+
+    def _write_version(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        deleted: bool,
+        content: dict[str, Any] | None,
+        method: str,
+    ) -> None:
+        self.session.execute(
+            update(RESOURCE)
+            .where(RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id)
+            .values(version_id=version, last_updated=self.moment, deleted=deleted, content=content)
+        )
+        self.session.execute(
+            delete(TOKEN).where(
+                TOKEN.c.resource_type == resource_type, TOKEN.c.resource_id == resource_id
+            )
+        )
+        self._queue_history(resource_type, resource_id, version, deleted, content, method)
+        if content is not None:
+            self._queue_tokens(resource_type, resource_id, content)
+
+
+def _check_if_match(current: Stored | None, if_match: int | None, reference: str) -> None:
+    if if_match is None:
+        return
+    if current is None or current.deleted:
+        raise precondition_failed(
+            f"If-Match version {if_match} given, but {reference} has no live version"
+        )
+    if current.version_id != if_match:
+        raise precondition_failed(
+            f"If-Match version {if_match} is stale: {reference} is at version {current.version_id}"
+        )
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

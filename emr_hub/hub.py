@@ -1,0 +1,52 @@
+"""The services one process holds: settings, database, object store, token signer.
+
+Built once per process (API, worker, CLI) by :func:`Hub.from_settings`; request handlers
+get it from ``app.state.hub``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from emr_hub.config import Settings, get_settings
+from storage.db import Database
+from storage.migrate import upgrade
+
+if TYPE_CHECKING:
+    from storage.objects import ObjectStore
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    db: Database
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, *, migrate: bool = False) -> Hub:
+        settings = settings or get_settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        if migrate:
+            upgrade(db.engine)
+        return cls(settings=settings, db=db)
+
+    @cached_property
+    def objects(self) -> ObjectStore:
+        from storage.objects import open_object_store
+
+        store = open_object_store(
+            self.settings.effective_object_store,
+            endpoint=self.settings.s3_endpoint,
+            access_key=self.settings.s3_access_key,
+            secret_key=self.settings.s3_secret_key,
+        )
+        store.ensure_ready()
+        return store
+
+    def close(self) -> None:
+        if not self._closed:
+            self.db.dispose()
+            self._closed = True

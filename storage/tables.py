@@ -1,0 +1,108 @@
+"""SQLModel tables.
+
+* ``resource`` holds the current version of every resource (deleted ones as tombstones),
+  ``resource_history`` every version including the current one; the body is JSON (JSONB on
+  PostgreSQL) and carries its own ``meta.versionId`` / ``meta.lastUpdated``.
+* ``search_token`` holds token index rows (system, code) per search parameter, written in
+  the same transaction as the resource.
+* ``outbox_message`` is the transactional outbox relayed by Celery.
+* ``api_client`` and ``signing_key`` back the OAuth2 token endpoint.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+JsonBody = JSON().with_variant(JSONB(), "postgresql")
+SerialKey = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _tz_column(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable, index=index))
+
+
+class ResourceRow(SQLModel, table=True):
+    __tablename__ = "resource"
+
+    resource_type: str = Field(primary_key=True, max_length=64)
+    id: str = Field(primary_key=True, max_length=64)
+    version_id: int
+    last_updated: datetime = _tz_column()
+    deleted: bool = False
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonBody))
+
+    __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
+
+
+class ResourceHistoryRow(SQLModel, table=True):
+    __tablename__ = "resource_history"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    id: str = Field(max_length=64)
+    version_id: int
+    last_updated: datetime = _tz_column(index=True)
+    deleted: bool = False
+    method: str = Field(max_length=8)
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonBody))
+
+    __table_args__ = (
+        UniqueConstraint("resource_type", "id", "version_id", name="uq_history_version"),
+        Index("ix_history_type_updated", "resource_type", "last_updated"),
+    )
+
+
+class SearchTokenRow(SQLModel, table=True):
+    __tablename__ = "search_token"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    code: str = Field(sa_column=Column(Text, nullable=False))
+
+    __table_args__ = (
+        Index("ix_token_lookup", "resource_type", "param", "code", "system"),
+        Index("ix_token_owner", "resource_type", "resource_id"),
+    )
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox_message"
+
+    id: str = Field(primary_key=True, max_length=36)
+    topic: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(sa_column=Column(JsonBody, nullable=False))
+    created_at: datetime = _tz_column()
+    available_at: datetime = _tz_column(index=True)
+    attempts: int = 0
+    delivered_at: datetime | None = _tz_column(nullable=True, index=True)
+    failed_at: datetime | None = _tz_column(nullable=True)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ApiClient(SQLModel, table=True):
+    __tablename__ = "api_client"
+
+    client_id: str = Field(primary_key=True, max_length=128)
+    secret_hash: str = Field(sa_column=Column(Text, nullable=False))
+    organization: str = Field(max_length=128)
+    scopes: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = _tz_column()
+    active: bool = True
+
+
+class SigningKey(SQLModel, table=True):
+    __tablename__ = "signing_key"
+
+    kid: str = Field(primary_key=True, max_length=64)
+    algorithm: str = Field(max_length=16)
+    private_jwk: dict[str, Any] = Field(sa_column=Column(JsonBody, nullable=False))
+    created_at: datetime = _tz_column()
+    active: bool = True

@@ -223,8 +223,10 @@ class FhirStore:
         return page, cursor
 
     # --------------------------------------------------------------- writes
-    def create(self, resource: dict[str, Any], *, resource_id: str | None = None) -> Stored:
-        """A new resource under a server id (``resource_id`` only for create-on-update)."""
+    def create(
+        self, resource: dict[str, Any], *, resource_id: str | None = None, method: str = "POST"
+    ) -> Stored:
+        """A new resource, under ``resource_id`` when given (assigned earlier or the client's)."""
         resource_type = resource["resourceType"]
         new_id = resource_id or str(uuid.uuid4())
         key = (resource_type, new_id)
@@ -239,7 +241,7 @@ class FhirStore:
             resource_type, new_id, 1, False, content, "POST" if resource_id is None else "PUT"
         )
         self._queue_tokens(resource_type, new_id, content)
-        return Stored(resource_type, new_id, 1, self.moment, False, content, "POST")
+        return Stored(resource_type, new_id, 1, self.moment, False, content, method)
 
     def update(
         self,
@@ -253,7 +255,7 @@ class FhirStore:
         current = self.current(resource_type, resource_id, for_update=True)
         _check_if_match(current, if_match, f"{resource_type}/{resource_id}")
         if current is None:
-            return WriteResult(self.create(resource, resource_id=resource_id), created=True)
+            return WriteResult(self.create(resource, resource_id=resource_id, method="PUT"), created=True)
         if not current.deleted and current.content is not None:
             if _strip_volatile_meta(current.content) == _strip_volatile_meta(
                 {**resource, "id": resource_id}
@@ -290,6 +292,11 @@ class FhirStore:
         if self._pending_tokens:
             self.session.execute(insert(TOKEN), self._pending_tokens)
             self._pending_tokens = []
+        self._pending_keys.clear()
+
+    def discard_pending(self) -> None:
+        """Forget buffered writes (a batch entry whose savepoint was rolled back)."""
+        self._pending_resources, self._pending_history, self._pending_tokens = [], [], []
         self._pending_keys.clear()
 
     # -------------------------------------------------------------- helpers

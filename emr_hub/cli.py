@@ -1,0 +1,176 @@
+"""The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, import."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from emr_hub.config import get_settings
+from emr_hub.hub import Hub
+
+
+def _hub(*, migrate: bool = True) -> Hub:
+    return Hub.from_settings(get_settings(), migrate=migrate)
+
+
+@click.group()
+def main() -> None:
+    """emr_hub: FHIR R4 interchange hub for a network of hospitals."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="Processes (PostgreSQL shape).")
+def serve(host: str, port: int, workers: int) -> None:
+    """Migrate the database, then serve the API."""
+    import uvicorn
+
+    _hub().close()
+    uvicorn.run(
+        "emr_hub.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    hub = _hub()
+    click.echo(f"database at the newest revision ({hub.db.dialect})")
+    hub.close()
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Celery worker (extra arguments go to Celery)."""
+    from emr_hub.tasks import run_worker
+
+    run_worker(list(ctx.args))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Run Celery beat: the periodic outbox relay (extra arguments go to Celery)."""
+    from emr_hub.tasks import run_beat
+
+    run_beat(list(ctx.args))
+
+
+@main.command()
+def demo() -> None:
+    """Load the demo hospitals, their clients and a patient (idempotent)."""
+    from emr_hub.demo import HOSPITALS, load_demo
+
+    hub = _hub()
+    try:
+        secrets = load_demo(hub)
+    finally:
+        hub.close()
+    for hospital in HOSPITALS:
+        secret = secrets.get(hospital.client_id)
+        if secret:
+            click.echo(f"client {hospital.client_id} (Organization/{hospital.client_id}) secret: {secret}")
+        else:
+            click.echo(f"client {hospital.client_id} (Organization/{hospital.client_id}) already registered")
+    click.echo("get a token with: emr-hub token bach-mai")
+
+
+@main.group()
+def client() -> None:
+    """Manage API clients (hospital systems)."""
+
+
+@client.command("add")
+@click.argument("client_id")
+@click.option("--organization", required=True, help="Organization/ID of the client's hospital.")
+@click.option("--scope", "scope", default="system/*.cruds", show_default=True, help="SMART v2 scopes.")
+def client_add(client_id: str, organization: str, scope: str) -> None:
+    """Register a client; prints its new secret once."""
+    from emr_hub.security.clients import ClientExists, register_client
+    from emr_hub.security.scopes import ScopeSet
+
+    hub = _hub()
+    try:
+        with hub.db.transaction() as session:
+            secret = register_client(session, client_id, organization, ScopeSet.parse(scope))
+    except (ValueError, ClientExists) as exc:
+        raise click.ClickException(str(exc) if isinstance(exc, ValueError) else f"client {client_id} exists") from exc
+    finally:
+        hub.close()
+    click.echo(secret)
+
+
+@main.command()
+@click.argument("client_id")
+@click.option("--scope", default=None, help="Narrower scopes than the client's registration.")
+def token(client_id: str, scope: str | None) -> None:
+    """Print a bare access token for a registered client."""
+    from emr_hub.security.clients import client_scopes, get_client
+    from emr_hub.security.scopes import ScopeSet
+    from emr_hub.security.tokens import issue_access_token
+
+    hub = _hub()
+    try:
+        with hub.db.transaction() as session:
+            registered = get_client(session, client_id)
+        if registered is None or not registered.active:
+            raise click.ClickException(f"no active client {client_id!r}; add it with: emr-hub client add")
+        allowed = client_scopes(registered)
+        try:
+            wanted = ScopeSet.parse(scope) if scope else allowed
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not wanted.issubset(allowed):
+            raise click.ClickException(f"scope {scope!r} is wider than the client's {allowed}")
+        access_token, _ = issue_access_token(hub, registered, wanted)
+    finally:
+        hub.close()
+    click.echo(access_token)
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def import_command(paths: tuple[Path, ...]) -> None:
+    """Bulk load Bundle files (one transaction each) and NDJSON files."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from emr_hub.importer import ImportReport, count_items, expand, import_file
+
+    files = expand(list(paths))
+    hub = _hub()
+    report = ImportReport()
+    started = time.perf_counter()
+    try:
+        total = sum(count_items(p) for p in files)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            transient=not sys.stderr.isatty(),
+        ) as progress:
+            task = progress.add_task("importing", total=total)
+            for path in files:
+                progress.update(task, description=path.name[:32])
+                import_file(hub, path, report, lambda n: progress.advance(task, n))
+    finally:
+        hub.close()
+    elapsed = time.perf_counter() - started
+    for failure in report.failures:
+        click.echo(f"failed: {failure}", err=True)
+    rate = report.resources / elapsed if elapsed else 0.0
+    click.echo(
+        f"imported {report.resources} resources from {report.files} files in {elapsed:.1f} s "
+        f"({rate:.0f}/s); {len(report.failures)} failed"
+    )
+    if report.failures:
+        sys.exit(1)

@@ -1,0 +1,351 @@
+"""Transaction and batch Bundles (``POST /fhir``).
+
+A transaction is all-or-nothing inside the caller's database transaction: ids are assigned
+first, ``urn:uuid:`` fullUrls and conditional references (``Patient?identifier=...``) are
+resolved and rewritten everywhere in the entries' resources, every entry is validated, then
+the entries run in the specification's order (DELETE, POST, PUT/PATCH, GET) and the
+response lists them in request order. Any error raises and the caller rolls everything back.
+A batch runs each entry on its own savepoint and reports each entry's outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from emr_hub.errors import FhirError, Issue, bad_request, operation_outcome
+from emr_hub.fhir import interactions
+from emr_hub.fhir.criteria import parse_criteria
+from emr_hub.fhir.store import FhirStore, Stored, format_instant, identifier_tokens
+from emr_hub.fhir.http import parse_if_match
+from emr_hub.fhir.validation import ID_PATTERN, is_resource_type
+
+if TYPE_CHECKING:
+    from emr_hub.security.principal import Principal
+
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    resource_type: str
+    resource_id: str | None
+    query: str | None
+    resource: Any
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: int | None
+    assigned_id: str | None = None
+    matched: str | None = None  # id of an existing resource matched by ifNoneExist
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def process_bundle(
+    store: FhirStore, principal: Principal, bundle: Any, base_url: str, *, representation: bool = False
+) -> dict[str, Any]:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise bad_request("POST to the base takes a Bundle of type transaction or batch", "resourceType")
+    kind = bundle.get("type")
+    if kind not in ("transaction", "batch"):
+        raise bad_request(f"Bundle.type {kind!r} cannot be processed; use transaction or batch", "Bundle.type")
+    raw_entries = bundle.get("entry") or []
+    if not isinstance(raw_entries, list):
+        raise bad_request("Bundle.entry must be an array", "Bundle.entry")
+    if kind == "transaction":
+        entries = [_parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
+        _run_transaction(store, principal, entries, base_url, representation)
+        responses = [e.response for e in entries]
+    else:
+        responses = [_run_batch_entry(store, principal, i, raw, base_url, representation) for i, raw in enumerate(raw_entries)]
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": f"{kind}-response",
+        "entry": responses,
+    }
+
+
+# ------------------------------------------------------------------ parsing
+def _parse_entry(index: int, raw: Any) -> Entry:
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(raw, dict):
+        raise bad_request("A Bundle entry must be an object", where)
+    request = raw.get("request")
+    if not isinstance(request, dict):
+        raise bad_request("Each entry of a transaction or batch needs a request", f"{where}.request", code="required")
+    method = request.get("method")
+    url = request.get("url")
+    if method not in ORDER:
+        raise bad_request(f"Unsupported request.method {method!r}", f"{where}.request.method")
+    if not isinstance(url, str) or not url:
+        raise bad_request("request.url is required", f"{where}.request.url", code="required")
+    path, _, query = url.partition("?")
+    parts = [p for p in path.split("/") if p]
+    if not parts or not is_resource_type(parts[0]):
+        raise bad_request(f"request.url {url!r} does not start with a known resource type", f"{where}.request.url")
+    resource_id = parts[1] if len(parts) > 1 else None
+    if resource_id is not None and not ID_PATTERN.fullmatch(resource_id):
+        raise bad_request(f"Invalid id in request.url {url!r}", f"{where}.request.url")
+    resource = raw.get("resource")
+    if method in ("POST", "PUT") and resource is None:
+        raise bad_request(f"A {method} entry needs a resource", f"{where}.resource", code="required")
+    if method == "POST" and resource_id is not None:
+        raise bad_request("A POST entry's url is the resource type alone", f"{where}.request.url")
+    if method in ("DELETE", "PATCH") and resource_id is None and not query:
+        raise bad_request(f"A {method} entry's url needs an id", f"{where}.request.url")
+    if method == "PUT" and resource_id is None and not query:
+        raise bad_request("A PUT entry's url needs an id or search criteria", f"{where}.request.url")
+    if_match = request.get("ifMatch")
+
+    return Entry(
+        index=index,
+        method=method,
+        url=url,
+        resource_type=parts[0],
+        resource_id=resource_id,
+        query=query or None,
+        resource=resource,
+        full_url=raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None,
+        if_none_exist=request.get("ifNoneExist"),
+        if_match=parse_if_match(if_match) if isinstance(if_match, str) else None,
+    )
+
+
+# -------------------------------------------------------------- transaction
+def _run_transaction(
+    store: FhirStore, principal: Principal, entries: list[Entry], base_url: str, representation: bool
+) -> None:
+    mapping = _assign_ids(store, entries)
+    pending_identifiers = _identifier_index(entries)
+    conditional_cache: dict[str, str] = {}
+
+    def resolve(reference: str, where: str) -> str | None:
+        target = mapping.get(reference)
+        if target is not None:
+            return target
+        if "?" in reference and not reference.startswith(("http:", "https:")):
+            if reference not in conditional_cache:
+                conditional_cache[reference] = _resolve_conditional(store, reference, pending_identifiers, where)
+            return conditional_cache[reference]
+        return None
+
+    for entry in entries:
+        if isinstance(entry.resource, dict):
+            _rewrite_references(entry.resource, resolve, f"{entry.where}.resource")
+
+    for entry in sorted(entries, key=lambda e: ORDER[e.method]):
+        entry.response = _execute(store, principal, entry, base_url, representation)
+
+
+def _assign_ids(store: FhirStore, entries: list[Entry]) -> dict[str, str]:
+    """Give every POST a server id and map each entry's fullUrl to its final reference."""
+    mapping: dict[str, str] = {}
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.full_url:
+            if entry.full_url in seen:
+                raise bad_request(f"fullUrl {entry.full_url!r} appears twice", f"{entry.where}.fullUrl")
+            seen.add(entry.full_url)
+        if entry.method == "POST":
+            if entry.if_none_exist:
+                matches = interactions.find_matches(
+                    store, entry.resource_type, entry.if_none_exist, f"{entry.where}.request.ifNoneExist"
+                )
+                if len(matches) > 1:
+                    raise FhirError(
+                        412,
+                        [Issue("duplicate", f"ifNoneExist matches {len(matches)} resources", (f"{entry.where}.request.ifNoneExist",))],
+                    )
+                entry.matched = matches[0] if matches else None
+            entry.assigned_id = entry.matched or str(uuid.uuid4())
+            target = f"{entry.resource_type}/{entry.assigned_id}"
+        elif entry.method == "PUT" and entry.resource_id:
+            target = f"{entry.resource_type}/{entry.resource_id}"
+        else:
+            continue
+        if entry.full_url:
+            mapping[entry.full_url] = target
+    return mapping
+
+
+def _identifier_index(entries: list[Entry]) -> dict[tuple[str, str | None, str], str]:
+    """(type, system, value) → reference for resources the transaction itself creates."""
+    index: dict[tuple[str, str | None, str], str] = {}
+    for entry in entries:
+        if entry.method == "POST" and isinstance(entry.resource, dict) and not entry.matched:
+            for _, system, code in identifier_tokens(entry.resource):
+                index[(entry.resource_type, system, code)] = f"{entry.resource_type}/{entry.assigned_id}"
+    return index
+
+
+def _resolve_conditional(
+    store: FhirStore, reference: str, pending: dict[tuple[str, str | None, str], str], where: str
+) -> str:
+    resource_type, _, query = reference.partition("?")
+    if not is_resource_type(resource_type):
+        raise bad_request(f"Conditional reference {reference!r} names an unknown type", where)
+    criteria = parse_criteria(query, where)
+    found = {f"{resource_type}/{i}" for i in store.find(resource_type, criteria, limit=2)}
+    if len(criteria) == 1 and criteria[0].param == "identifier":
+        for value in criteria[0].values:
+            for (rtype, system, code), target in pending.items():
+                if rtype == resource_type and code == value.code and (value.system is None or value.system == (system or "")):
+                    found.add(target)
+    if not found:
+        raise FhirError(400, [Issue("not-found", f"Conditional reference {reference!r} matches no resource", (where,))])
+    if len(found) > 1:
+        raise FhirError(412, [Issue("multiple-matches", f"Conditional reference {reference!r} matches several resources", (where,))])
+    return found.pop()
+
+
+def _rewrite_references(node: Any, resolve: Callable[[str, str], str | None], where: str) -> None:
+    """Replace resolvable references in place: ``reference`` fields and uri values equal to a fullUrl."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if key == "reference" or (key.startswith("value") and value.startswith("urn:uuid:")):
+                    target = resolve(value, f"{where}.{key}")
+                    if target is not None:
+                        node[key] = target
+            elif isinstance(value, dict | list):
+                _rewrite_references(value, resolve, f"{where}.{key}")
+    elif isinstance(node, list):
+        for position, item in enumerate(node):
+            _rewrite_references(item, resolve, f"{where}[{position}]")
+
+
+def _execute(store: FhirStore, principal: Principal, entry: Entry, base_url: str, representation: bool) -> dict[str, Any]:
+    where = f"{entry.where}.resource"
+    if entry.method == "POST":
+        if entry.matched:
+            principal.require(entry.resource_type, "c")
+            stored = store.read(entry.resource_type, entry.matched)
+            return _response(stored, 200, base_url, representation)
+        result = interactions.create(store, principal, entry.resource_type, entry.resource, assigned_id=entry.assigned_id, where=where)
+    elif entry.method == "PUT":
+        if entry.resource_id is None:
+            result = interactions.conditional_update(
+                store, principal, entry.resource_type, entry.query or "", entry.resource, if_match=entry.if_match, where=where
+            )
+        else:
+            result = interactions.update(
+                store, principal, entry.resource_type, entry.resource_id, entry.resource, if_match=entry.if_match, where=where
+            )
+    elif entry.method == "PATCH":
+        if entry.resource_id is None:
+            raise bad_request("Conditional PATCH is not supported", f"{entry.where}.request.url")
+        operations = _patch_operations(entry)
+        result = interactions.patch(store, principal, entry.resource_type, entry.resource_id, operations, if_match=entry.if_match)
+    elif entry.method == "DELETE":
+        if entry.resource_id is None:
+            matches = interactions.find_matches(store, entry.resource_type, entry.query or "", f"{entry.where}.request.url")
+            for match in matches[:1] if len(matches) == 1 else []:
+                interactions.delete(store, principal, entry.resource_type, match)
+            if len(matches) > 1:
+                raise FhirError(412, [Issue("multiple-matches", "Conditional delete matches several resources", (f"{entry.where}.request.url",))])
+            return {"response": {"status": "204 No Content"}}
+        result = interactions.delete(store, principal, entry.resource_type, entry.resource_id, if_match=entry.if_match)
+        response: dict[str, Any] = {"status": "204 No Content"}
+        if result.stored is not None:
+            response["etag"] = result.stored.etag
+        return {"response": response}
+    else:  # GET / HEAD
+        return _read_entry(store, principal, entry, base_url)
+    assert result.stored is not None
+    return _response(result.stored, result.status, base_url, representation)
+
+
+def _patch_operations(entry: Entry) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (base64 data), the FHIR convention."""
+    resource = entry.resource
+    if isinstance(resource, dict) and resource.get("resourceType") == "Binary" and isinstance(resource.get("data"), str):
+        try:
+            return orjson.loads(base64.b64decode(resource["data"], validate=True))
+        except (ValueError, orjson.JSONDecodeError):
+            raise bad_request("The Binary of a PATCH entry does not hold a JSON Patch", f"{entry.where}.resource.data") from None
+    if isinstance(resource, list):
+        return resource
+    raise bad_request("A PATCH entry needs a Binary resource holding a JSON Patch", f"{entry.where}.resource")
+
+
+def _read_entry(store: FhirStore, principal: Principal, entry: Entry, base_url: str) -> dict[str, Any]:
+    parts = [p for p in entry.url.split("?")[0].split("/") if p]
+    if entry.resource_id is None:
+        principal.require(entry.resource_type, "s")
+        ids = interactions.find_matches(store, entry.resource_type, entry.query or "", f"{entry.where}.request.url")
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(ids),
+            "entry": [
+                {"fullUrl": f"{base_url}/{entry.resource_type}/{i}", "resource": store.read(entry.resource_type, i).content,
+                 "search": {"mode": "match"}}
+                for i in ids
+            ],
+        }
+        return {"resource": bundle, "response": {"status": "200 OK"}}
+    if len(parts) == 4 and parts[2] == "_history":
+        stored = interactions.vread(store, principal, entry.resource_type, entry.resource_id, parts[3])
+    else:
+        stored = interactions.read(store, principal, entry.resource_type, entry.resource_id)
+    return _response(stored, 200, base_url, True)
+
+
+def _response(stored: Stored, status: int, base_url: str, representation: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"fullUrl": f"{base_url}/{stored.resource_type}/{stored.id}"}
+    if representation and stored.content is not None:
+        out["resource"] = stored.content
+    out["response"] = {
+        "status": STATUS_TEXT.get(status, str(status)),
+        "location": f"{stored.resource_type}/{stored.id}/_history/{stored.version_id}",
+        "etag": stored.etag,
+        "lastModified": format_instant(stored.last_updated),
+    }
+    return out
+
+
+# -------------------------------------------------------------------- batch
+def _run_batch_entry(
+    store: FhirStore, principal: Principal, index: int, raw: Any, base_url: str, representation: bool
+) -> dict[str, Any]:
+    """One batch entry on its own savepoint: its failure is reported, the others stand."""
+    savepoint = store.session.begin_nested()
+    try:
+        entry = _parse_entry(index, raw)
+        if isinstance(entry.resource, dict):
+            _rewrite_references(entry.resource, lambda ref, where: _batch_resolve(store, ref, where), f"{entry.where}.resource")
+        if entry.method == "POST" and entry.if_none_exist:
+            _assign_ids(store, [entry])
+        result = _execute(store, principal, entry, base_url, representation)
+        store.flush()
+        savepoint.commit()
+        return result
+    except FhirError as error:
+        savepoint.rollback()
+        store.discard_pending()
+        return {
+            "response": {
+                "status": f"{error.status}",
+                "outcome": operation_outcome(error.issues),
+            }
+        }
+
+
+def _batch_resolve(store: FhirStore, reference: str, where: str) -> str | None:
+    if "?" in reference and not reference.startswith(("http:", "https:", "urn:")):
+        return _resolve_conditional(store, reference, {}, where)
+    return None
+

@@ -1,0 +1,92 @@
+"""HTTP details of the FHIR API: media types, JSON bodies, Prefer, If-Match, responses."""
+
+from __future__ import annotations
+
+import re
+from email.utils import format_datetime
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from emr_hub.errors import FhirError, Issue, bad_request
+from emr_hub.fhir.store import Stored
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = ("application/fhir+json", "application/json", "text/json", "json")
+XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "xml")
+_ETAG = re.compile(r'(?:W/)?"?(\d{1,18})"?')
+
+
+def wants_pretty(request: Request) -> bool:
+    """Check ``_format`` / ``Accept`` (JSON only) and return whether ``_pretty`` was asked."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        fmt = fmt.split(";")[0].strip().lower()
+        if fmt not in JSON_TYPES:
+            raise FhirError(
+                406, [Issue("not-supported", f"_format={fmt} is not served: this hub speaks FHIR JSON only", ("_format",))]
+            )
+    else:
+        accept = request.headers.get("accept", "")
+        if accept and _only_xml(accept):
+            raise FhirError(406, [Issue("not-supported", "Only application/fhir+json is served (Accept asked for XML)")])
+    return request.query_params.get("_pretty", "").lower() == "true"
+
+
+def _only_xml(accept: str) -> bool:
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return bool(kinds) and all(kind in XML_TYPES for kind in kinds)
+
+
+def parse_json_body(raw: bytes, content_type: str | None) -> Any:
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media in XML_TYPES:
+        raise FhirError(415, [Issue("not-supported", "XML bodies are not accepted: send application/fhir+json")])
+    if media and media not in JSON_TYPES and media != "application/json-patch+json":
+        raise FhirError(415, [Issue("not-supported", f"Unsupported Content-Type {media!r}; send application/fhir+json")])
+    if not raw.strip():
+        raise bad_request("The request body is empty; a FHIR JSON resource was expected", code="required")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", code="structure") from None
+
+
+def parse_if_match(header: str | None) -> int | None:
+    if header is None:
+        return None
+    match = _ETAG.fullmatch(header.strip())
+    if not match:
+        raise bad_request(f'Malformed If-Match {header!r}; expected W/"<versionId>"', "If-Match")
+    return int(match.group(1))
+
+
+def prefer_return(request: Request, default: str = "representation") -> str:
+    for part in request.headers.get("prefer", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "return":
+            value = value.strip().strip('"')
+            if value in ("minimal", "representation", "OperationOutcome"):
+                return value
+    return default
+
+
+def dump(body: Any, pretty: bool = False) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2 if pretty else 0)
+
+
+def fhir_response(
+    body: Any | None, status: int = 200, headers: dict[str, str] | None = None, pretty: bool = False
+) -> Response:
+    content = b"" if body is None else dump(body, pretty)
+    return Response(content, status_code=status, media_type=FHIR_JSON if body is not None else None, headers=headers)
+
+
+def version_headers(stored: Stored, base_url: str) -> dict[str, str]:
+    return {
+        "ETag": stored.etag,
+        "Last-Modified": format_datetime(stored.last_updated, usegmt=True),
+        "Location": f"{base_url}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}",
+    }

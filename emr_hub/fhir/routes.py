@@ -1,0 +1,319 @@
+"""The FHIR REST API under ``/fhir``: an HTTP adapter over :mod:`emr_hub.fhir.interactions`.
+
+Each handler parses the request, runs the interaction inside one database transaction and
+renders the result; errors are :class:`emr_hub.errors.FhirError` rendered by the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from emr_hub.deps import HubDep
+from emr_hub.errors import FhirError, Issue, bad_request, operation_outcome
+from emr_hub.fhir import interactions
+from emr_hub.fhir.bundle import process_bundle
+from emr_hub.fhir.capability import capability_statement
+from emr_hub.fhir.elements import SUMMARY_MODES, apply_elements, apply_summary, parse_elements
+from emr_hub.fhir.http import (
+    fhir_response,
+    parse_if_match,
+    parse_json_body,
+    prefer_return,
+    version_headers,
+    wants_pretty,
+)
+from emr_hub.fhir.store import FhirStore, Stored, format_instant
+from emr_hub.hub import Hub
+from emr_hub.security.principal import Principal, PrincipalDep
+
+router = APIRouter(prefix="/fhir")
+T = TypeVar("T")
+STARTED = format_instant(datetime.now(UTC))
+COMMON_PARAMS = {"_format", "_pretty", "_summary", "_elements"}
+
+
+def in_transaction(hub: Hub, work: Callable[[FhirStore], T]) -> T:
+    with hub.db.transaction() as session:
+        store = FhirStore(session)
+        result = work(store)
+        store.flush()
+        return result
+
+
+async def read_body(request: Request, hub: Hub) -> Any:
+    declared = request.headers.get("content-length")
+    limit = hub.settings.max_request_bytes
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    raw = await request.body()
+    if len(raw) > limit:
+        raise _too_large(limit)
+    return parse_json_body(raw, request.headers.get("content-type"))
+
+
+def _too_large(limit: int) -> FhirError:
+    return FhirError(413, [Issue("too-costly", f"Request body exceeds {limit} bytes")])
+
+
+def render_resource(request: Request, stored: Stored, hub: Hub, status: int = 200) -> Response:
+    pretty = wants_pretty(request)
+    summary = request.query_params.get("_summary")
+    if summary is not None and summary not in SUMMARY_MODES:
+        raise bad_request(f"Unknown _summary value {summary!r}", "_summary")
+    assert stored.content is not None
+    body = apply_summary(stored.content, summary)
+    body = apply_elements(body, parse_elements(request.query_params.getlist("_elements")))
+    return fhir_response(body, status, version_headers(stored, hub.settings.fhir_base_url), pretty)
+
+
+def render_write(request: Request, result: interactions.Result, hub: Hub) -> Response:
+    pretty = wants_pretty(request)
+    stored = result.stored
+    headers = version_headers(stored, hub.settings.fhir_base_url) if stored else {}
+    mode = prefer_return(request)
+    if stored is None or stored.content is None or mode == "minimal":
+        return fhir_response(None, result.status, headers)
+    if mode == "OperationOutcome":
+        text = result.message or f"{stored.reference} stored as version {stored.version_id}"
+        outcome = operation_outcome([Issue("informational", text, severity="information")])
+        return fhir_response(outcome, result.status, headers, pretty)
+    return fhir_response(stored.content, result.status, headers, pretty)
+
+
+# ------------------------------------------------------------------- system
+@router.get("/metadata")
+def metadata(request: Request, hub: HubDep) -> Response:
+    pretty = wants_pretty(request)
+    return fhir_response(capability_statement(hub.settings.fhir_base_url, STARTED), pretty=pretty)
+
+
+@router.post("")
+async def transaction_or_batch(request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    pretty = wants_pretty(request)
+    bundle = await read_body(request, hub)
+    representation = prefer_return(request, default="minimal") == "representation"
+    base = hub.settings.fhir_base_url
+    result = await run_in_threadpool(
+        in_transaction, hub, lambda store: process_bundle(store, principal, bundle, base, representation=representation)
+    )
+    return fhir_response(result, 200, pretty=pretty)
+
+
+@router.get("/_history")
+def system_history(request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    principal.require("*", "s")
+    return _history(request, hub, None, None)
+
+
+# --------------------------------------------------------------------- type
+@router.get("/{resource_type}/_history")
+def type_history(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    interactions.check_type(resource_type)
+    principal.require(resource_type, "s")
+    return _history(request, hub, resource_type, None)
+
+
+@router.get("/{resource_type}")
+def search(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    """Search by ``_id`` and ``identifier`` (the conditional criteria); full search comes later."""
+    interactions.check_type(resource_type)
+    principal.require(resource_type, "s")
+    pretty = wants_pretty(request)
+    count = _count(request, default=50)
+    criteria = "&".join(
+        f"{k}={v}" for k, v in request.query_params.multi_items() if k not in COMMON_PARAMS | {"_count"}
+    )
+    if not criteria:
+        raise bad_request("Give search criteria: _id or identifier", "query", code="required")
+    base = hub.settings.fhir_base_url
+
+    def run(store: FhirStore) -> list[Stored]:
+        ids = interactions.find_matches(store, resource_type, criteria, "query", limit=count)
+        return [store.read(resource_type, i) for i in ids[:count]]
+
+    found = in_transaction(hub, run)
+    summary = request.query_params.get("_summary")
+    elements = parse_elements(request.query_params.getlist("_elements"))
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(found)}
+    if summary != "count":
+        bundle["entry"] = [
+            {
+                "fullUrl": f"{base}/{s.resource_type}/{s.id}",
+                "resource": apply_elements(apply_summary(s.content or {}, summary), elements),
+                "search": {"mode": "match"},
+            }
+            for s in found
+        ]
+    bundle["link"] = [{"relation": "self", "url": str(request.url)}]
+    return fhir_response(bundle, pretty=pretty)
+
+
+@router.post("/{resource_type}")
+async def create(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    interactions.check_type(resource_type)
+    principal.require(resource_type, "c")
+    body = await read_body(request, hub)
+    if_none_exist = request.headers.get("if-none-exist")
+    result = await run_in_threadpool(
+        in_transaction,
+        hub,
+        lambda store: interactions.create(store, principal, resource_type, body, if_none_exist=if_none_exist),
+    )
+    return render_write(request, result, hub)
+
+
+@router.put("/{resource_type}")
+async def conditional_update(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    interactions.check_type(resource_type)
+    body = await read_body(request, hub)
+    query = str(request.url.query)
+    if not query:
+        raise bad_request("PUT on a type needs search criteria (conditional update) or an id in the URL", "url")
+    if_match = parse_if_match(request.headers.get("if-match"))
+    result = await run_in_threadpool(
+        in_transaction,
+        hub,
+        lambda store: interactions.conditional_update(store, principal, resource_type, query, body, if_match=if_match),
+    )
+    return render_write(request, result, hub)
+
+
+# ----------------------------------------------------------------- instance
+@router.get("/{resource_type}/{resource_id}")
+def read(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    stored = in_transaction(hub, lambda store: interactions.read(store, principal, resource_type, resource_id))
+    return render_resource(request, stored, hub)
+
+
+@router.get("/{resource_type}/{resource_id}/_history")
+def instance_history(
+    resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
+    interactions.check_type(resource_type)
+    principal.require(resource_type, "r")
+    return _history(request, hub, resource_type, resource_id)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version}")
+def vread(
+    resource_type: str, resource_id: str, version: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
+    stored = in_transaction(hub, lambda store: interactions.vread(store, principal, resource_type, resource_id, version))
+    return render_resource(request, stored, hub)
+
+
+@router.put("/{resource_type}/{resource_id}")
+async def update(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    interactions.check_type(resource_type)
+    principal.require(resource_type, "u")
+    body = await read_body(request, hub)
+    if_match = parse_if_match(request.headers.get("if-match"))
+    result = await run_in_threadpool(
+        in_transaction,
+        hub,
+        lambda store: interactions.update(store, principal, resource_type, resource_id, body, if_match=if_match),
+    )
+    return render_write(request, result, hub)
+
+
+@router.patch("/{resource_type}/{resource_id}")
+async def patch(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    interactions.check_type(resource_type)
+    principal.require(resource_type, "u")
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media != "application/json-patch+json":
+        raise FhirError(415, [Issue("not-supported", "PATCH takes application/json-patch+json (RFC 6902 JSON Patch)")])
+    operations = await read_body(request, hub)
+    if_match = parse_if_match(request.headers.get("if-match"))
+    result = await run_in_threadpool(
+        in_transaction,
+        hub,
+        lambda store: interactions.patch(store, principal, resource_type, resource_id, operations, if_match=if_match),
+    )
+    return render_write(request, result, hub)
+
+
+@router.delete("/{resource_type}/{resource_id}")
+def delete(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    if_match = parse_if_match(request.headers.get("if-match"))
+    result = in_transaction(
+        hub, lambda store: interactions.delete(store, principal, resource_type, resource_id, if_match=if_match)
+    )
+    headers = {"ETag": result.stored.etag} if result.stored else {}
+    return fhir_response(None, 204, headers)
+
+
+# ------------------------------------------------------------------ history
+def _count(request: Request, default: int) -> int:
+    raw = request.query_params.get("_count")
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise bad_request(f"_count must be a non-negative integer, not {raw!r}", "_count")
+    return min(int(raw), 1000)
+
+
+def _history(request: Request, hub: Hub, resource_type: str | None, resource_id: str | None) -> Response:
+    pretty = wants_pretty(request)
+    count = max(_count(request, default=50), 1)
+    since = _instant(request.query_params.get("_since"), "_since")
+    cursor_text = request.query_params.get("_cursor")
+    if cursor_text is not None and not cursor_text.isdigit():
+        raise bad_request("Malformed _cursor", "_cursor")
+    cursor = int(cursor_text) if cursor_text else None
+    page, next_cursor = in_transaction(
+        hub,
+        lambda store: store.history(resource_type, resource_id, since=since, before_seq=cursor, count=count),
+    )
+    base = hub.settings.fhir_base_url
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "link": [{"relation": "self", "url": str(request.url)}],
+        "entry": [_history_entry(stored, base) for stored in page],
+    }
+    if next_cursor is not None:
+        params = dict(request.query_params)
+        params["_cursor"] = str(next_cursor)
+        params["_count"] = str(count)
+        bundle["link"].append({"relation": "next", "url": str(request.url.replace_query_params(**params))})
+    return fhir_response(bundle, pretty=pretty)
+
+
+def _history_entry(stored: Stored, base: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{stored.resource_type}/{stored.id}"}
+    if stored.content is not None:
+        entry["resource"] = stored.content
+    method = stored.method
+    entry["request"] = {
+        "method": method,
+        "url": stored.resource_type if method == "POST" else f"{stored.resource_type}/{stored.id}",
+    }
+    status = "201 Created" if stored.version_id == 1 else ("204 No Content" if stored.deleted else "200 OK")
+    entry["response"] = {
+        "status": status,
+        "etag": stored.etag,
+        "lastModified": format_instant(stored.last_updated),
+    }
+    return entry
+
+
+def _instant(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(f"{name} must be a FHIR instant such as 2026-01-31T08:00:00+07:00", name) from None
+    if moment.tzinfo is None:
+        raise bad_request(f"{name} needs a time zone", name)
+    return moment
+
+
+__all__ = ["Principal", "router"]

@@ -1,0 +1,110 @@
+"""The ASGI application: routers, error rendering, health and readiness."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from emr_hub import __version__
+from emr_hub.config import Settings
+from emr_hub.errors import FhirError, Issue, operation_outcome
+from emr_hub.fhir.http import FHIR_JSON, dump
+from emr_hub.fhir.routes import router as fhir_router
+from emr_hub.hub import Hub
+from emr_hub.security.routes import router as auth_router
+
+log = logging.getLogger("emr_hub")
+
+_HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 415: "not-supported"}
+
+
+def create_app(hub: Hub | None = None, settings: Settings | None = None) -> FastAPI:
+    """Build the app; with no ``hub`` given, the lifespan builds one from the settings.
+
+    The schema is migrated by ``emr-hub serve`` before its workers start (or ``emr-hub
+    migrate``), not here, so several API processes never race on a migration.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = hub is None
+        app.state.hub = hub or Hub.from_settings(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.hub.close()
+
+    app = FastAPI(title="emr_hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    if hub is not None:
+        app.state.hub = hub
+    app.include_router(auth_router)
+    install_operations_routes(app)
+    app.include_router(fhir_router)
+    install_error_handlers(app)
+    return app
+
+
+def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
+    return Response(dump(operation_outcome(issues)), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def fhir_error(_: Request, error: FhirError) -> Response:
+        return outcome_response(error.status, error.issues, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(_: Request, error: RequestValidationError) -> Response:
+        issues = [
+            Issue("invalid", str(item.get("msg")), (".".join(str(p) for p in item.get("loc", ())),))
+            for item in error.errors()[:10]
+        ]
+        return outcome_response(400, issues)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(error.status_code, "processing")
+        return outcome_response(error.status_code, [Issue(code, str(error.detail))], dict(error.headers or {}))
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(_: Request, error: IntegrityError) -> Response:
+        log.warning("write conflict: %s", type(error.orig).__name__)
+        return outcome_response(409, [Issue("conflict", "A concurrent write touched the same resource; retry")])
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(_: Request, error: OperationalError) -> Response:
+        log.error("database error: %s", type(error.orig).__name__)
+        return outcome_response(503, [Issue("transient", "The database is unavailable or busy; retry")])
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> Response:
+        log.exception("unhandled error")
+        return outcome_response(500, [Issue("exception", "Internal error; it has been logged")])
+
+
+def install_operations_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz(request: Request) -> JSONResponse:
+        hub: Hub = request.app.state.hub
+        checks = {"database": hub.db.ping(), "objects": _objects_ready(hub)}
+        ready = all(checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+
+def _objects_ready(hub: Hub) -> bool:
+    try:
+        return hub.objects.ping()
+    except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
+        return False

@@ -1,0 +1,97 @@
+"""API fixtures: the real app over HTTP semantics (httpx through ASGI), on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from emr_hub.hub import Hub
+from emr_hub.main import create_app
+from emr_hub.security.clients import ensure_client, get_client
+from emr_hub.security.scopes import ScopeSet
+from emr_hub.security.tokens import issue_access_token
+
+FHIR_JSON = "application/fhir+json"
+
+
+def token_for(hub: Hub, scopes: str = "system/*.cruds", client_id: str = "test-hospital") -> str:
+    """A real access token for a client of ``Organization/<client_id>`` with ``scopes``."""
+    with hub.db.transaction() as session:
+        ensure_client(session, client_id, f"Organization/{client_id}", ScopeSet.parse("system/*.cruds"))
+    with hub.db.transaction() as session:
+        client = get_client(session, client_id)
+    assert client is not None
+    token, _ = issue_access_token(hub, client, ScopeSet.parse(scopes))
+    return token
+
+
+class Api:
+    """A FHIR client for tests: JSON bodies in, the real app's responses out."""
+
+    def __init__(self, client: TestClient, token: str | None) -> None:
+        self.client = client
+        self.token = token
+
+    def headers(self, extra: dict[str, str] | None = None, token: str | None = None) -> dict[str, str]:
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        use = token if token is not None else self.token
+        if use:
+            headers["Authorization"] = f"Bearer {use}"
+        headers.update(extra or {})
+        return headers
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        content = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        return self.client.request(
+            method, "/fhir" + path, content=content, headers=self.headers(headers, token), params=params
+        )
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, body, **kw)
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("PUT", path, body, **kw)
+
+    def patch(self, path: str, operations: Any, **kw: Any) -> Any:
+        headers = {"Content-Type": "application/json-patch+json", **kw.pop("headers", {})}
+        return self.request("PATCH", path, operations, headers=headers, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+
+@pytest.fixture
+def app_client(hub: Hub) -> Iterator[TestClient]:
+    with TestClient(create_app(hub)) as client:
+        yield client
+
+
+@pytest.fixture
+def api(hub: Hub, app_client: TestClient) -> Api:
+    """An authorised client with system/*.cruds, on SQLite and PostgreSQL."""
+    return Api(app_client, token_for(hub))
+
+
+def outcome_issue(response: Any) -> dict[str, Any]:
+    """The first issue of an OperationOutcome response (asserting it is one)."""
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    return body["issue"][0]

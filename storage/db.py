@@ -44,6 +44,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        connect_args={"options": "-c timezone=UTC"},
     )
 
 

@@ -395,5 +395,5 @@ def _check_if_match(current: Stored | None, if_match: int | None, reference: str
 
 
 def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """Everything we store is UTC; SQLite hands back naive datetimes, PostgreSQL local ones."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,277 @@
+"""S3 object store on the ``minio`` client (AWS S3, MinIO, SeaweedFS, ...).
+
+How a streamed ``put`` ends up with its SHA-256 in the object's metadata
+------------------------------------------------------------------------
+S3 takes user metadata (``x-amz-meta-*``) when an upload *starts*, but the SHA-256 of a
+stream is only known when it *ends*, and hashing the data first would mean reading it twice
+or holding it in memory. So :meth:`S3ObjectStore.put`:
+
+1. uploads the stream through a hashing reader to a private staging key
+   ``PREFIX/.uploads/<uuid>`` -- a single PUT when it fits in one part, otherwise a
+   multipart upload with 8 MiB parts (``length=-1`` when the size is unknown), one part
+   at a time: minio's parallel part uploads feed an unbounded queue, which would buffer
+   the whole stream whenever the source outruns the network. About three parts (~24 MiB)
+   are in memory at the peak, whatever the object size;
+2. server-side copies the staged object onto the real key with ``metadata_directive=REPLACE``
+   and ``x-amz-meta-sha256`` set (``copy_object`` switches to a multipart copy above 5 GiB);
+3. deletes the staging object (also when anything failed).
+
+The real key therefore only ever holds complete objects that carry their hash: a reader
+never sees a half-written object, nor one without ``sha256``, and a failed or
+length-mismatched put leaves the previous object untouched. The cost is one server-side
+copy. Staging objects of a process that died between steps 1 and 3 are left under
+``.uploads/``; a bucket lifecycle rule expiring that prefix after a day cleans them up.
+User keys can never be under it (segments starting with ``.`` are refused).
+
+Objects written by other tools (no ``sha256`` metadata) are hashed by streaming them when
+``stat`` is called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
+from minio.error import S3Error
+
+from storage.objects.base import (
+    CHUNK_SIZE,
+    DEFAULT_CONTENT_TYPE,
+    HashingReader,
+    ObjectNotFound,
+    ObjectReader,
+    PutData,
+    StoredObject,
+    is_sha256_hex,
+    validate_content_type,
+    validate_expiry,
+    validate_key,
+    validate_length,
+)
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 8 * 1024 * 1024
+DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
+SHA256_HEADER = "x-amz-meta-sha256"
+STAGING_FOLDER = ".uploads"
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class S3ObjectStore:
+    """Objects in ``bucket`` under an optional ``prefix`` (see the module docstring).
+
+    ``endpoint`` is a URL such as ``http://127.0.0.1:8333``; its scheme decides TLS.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str | None = None,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+            raise ValueError(f"invalid S3 bucket name: {bucket!r}")
+        prefix = prefix.strip("/")
+        self.bucket = bucket
+        self.prefix = f"{validate_key(prefix)}/" if prefix else ""
+        self.region = region
+        self.part_size = part_size
+        host, secure = _parse_endpoint(endpoint or DEFAULT_ENDPOINT)
+        self.endpoint = f"{'https' if secure else 'http'}://{host}"
+
+        def client(connect: float, read: float, retries: urllib3.Retry | bool) -> Minio:
+            pool = urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=connect, read=read),
+                maxsize=10,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+                retries=retries,
+            )
+            return Minio(
+                host,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=secure,
+                region=region,
+                http_client=pool,
+            )
+
+        # The read timeout bounds each socket read, not a whole transfer.
+        retry = urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
+        self._client = client(connect=10, read=120, retries=retry)
+        # Readiness probes must answer quickly, so they get their own impatient client.
+        self._probe = client(connect=2, read=3, retries=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"S3ObjectStore(bucket={self.bucket!r}, prefix={self.prefix!r}, "
+            f"endpoint={self.endpoint!r})"
+        )
+
+    # -- ObjectStore -------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        data: PutData,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        length: int | None = None,
+    ) -> StoredObject:
+        name = self._name(key)
+        validate_content_type(content_type)
+        reader = HashingReader(data, validate_length(length))
+        staging = f"{self.prefix}{STAGING_FOLDER}/{uuid.uuid4().hex}"
+        try:
+            self._client.put_object(
+                self.bucket,
+                staging,
+                reader,  # type: ignore[arg-type]  # only read() is used
+                length=-1 if length is None else length,
+                part_size=self.part_size,
+                content_type=content_type,
+                num_parallel_uploads=1,  # minio's parallel mode queues parts without bound
+            )
+            sha256_hex = reader.finish()
+            self._client.copy_object(
+                self.bucket,
+                name,
+                CopySource(self.bucket, staging),
+                metadata={"Content-Type": content_type, SHA256_HEADER: sha256_hex},
+                metadata_directive=REPLACE,
+            )
+        finally:
+            try:
+                self._client.remove_object(self.bucket, staging)
+            except Exception:  # never hide the put's own error; the object is only litter
+                log.warning("could not remove staging object %s/%s", self.bucket, staging)
+        return StoredObject(key, reader.size, sha256_hex, content_type)
+
+    def get(self, key: str) -> Iterator[bytes]:
+        name = self._name(key)
+        try:
+            response = self._client.get_object(self.bucket, name)
+        except S3Error as exc:
+            raise _translate(exc, key) from None
+
+        def release() -> None:
+            response.close()
+            response.release_conn()
+
+        return ObjectReader(response.stream(CHUNK_SIZE), release)
+
+    def stat(self, key: str) -> StoredObject:
+        name = self._name(key)
+        try:
+            info = self._client.stat_object(self.bucket, name)
+        except S3Error as exc:
+            raise _translate(exc, key) from None
+        sha256_hex = info.metadata.get(SHA256_HEADER) if info.metadata else None
+        if not is_sha256_hex(sha256_hex):
+            sha256_hex = self._hash_object(key, info.etag)
+        return StoredObject(
+            key, int(info.size or 0), str(sha256_hex), info.content_type or DEFAULT_CONTENT_TYPE
+        )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self._client.remove_object(self.bucket, self._name(key))
+
+    def presigned_get_url(self, key: str, expires_seconds: int = 900) -> str | None:
+        """A signed GET URL valid for ``expires_seconds`` (1..3600); the object need not exist."""
+        name = self._name(key)
+        validate_expiry(expires_seconds)
+        return self._client.presigned_get_object(
+            self.bucket, name, expires=timedelta(seconds=expires_seconds)
+        )
+
+    def ensure_ready(self) -> None:
+        if self._client.bucket_exists(self.bucket):
+            return
+        try:
+            if self.region:
+                self._client.make_bucket(self.bucket, location=self.region)
+            else:
+                self._client.make_bucket(self.bucket)
+        except S3Error:
+            # Lost a creation race with another process (servers differ in the error code).
+            if not self._client.bucket_exists(self.bucket):
+                raise
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._probe.bucket_exists(self.bucket))
+        except Exception:
+            return False
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _head(self, key: str) -> None:
+        """Raise :class:`ObjectNotFound` unless ``key`` exists (one HEAD request)."""
+        try:
+            self._client.stat_object(self.bucket, self._name(key))
+        except S3Error as exc:
+            raise _translate(exc, key) from None
+
+    def _name(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    def _hash_object(self, key: str, etag: str | None) -> str:
+        """SHA-256 of an object that lacks the metadata, pinned to the version ``stat`` saw."""
+        headers = {"If-Match": f'"{etag}"'} if etag else None
+        try:
+            response = self._client.get_object(
+                self.bucket, self._name(key), request_headers=headers
+            )
+        except S3Error as exc:
+            raise _translate(exc, key) from None
+        digest = hashlib.sha256()
+        try:
+            for chunk in response.stream(CHUNK_SIZE):
+                digest.update(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+        return digest.hexdigest()
+
+
+def _translate(exc: S3Error, key: str) -> Exception:
+    return ObjectNotFound(key) if exc.code in _NOT_FOUND_CODES else exc
+
+
+def _parse_endpoint(endpoint: str) -> tuple[str, bool]:
+    """``http(s)://host[:port]`` -> (``host[:port]``, secure)."""
+    parts = urlsplit(endpoint)
+    if "@" in parts.netloc:  # do not echo it: it holds credentials
+        raise ValueError("S3 endpoint must not carry credentials; pass access_key/secret_key")
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(
+            f"S3 endpoint must look like http://host:port or https://host, not {endpoint!r}"
+        )
+    if parts.path not in {"", "/"} or parts.query or parts.fragment:
+        raise ValueError(f"S3 endpoint must not carry a path or query: {endpoint!r}")
+    return parts.netloc, parts.scheme == "https"

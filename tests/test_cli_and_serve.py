@@ -1,0 +1,192 @@
+"""The CLI as an operator uses it, and `emr-hub serve` as a real process over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import free_port
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EMR_HUB = str(Path(sys.executable).parent / "emr-hub")
+
+
+def cli_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_HUB_")}
+    env.update(
+        EMR_HUB_DATA_DIR=str(tmp_path / "data"),
+        EMR_HUB_DATABASE_URL=database_url,
+        EMR_HUB_OBJECT_STORE=f"file://{tmp_path / 'objects'}",
+        **extra,
+    )
+    return env
+
+
+def run(
+    args: list[str], env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([EMR_HUB, *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"emr-hub {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_demo_is_idempotent_and_clients_get_tokens(tmp_path: Path, database_url: str) -> None:
+    env = cli_env(tmp_path, database_url)
+    first = run(["demo"], env)
+    assert first.stdout.count("secret:") == 3
+    for client_id in ("bach-mai", "bac-ninh-general", "bac-ninh-district"):
+        assert f"client {client_id}" in first.stdout
+    second = run(["demo"], env)
+    assert "secret:" not in second.stdout
+    assert second.stdout.count("already registered") == 3
+    token = run(["token", "bach-mai"], env).stdout.strip()
+    assert token.count(".") == 2 and "\n" not in token
+    narrowed = run(["token", "bach-mai", "--scope", "system/Patient.rs"], env)
+    assert narrowed.returncode == 0
+    widened = run(["token", "bach-mai", "--scope", "user/*.cruds system/Nope.r"], env, check=False)
+    assert widened.returncode != 0
+    assert run(["token", "nobody"], env, check=False).returncode != 0
+
+
+def test_client_add_prints_secret_once(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}")
+    added = run(
+        [
+            "client",
+            "add",
+            "vien-k",
+            "--organization",
+            "Organization/vien-k",
+            "--scope",
+            "system/Patient.rs",
+        ],
+        env,
+    )
+    secret = added.stdout.strip()
+    assert len(secret) >= 32
+    again = run(
+        ["client", "add", "vien-k", "--organization", "Organization/vien-k"], env, check=False
+    )
+    assert again.returncode != 0 and "exists" in again.stderr
+    bad_org = run(["client", "add", "x", "--organization", "vien-k"], env, check=False)
+    assert bad_org.returncode != 0
+
+
+def test_import_bundles_and_ndjson(tmp_path: Path, database_url: str) -> None:
+    env = cli_env(tmp_path, database_url)
+    ndjson = tmp_path / "patients.ndjson"
+    lines = [
+        orjson.dumps({"resourceType": "Patient", "id": "nd-1", "gender": "female"}),
+        b"{not json",
+        orjson.dumps({"resourceType": "Patient", "id": "nd-2", "nickname": "x"}),
+        orjson.dumps({"resourceType": "Patient", "gender": "male"}),
+    ]
+    ndjson.write_bytes(b"\n".join(lines) + b"\n")
+    result = run(
+        [
+            "import",
+            str(FIXTURES / "00-hospital-information.json"),
+            str(FIXTURES / "00-practitioner-information.json"),
+            str(FIXTURES / "02-1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json"),
+            str(ndjson),
+        ],
+        env,
+        check=False,
+    )
+    assert result.returncode == 1  # two bad NDJSON lines
+    summary = result.stdout.strip().splitlines()[-1]
+    bundle_entries = sum(
+        len(orjson.loads((FIXTURES / name).read_bytes())["entry"])
+        for name in (
+            "00-hospital-information.json",
+            "00-practitioner-information.json",
+            "02-1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json",
+        )
+    )
+    assert summary.startswith(f"imported {bundle_entries + 2} resources from 4 files")
+    assert summary.endswith("2 failed")
+    assert "patients.ndjson:2" in result.stderr and "patients.ndjson:3" in result.stderr
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = cli_env(tmp_path, database_url, EMR_HUB_BASE_URL=base)
+    run(["demo"], env)
+    process = subprocess.Popen(
+        [EMR_HUB, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"serve exited: {process.stdout.read().decode() if process.stdout else ''}"
+                )
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("serve did not answer /healthz within 30 s")
+            time.sleep(0.1)
+        yield base, env
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_serve_process_over_real_http(server: tuple[str, dict[str, str]]) -> None:
+    base, env = server
+    assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+    assert httpx.get(f"{base}/fhir/metadata").status_code == 200
+    assert httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]
+    assert httpx.get(f"{base}/fhir/Organization/bach-mai").status_code == 401
+
+    token = run(["token", "bach-mai"], env).stdout.strip()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        organization = client.get("/fhir/Organization/bach-mai").json()
+        assert organization["name"] == "Bệnh viện Bạch Mai"
+        for name in (
+            "00-hospital-information.json",
+            "00-practitioner-information.json",
+            "02-1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json",
+        ):
+            response = client.post("/fhir", content=(FIXTURES / name).read_bytes())
+            assert response.status_code == 200, response.text
+            assert all(e["response"]["status"].startswith("20") for e in response.json()["entry"])
+        patient = client.get(
+            "/fhir/Patient",
+            params={
+                "identifier": "https://github.com/synthetichealth/synthea|1484a42d-0eaf-4654-9cbf-6b050a5cd73b"
+            },
+        ).json()
+        assert patient["total"] == 1
+
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": "bach-mai",
+            "client_secret": "wrong",
+        }
+        assert httpx.post(f"{base}/auth/token", data=form).status_code == 401

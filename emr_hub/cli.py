@@ -24,7 +24,9 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int, help="Processes (PostgreSQL shape).")
+@click.option(
+    "--workers", default=1, show_default=True, type=int, help="Processes (PostgreSQL shape)."
+)
 def serve(host: str, port: int, workers: int) -> None:
     """Migrate the database, then serve the API."""
     import uvicorn
@@ -81,9 +83,14 @@ def demo() -> None:
     for hospital in HOSPITALS:
         secret = secrets.get(hospital.client_id)
         if secret:
-            click.echo(f"client {hospital.client_id} (Organization/{hospital.client_id}) secret: {secret}")
+            click.echo(
+                f"client {hospital.client_id} (Organization/{hospital.client_id}) secret: {secret}"
+            )
         else:
-            click.echo(f"client {hospital.client_id} (Organization/{hospital.client_id}) already registered")
+            click.echo(
+                f"client {hospital.client_id} (Organization/{hospital.client_id}) "
+                "already registered"
+            )
     click.echo("get a token with: emr-hub token bach-mai")
 
 
@@ -95,7 +102,9 @@ def client() -> None:
 @client.command("add")
 @click.argument("client_id")
 @click.option("--organization", required=True, help="Organization/ID of the client's hospital.")
-@click.option("--scope", "scope", default="system/*.cruds", show_default=True, help="SMART v2 scopes.")
+@click.option(
+    "--scope", "scope", default="system/*.cruds", show_default=True, help="SMART v2 scopes."
+)
 def client_add(client_id: str, organization: str, scope: str) -> None:
     """Register a client; prints its new secret once."""
     from emr_hub.security.clients import ClientExists, register_client
@@ -106,7 +115,9 @@ def client_add(client_id: str, organization: str, scope: str) -> None:
         with hub.db.transaction() as session:
             secret = register_client(session, client_id, organization, ScopeSet.parse(scope))
     except (ValueError, ClientExists) as exc:
-        raise click.ClickException(str(exc) if isinstance(exc, ValueError) else f"client {client_id} exists") from exc
+        raise click.ClickException(
+            str(exc) if isinstance(exc, ValueError) else f"client {client_id} exists"
+        ) from exc
     finally:
         hub.close()
     click.echo(secret)
@@ -126,7 +137,9 @@ def token(client_id: str, scope: str | None) -> None:
         with hub.db.transaction() as session:
             registered = get_client(session, client_id)
         if registered is None or not registered.active:
-            raise click.ClickException(f"no active client {client_id!r}; add it with: emr-hub client add")
+            raise click.ClickException(
+                f"no active client {client_id!r}; add it with: emr-hub client add"
+            )
         allowed = client_scopes(registered)
         try:
             wanted = ScopeSet.parse(scope) if scope else allowed
@@ -144,7 +157,13 @@ def token(client_id: str, scope: str | None) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def import_command(paths: tuple[Path, ...]) -> None:
     """Bulk load Bundle files (one transaction each) and NDJSON files."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from emr_hub.importer import ImportReport, count_items, expand, import_file
 
@@ -155,7 +174,10 @@ def import_command(paths: tuple[Path, ...]) -> None:
     try:
         total = sum(count_items(p) for p in files)
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
             transient=not sys.stderr.isatty(),
         ) as progress:
             task = progress.add_task("importing", total=total)

@@ -28,7 +28,7 @@ class Issue:
 
 @dataclass
 class FhirError(Exception):
-    """An error a client can act on. ``status`` is the HTTP status, ``issues`` say what and where."""
+    """An error a client can act on: ``status`` is the HTTP status, ``issues`` what and where."""
 
     status: int
     issues: list[Issue] = field(default_factory=list)

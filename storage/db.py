@@ -103,7 +103,7 @@ class Database:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
             return False
 
     def dispose(self) -> None:

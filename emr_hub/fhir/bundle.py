@@ -21,8 +21,8 @@ import orjson
 from emr_hub.errors import FhirError, Issue, bad_request, operation_outcome
 from emr_hub.fhir import interactions
 from emr_hub.fhir.criteria import parse_criteria
-from emr_hub.fhir.store import FhirStore, Stored, format_instant, identifier_tokens
 from emr_hub.fhir.http import parse_if_match
+from emr_hub.fhir.store import FhirStore, Stored, format_instant, identifier_tokens
 from emr_hub.fhir.validation import ID_PATTERN, is_resource_type
 
 if TYPE_CHECKING:
@@ -54,13 +54,22 @@ class Entry:
 
 
 def process_bundle(
-    store: FhirStore, principal: Principal, bundle: Any, base_url: str, *, representation: bool = False
+    store: FhirStore,
+    principal: Principal,
+    bundle: Any,
+    base_url: str,
+    *,
+    representation: bool = False,
 ) -> dict[str, Any]:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise bad_request("POST to the base takes a Bundle of type transaction or batch", "resourceType")
+        raise bad_request(
+            "POST to the base takes a Bundle of type transaction or batch", "resourceType"
+        )
     kind = bundle.get("type")
     if kind not in ("transaction", "batch"):
-        raise bad_request(f"Bundle.type {kind!r} cannot be processed; use transaction or batch", "Bundle.type")
+        raise bad_request(
+            f"Bundle.type {kind!r} cannot be processed; use transaction or batch", "Bundle.type"
+        )
     raw_entries = bundle.get("entry") or []
     if not isinstance(raw_entries, list):
         raise bad_request("Bundle.entry must be an array", "Bundle.entry")
@@ -69,7 +78,10 @@ def process_bundle(
         _run_transaction(store, principal, entries, base_url, representation)
         responses = [e.response for e in entries]
     else:
-        responses = [_run_batch_entry(store, principal, i, raw, base_url, representation) for i, raw in enumerate(raw_entries)]
+        responses = [
+            _run_batch_entry(store, principal, i, raw, base_url, representation)
+            for i, raw in enumerate(raw_entries)
+        ]
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
@@ -85,7 +97,11 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         raise bad_request("A Bundle entry must be an object", where)
     request = raw.get("request")
     if not isinstance(request, dict):
-        raise bad_request("Each entry of a transaction or batch needs a request", f"{where}.request", code="required")
+        raise bad_request(
+            "Each entry of a transaction or batch needs a request",
+            f"{where}.request",
+            code="required",
+        )
     method = request.get("method")
     url = request.get("url")
     if method not in ORDER:
@@ -95,19 +111,25 @@ def _parse_entry(index: int, raw: Any) -> Entry:
     path, _, query = url.partition("?")
     parts = [p for p in path.split("/") if p]
     if not parts or not is_resource_type(parts[0]):
-        raise bad_request(f"request.url {url!r} does not start with a known resource type", f"{where}.request.url")
+        raise bad_request(
+            f"request.url {url!r} does not start with a known resource type", f"{where}.request.url"
+        )
     resource_id = parts[1] if len(parts) > 1 else None
     if resource_id is not None and not ID_PATTERN.fullmatch(resource_id):
         raise bad_request(f"Invalid id in request.url {url!r}", f"{where}.request.url")
     resource = raw.get("resource")
     if method in ("POST", "PUT") and resource is None:
-        raise bad_request(f"A {method} entry needs a resource", f"{where}.resource", code="required")
+        raise bad_request(
+            f"A {method} entry needs a resource", f"{where}.resource", code="required"
+        )
     if method == "POST" and resource_id is not None:
         raise bad_request("A POST entry's url is the resource type alone", f"{where}.request.url")
     if method in ("DELETE", "PATCH") and resource_id is None and not query:
         raise bad_request(f"A {method} entry's url needs an id", f"{where}.request.url")
     if method == "PUT" and resource_id is None and not query:
-        raise bad_request("A PUT entry's url needs an id or search criteria", f"{where}.request.url")
+        raise bad_request(
+            "A PUT entry's url needs an id or search criteria", f"{where}.request.url"
+        )
     if_match = request.get("ifMatch")
 
     return Entry(
@@ -126,7 +148,11 @@ def _parse_entry(index: int, raw: Any) -> Entry:
 
 # -------------------------------------------------------------- transaction
 def _run_transaction(
-    store: FhirStore, principal: Principal, entries: list[Entry], base_url: str, representation: bool
+    store: FhirStore,
+    principal: Principal,
+    entries: list[Entry],
+    base_url: str,
+    representation: bool,
 ) -> None:
     mapping = _assign_ids(store, entries)
     pending_identifiers = _identifier_index(entries)
@@ -138,7 +164,9 @@ def _run_transaction(
             return target
         if "?" in reference and not reference.startswith(("http:", "https:")):
             if reference not in conditional_cache:
-                conditional_cache[reference] = _resolve_conditional(store, reference, pending_identifiers, where)
+                conditional_cache[reference] = _resolve_conditional(
+                    store, reference, pending_identifiers, where
+                )
             return conditional_cache[reference]
         return None
 
@@ -157,17 +185,28 @@ def _assign_ids(store: FhirStore, entries: list[Entry]) -> dict[str, str]:
     for entry in entries:
         if entry.full_url:
             if entry.full_url in seen:
-                raise bad_request(f"fullUrl {entry.full_url!r} appears twice", f"{entry.where}.fullUrl")
+                raise bad_request(
+                    f"fullUrl {entry.full_url!r} appears twice", f"{entry.where}.fullUrl"
+                )
             seen.add(entry.full_url)
         if entry.method == "POST":
             if entry.if_none_exist:
                 matches = interactions.find_matches(
-                    store, entry.resource_type, entry.if_none_exist, f"{entry.where}.request.ifNoneExist"
+                    store,
+                    entry.resource_type,
+                    entry.if_none_exist,
+                    f"{entry.where}.request.ifNoneExist",
                 )
                 if len(matches) > 1:
                     raise FhirError(
                         412,
-                        [Issue("duplicate", f"ifNoneExist matches {len(matches)} resources", (f"{entry.where}.request.ifNoneExist",))],
+                        [
+                            Issue(
+                                "duplicate",
+                                f"ifNoneExist matches {len(matches)} resources",
+                                (f"{entry.where}.request.ifNoneExist",),
+                            )
+                        ],
                     )
                 entry.matched = matches[0] if matches else None
             entry.assigned_id = entry.matched or str(uuid.uuid4())
@@ -187,7 +226,9 @@ def _identifier_index(entries: list[Entry]) -> dict[tuple[str, str | None, str],
     for entry in entries:
         if entry.method == "POST" and isinstance(entry.resource, dict) and not entry.matched:
             for _, system, code in identifier_tokens(entry.resource):
-                index[(entry.resource_type, system, code)] = f"{entry.resource_type}/{entry.assigned_id}"
+                index[(entry.resource_type, system, code)] = (
+                    f"{entry.resource_type}/{entry.assigned_id}"
+                )
     return index
 
 
@@ -202,21 +243,49 @@ def _resolve_conditional(
     if len(criteria) == 1 and criteria[0].param == "identifier":
         for value in criteria[0].values:
             for (rtype, system, code), target in pending.items():
-                if rtype == resource_type and code == value.code and (value.system is None or value.system == (system or "")):
+                if (
+                    rtype == resource_type
+                    and code == value.code
+                    and (value.system is None or value.system == (system or ""))
+                ):
                     found.add(target)
     if not found:
-        raise FhirError(400, [Issue("not-found", f"Conditional reference {reference!r} matches no resource", (where,))])
+        raise FhirError(
+            400,
+            [
+                Issue(
+                    "not-found",
+                    f"Conditional reference {reference!r} matches no resource",
+                    (where,),
+                )
+            ],
+        )
     if len(found) > 1:
-        raise FhirError(412, [Issue("multiple-matches", f"Conditional reference {reference!r} matches several resources", (where,))])
+        raise FhirError(
+            412,
+            [
+                Issue(
+                    "multiple-matches",
+                    f"Conditional reference {reference!r} matches several resources",
+                    (where,),
+                )
+            ],
+        )
     return found.pop()
 
 
 def _rewrite_references(node: Any, resolve: Callable[[str, str], str | None], where: str) -> None:
-    """Replace resolvable references in place: ``reference`` fields and uri values equal to a fullUrl."""
+    """Replace resolvable references in place.
+
+    That is every ``reference`` field, and ``value[x]`` strings holding a ``urn:uuid:`` fullUrl
+    (extensions with a uri value); ``#contained`` references never resolve and stay as they are.
+    """
     if isinstance(node, dict):
         for key, value in node.items():
             if isinstance(value, str):
-                if key == "reference" or (key.startswith("value") and value.startswith("urn:uuid:")):
+                if key == "reference" or (
+                    key.startswith("value") and value.startswith("urn:uuid:")
+                ):
                     target = resolve(value, f"{where}.{key}")
                     if target is not None:
                         node[key] = target
@@ -227,37 +296,78 @@ def _rewrite_references(node: Any, resolve: Callable[[str, str], str | None], wh
             _rewrite_references(item, resolve, f"{where}[{position}]")
 
 
-def _execute(store: FhirStore, principal: Principal, entry: Entry, base_url: str, representation: bool) -> dict[str, Any]:
+def _execute(
+    store: FhirStore, principal: Principal, entry: Entry, base_url: str, representation: bool
+) -> dict[str, Any]:
     where = f"{entry.where}.resource"
     if entry.method == "POST":
         if entry.matched:
             principal.require(entry.resource_type, "c")
             stored = store.read(entry.resource_type, entry.matched)
             return _response(stored, 200, base_url, representation)
-        result = interactions.create(store, principal, entry.resource_type, entry.resource, assigned_id=entry.assigned_id, where=where)
+        result = interactions.create(
+            store,
+            principal,
+            entry.resource_type,
+            entry.resource,
+            assigned_id=entry.assigned_id,
+            where=where,
+        )
     elif entry.method == "PUT":
         if entry.resource_id is None:
             result = interactions.conditional_update(
-                store, principal, entry.resource_type, entry.query or "", entry.resource, if_match=entry.if_match, where=where
+                store,
+                principal,
+                entry.resource_type,
+                entry.query or "",
+                entry.resource,
+                if_match=entry.if_match,
+                where=where,
             )
         else:
             result = interactions.update(
-                store, principal, entry.resource_type, entry.resource_id, entry.resource, if_match=entry.if_match, where=where
+                store,
+                principal,
+                entry.resource_type,
+                entry.resource_id,
+                entry.resource,
+                if_match=entry.if_match,
+                where=where,
             )
     elif entry.method == "PATCH":
         if entry.resource_id is None:
             raise bad_request("Conditional PATCH is not supported", f"{entry.where}.request.url")
         operations = _patch_operations(entry)
-        result = interactions.patch(store, principal, entry.resource_type, entry.resource_id, operations, if_match=entry.if_match)
+        result = interactions.patch(
+            store,
+            principal,
+            entry.resource_type,
+            entry.resource_id,
+            operations,
+            if_match=entry.if_match,
+        )
     elif entry.method == "DELETE":
         if entry.resource_id is None:
-            matches = interactions.find_matches(store, entry.resource_type, entry.query or "", f"{entry.where}.request.url")
+            matches = interactions.find_matches(
+                store, entry.resource_type, entry.query or "", f"{entry.where}.request.url"
+            )
             for match in matches[:1] if len(matches) == 1 else []:
                 interactions.delete(store, principal, entry.resource_type, match)
             if len(matches) > 1:
-                raise FhirError(412, [Issue("multiple-matches", "Conditional delete matches several resources", (f"{entry.where}.request.url",))])
+                raise FhirError(
+                    412,
+                    [
+                        Issue(
+                            "multiple-matches",
+                            "Conditional delete matches several resources",
+                            (f"{entry.where}.request.url",),
+                        )
+                    ],
+                )
             return {"response": {"status": "204 No Content"}}
-        result = interactions.delete(store, principal, entry.resource_type, entry.resource_id, if_match=entry.if_match)
+        result = interactions.delete(
+            store, principal, entry.resource_type, entry.resource_id, if_match=entry.if_match
+        )
         response: dict[str, Any] = {"status": "204 No Content"}
         if result.stored is not None:
             response["etag"] = result.stored.etag
@@ -271,34 +381,52 @@ def _execute(store: FhirStore, principal: Principal, entry: Entry, base_url: str
 def _patch_operations(entry: Entry) -> Any:
     """A PATCH entry carries its JSON Patch as a Binary (base64 data), the FHIR convention."""
     resource = entry.resource
-    if isinstance(resource, dict) and resource.get("resourceType") == "Binary" and isinstance(resource.get("data"), str):
+    if (
+        isinstance(resource, dict)
+        and resource.get("resourceType") == "Binary"
+        and isinstance(resource.get("data"), str)
+    ):
         try:
             return orjson.loads(base64.b64decode(resource["data"], validate=True))
         except (ValueError, orjson.JSONDecodeError):
-            raise bad_request("The Binary of a PATCH entry does not hold a JSON Patch", f"{entry.where}.resource.data") from None
+            raise bad_request(
+                "The Binary of a PATCH entry does not hold a JSON Patch",
+                f"{entry.where}.resource.data",
+            ) from None
     if isinstance(resource, list):
         return resource
-    raise bad_request("A PATCH entry needs a Binary resource holding a JSON Patch", f"{entry.where}.resource")
+    raise bad_request(
+        "A PATCH entry needs a Binary resource holding a JSON Patch", f"{entry.where}.resource"
+    )
 
 
-def _read_entry(store: FhirStore, principal: Principal, entry: Entry, base_url: str) -> dict[str, Any]:
+def _read_entry(
+    store: FhirStore, principal: Principal, entry: Entry, base_url: str
+) -> dict[str, Any]:
     parts = [p for p in entry.url.split("?")[0].split("/") if p]
     if entry.resource_id is None:
         principal.require(entry.resource_type, "s")
-        ids = interactions.find_matches(store, entry.resource_type, entry.query or "", f"{entry.where}.request.url")
+        ids = interactions.find_matches(
+            store, entry.resource_type, entry.query or "", f"{entry.where}.request.url"
+        )
         bundle = {
             "resourceType": "Bundle",
             "type": "searchset",
             "total": len(ids),
             "entry": [
-                {"fullUrl": f"{base_url}/{entry.resource_type}/{i}", "resource": store.read(entry.resource_type, i).content,
-                 "search": {"mode": "match"}}
+                {
+                    "fullUrl": f"{base_url}/{entry.resource_type}/{i}",
+                    "resource": store.read(entry.resource_type, i).content,
+                    "search": {"mode": "match"},
+                }
                 for i in ids
             ],
         }
         return {"resource": bundle, "response": {"status": "200 OK"}}
     if len(parts) == 4 and parts[2] == "_history":
-        stored = interactions.vread(store, principal, entry.resource_type, entry.resource_id, parts[3])
+        stored = interactions.vread(
+            store, principal, entry.resource_type, entry.resource_id, parts[3]
+        )
     else:
         stored = interactions.read(store, principal, entry.resource_type, entry.resource_id)
     return _response(stored, 200, base_url, True)
@@ -319,14 +447,23 @@ def _response(stored: Stored, status: int, base_url: str, representation: bool) 
 
 # -------------------------------------------------------------------- batch
 def _run_batch_entry(
-    store: FhirStore, principal: Principal, index: int, raw: Any, base_url: str, representation: bool
+    store: FhirStore,
+    principal: Principal,
+    index: int,
+    raw: Any,
+    base_url: str,
+    representation: bool,
 ) -> dict[str, Any]:
     """One batch entry on its own savepoint: its failure is reported, the others stand."""
     savepoint = store.session.begin_nested()
     try:
         entry = _parse_entry(index, raw)
         if isinstance(entry.resource, dict):
-            _rewrite_references(entry.resource, lambda ref, where: _batch_resolve(store, ref, where), f"{entry.where}.resource")
+            _rewrite_references(
+                entry.resource,
+                lambda ref, where: _batch_resolve(store, ref, where),
+                f"{entry.where}.resource",
+            )
         if entry.method == "POST" and entry.if_none_exist:
             _assign_ids(store, [entry])
         result = _execute(store, principal, entry, base_url, representation)
@@ -348,4 +485,3 @@ def _batch_resolve(store: FhirStore, reference: str, where: str) -> str | None:
     if "?" in reference and not reference.startswith(("http:", "https:", "urn:")):
         return _resolve_conditional(store, reference, {}, where)
     return None
-

@@ -11,31 +11,147 @@ from emr_hub import __version__
 from emr_hub.fhir.validation import is_resource_type
 
 # Every R4 resource type the R4B models know (R4B dropped a few R4-only ones; see validation).
-_CANDIDATE_TYPES = (
-    "Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse "
-    "AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure CapabilityStatement CarePlan "
-    "CareTeam CatalogEntry ChargeItem ChargeItemDefinition Claim ClaimResponse ClinicalImpression "
-    "CodeSystem Communication CommunicationRequest CompartmentDefinition Composition ConceptMap "
-    "Condition Consent Contract Coverage CoverageEligibilityRequest CoverageEligibilityResponse "
-    "DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest DeviceUseStatement "
-    "DiagnosticReport DocumentManifest DocumentReference Encounter Endpoint EnrollmentRequest "
-    "EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceVariable ExampleScenario "
-    "ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group GuidanceResponse "
-    "HealthcareService ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation "
-    "ImplementationGuide InsurancePlan Invoice Library Linkage List Location Measure MeasureReport "
-    "Media Medication MedicationAdministration MedicationDispense MedicationKnowledge "
-    "MedicationRequest MedicationStatement MessageDefinition MessageHeader MolecularSequence "
-    "NamingSystem NutritionOrder Observation ObservationDefinition OperationDefinition "
-    "OperationOutcome Organization OrganizationAffiliation Parameters Patient PaymentNotice "
-    "PaymentReconciliation Person PlanDefinition Practitioner PractitionerRole Procedure "
-    "Provenance Questionnaire QuestionnaireResponse RelatedPerson RequestGroup ResearchDefinition "
-    "ResearchElementDefinition ResearchStudy ResearchSubject RiskAssessment Schedule "
-    "SearchParameter ServiceRequest Slot Specimen SpecimenDefinition StructureDefinition "
-    "StructureMap Subscription Substance SupplyDelivery SupplyRequest Task TerminologyCapabilities "
-    "TestReport TestScript ValueSet VerificationResult VisionPrescription"
-).split()
+_CANDIDATE_TYPES = [
+    "Account",
+    "ActivityDefinition",
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "AuditEvent",
+    "Basic",
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "BodyStructure",
+    "CapabilityStatement",
+    "CarePlan",
+    "CareTeam",
+    "CatalogEntry",
+    "ChargeItem",
+    "ChargeItemDefinition",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "CodeSystem",
+    "Communication",
+    "CommunicationRequest",
+    "CompartmentDefinition",
+    "Composition",
+    "ConceptMap",
+    "Condition",
+    "Consent",
+    "Contract",
+    "Coverage",
+    "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse",
+    "DetectedIssue",
+    "Device",
+    "DeviceDefinition",
+    "DeviceMetric",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "Encounter",
+    "Endpoint",
+    "EnrollmentRequest",
+    "EnrollmentResponse",
+    "EpisodeOfCare",
+    "EventDefinition",
+    "Evidence",
+    "EvidenceVariable",
+    "ExampleScenario",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "GraphDefinition",
+    "Group",
+    "GuidanceResponse",
+    "HealthcareService",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "ImplementationGuide",
+    "InsurancePlan",
+    "Invoice",
+    "Library",
+    "Linkage",
+    "List",
+    "Location",
+    "Measure",
+    "MeasureReport",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationKnowledge",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MessageDefinition",
+    "MessageHeader",
+    "MolecularSequence",
+    "NamingSystem",
+    "NutritionOrder",
+    "Observation",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "OperationOutcome",
+    "Organization",
+    "OrganizationAffiliation",
+    "Parameters",
+    "Patient",
+    "PaymentNotice",
+    "PaymentReconciliation",
+    "Person",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "ResearchDefinition",
+    "ResearchElementDefinition",
+    "ResearchStudy",
+    "ResearchSubject",
+    "RiskAssessment",
+    "Schedule",
+    "SearchParameter",
+    "ServiceRequest",
+    "Slot",
+    "Specimen",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "StructureMap",
+    "Subscription",
+    "Substance",
+    "SupplyDelivery",
+    "SupplyRequest",
+    "Task",
+    "TerminologyCapabilities",
+    "TestReport",
+    "TestScript",
+    "ValueSet",
+    "VerificationResult",
+    "VisionPrescription",
+]
 
-INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
+INTERACTIONS = [
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+]
 
 
 @cache
@@ -87,10 +203,16 @@ def capability_statement(base_url: str, published: str) -> dict[str, Any]:
                             ]
                         }
                     ],
-                    "description": "OAuth2 client credentials at /auth/token; SMART v2 system scopes.",
+                    "description": (
+                        "OAuth2 client credentials at /auth/token; SMART v2 system scopes."
+                    ),
                 },
                 "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
             }
         ],
     }

@@ -14,7 +14,10 @@ from typing import Any
 from emr_hub.errors import bad_request
 from emr_hub.fhir.validation import model_class
 
-SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+}
 SUMMARY_MODES = ("true", "false", "text", "data", "count")
 
 
@@ -53,14 +56,18 @@ def apply_summary(resource: dict[str, Any], mode: str | None) -> dict[str, Any]:
         return _tagged(resource, {"text", *required})
     if mode == "data":
         return _tagged(resource, {k for k in resource if k != "text"})
-    raise bad_request(f"_summary={mode} is not valid here (allowed: true, false, text, data)", "_summary")
+    raise bad_request(
+        f"_summary={mode} is not valid here (allowed: true, false, text, data)", "_summary"
+    )
 
 
 def apply_elements(resource: dict[str, Any], elements: list[str] | None) -> dict[str, Any]:
     if not elements:
         return resource
     _, required = _element_flags(resource["resourceType"])
-    keep = {e.split(".", 1)[-1] if e.startswith(resource["resourceType"] + ".") else e for e in elements}
+    keep = {
+        e.split(".", 1)[-1] if e.startswith(resource["resourceType"] + ".") else e for e in elements
+    }
     return _tagged(resource, keep | (required & resource.keys()))
 
 

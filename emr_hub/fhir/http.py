@@ -26,12 +26,27 @@ def wants_pretty(request: Request) -> bool:
         fmt = fmt.split(";")[0].strip().lower()
         if fmt not in JSON_TYPES:
             raise FhirError(
-                406, [Issue("not-supported", f"_format={fmt} is not served: this hub speaks FHIR JSON only", ("_format",))]
+                406,
+                [
+                    Issue(
+                        "not-supported",
+                        f"_format={fmt} is not served: this hub speaks FHIR JSON only",
+                        ("_format",),
+                    )
+                ],
             )
     else:
         accept = request.headers.get("accept", "")
         if accept and _only_xml(accept):
-            raise FhirError(406, [Issue("not-supported", "Only application/fhir+json is served (Accept asked for XML)")])
+            raise FhirError(
+                406,
+                [
+                    Issue(
+                        "not-supported",
+                        "Only application/fhir+json is served (Accept asked for XML)",
+                    )
+                ],
+            )
     return request.query_params.get("_pretty", "").lower() == "true"
 
 
@@ -43,15 +58,29 @@ def _only_xml(accept: str) -> bool:
 def parse_json_body(raw: bytes, content_type: str | None) -> Any:
     media = (content_type or "").split(";")[0].strip().lower()
     if media in XML_TYPES:
-        raise FhirError(415, [Issue("not-supported", "XML bodies are not accepted: send application/fhir+json")])
+        raise FhirError(
+            415, [Issue("not-supported", "XML bodies are not accepted: send application/fhir+json")]
+        )
     if media and media not in JSON_TYPES and media != "application/json-patch+json":
-        raise FhirError(415, [Issue("not-supported", f"Unsupported Content-Type {media!r}; send application/fhir+json")])
+        raise FhirError(
+            415,
+            [
+                Issue(
+                    "not-supported",
+                    f"Unsupported Content-Type {media!r}; send application/fhir+json",
+                )
+            ],
+        )
     if not raw.strip():
-        raise bad_request("The request body is empty; a FHIR JSON resource was expected", code="required")
+        raise bad_request(
+            "The request body is empty; a FHIR JSON resource was expected", code="required"
+        )
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise bad_request(f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", code="structure") from None
+        raise bad_request(
+            f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", code="structure"
+        ) from None
 
 
 def parse_if_match(header: str | None) -> int | None:
@@ -81,7 +110,12 @@ def fhir_response(
     body: Any | None, status: int = 200, headers: dict[str, str] | None = None, pretty: bool = False
 ) -> Response:
     content = b"" if body is None else dump(body, pretty)
-    return Response(content, status_code=status, media_type=FHIR_JSON if body is not None else None, headers=headers)
+    return Response(
+        content,
+        status_code=status,
+        media_type=FHIR_JSON if body is not None else None,
+        headers=headers,
+    )
 
 
 def version_headers(stored: Stored, base_url: str) -> dict[str, str]:

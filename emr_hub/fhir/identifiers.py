@@ -38,9 +38,9 @@ def cccd_problem(value: str, birth_date: str | None = None) -> str | None:
         return "a CCCD is exactly 12 digits"
     if value[:3] not in cccd_province_codes():
         return f"a CCCD starts with a province code; {value[:3]!r} is not one"
-    if birth_date and len(birth_date) >= 4 and birth_date[:4].isdigit():
-        if int(birth_date[:4]) != cccd_birth_year(value):
-            return "the CCCD's century and year digits do not match Patient.birthDate"
+    born = birth_date[:4] if birth_date else ""
+    if born.isdigit() and len(born) == 4 and int(born) != cccd_birth_year(value):
+        return "the CCCD's century and year digits do not match Patient.birthDate"
     return None
 
 

@@ -40,7 +40,9 @@ def read(store: FhirStore, principal: Principal, resource_type: str, resource_id
     return store.read(resource_type, resource_id)
 
 
-def vread(store: FhirStore, principal: Principal, resource_type: str, resource_id: str, version: str) -> Stored:
+def vread(
+    store: FhirStore, principal: Principal, resource_type: str, resource_id: str, version: str
+) -> Stored:
     check_type(resource_type)
     principal.require(resource_type, "r")
     if not version.isdigit():
@@ -72,9 +74,15 @@ def create(
     if if_none_exist:
         matches = find_matches(store, resource_type, if_none_exist, "If-None-Exist")
         if len(matches) > 1:
-            raise precondition_failed(f"If-None-Exist {if_none_exist!r} matches {len(matches)} resources")
+            raise precondition_failed(
+                f"If-None-Exist {if_none_exist!r} matches {len(matches)} resources"
+            )
         if matches:
-            return Result(200, store.read(resource_type, matches[0]), "matched an existing resource; nothing created")
+            return Result(
+                200,
+                store.read(resource_type, matches[0]),
+                "matched an existing resource; nothing created",
+            )
     return Result(201, store.create(resource, resource_id=assigned_id))
 
 
@@ -95,10 +103,15 @@ def update(
     resource = validate_resource(body, expected_type=resource_type, where=where)
     body_id = resource.get("id")
     if body_id is None:
-        raise bad_request("The resource in an update must carry its id", f"{where or resource_type}.id", code="required")
+        raise bad_request(
+            "The resource in an update must carry its id",
+            f"{where or resource_type}.id",
+            code="required",
+        )
     if body_id != resource_id:
         raise bad_request(
-            f"The resource id {body_id!r} does not match the URL's id {resource_id!r}", f"{where or resource_type}.id"
+            f"The resource id {body_id!r} does not match the URL's id {resource_id!r}",
+            f"{where or resource_type}.id",
         )
     outcome = store.update(resource_type, resource_id, resource, if_match=if_match)
     if outcome.created:
@@ -130,9 +143,18 @@ def conditional_update(
         return Result(201, store.create(resource, resource_id=resource.get("id"), method="PUT"))
     target = matches[0]
     if isinstance(body, dict) and body.get("id") not in (None, target):
-        raise bad_request(f"The resource id {body.get('id')!r} differs from the matched {target!r}", "id")
-    return update(store, principal, resource_type, target, {**body, "id": target} if isinstance(body, dict) else body,
-                  if_match=if_match, where=where)
+        raise bad_request(
+            f"The resource id {body.get('id')!r} differs from the matched {target!r}", "id"
+        )
+    return update(
+        store,
+        principal,
+        resource_type,
+        target,
+        {**body, "id": target} if isinstance(body, dict) else body,
+        if_match=if_match,
+        where=where,
+    )
 
 
 def patch(
@@ -151,21 +173,47 @@ def patch(
     current = store.read(resource_type, resource_id)
     if if_match is not None and if_match != current.version_id:
         raise precondition_failed(
-            f"If-Match version {if_match} is stale: {resource_type}/{resource_id} is at version {current.version_id}"
+            f"If-Match version {if_match} is stale: {resource_type}/{resource_id} "
+            f"is at version {current.version_id}"
         )
     if not isinstance(operations, list):
         raise bad_request("A JSON Patch body is an array of operations", code="structure")
     try:
         patched = jsonpatch.JsonPatch(operations).apply(current.content)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError, ValueError) as exc:
-        raise FhirError(422, [Issue("processing", f"JSON Patch could not be applied: {exc}")]) from None
-    if not isinstance(patched, dict) or patched.get("resourceType") != resource_type or patched.get("id") != resource_id:
+    except (
+        jsonpatch.JsonPatchException,
+        jsonpatch.JsonPointerException,
+        TypeError,
+        KeyError,
+        ValueError,
+    ) as exc:
+        raise FhirError(
+            422, [Issue("processing", f"JSON Patch could not be applied: {exc}")]
+        ) from None
+    if (
+        not isinstance(patched, dict)
+        or patched.get("resourceType") != resource_type
+        or patched.get("id") != resource_id
+    ):
         raise FhirError(422, [Issue("processing", "JSON Patch may not change resourceType or id")])
-    return update(store, principal, resource_type, resource_id, patched, if_match=current.version_id, where=where)
+    return update(
+        store,
+        principal,
+        resource_type,
+        resource_id,
+        patched,
+        if_match=current.version_id,
+        where=where,
+    )
 
 
 def delete(
-    store: FhirStore, principal: Principal, resource_type: str, resource_id: str, *, if_match: int | None = None
+    store: FhirStore,
+    principal: Principal,
+    resource_type: str,
+    resource_id: str,
+    *,
+    if_match: int | None = None,
 ) -> Result:
     check_type(resource_type)
     principal.require(resource_type, "d")

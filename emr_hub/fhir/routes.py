@@ -100,7 +100,9 @@ async def transaction_or_batch(request: Request, hub: HubDep, principal: Princip
     representation = prefer_return(request, default="minimal") == "representation"
     base = hub.settings.fhir_base_url
     result = await run_in_threadpool(
-        in_transaction, hub, lambda store: process_bundle(store, principal, bundle, base, representation=representation)
+        in_transaction,
+        hub,
+        lambda store: process_bundle(store, principal, bundle, base, representation=representation),
     )
     return fhir_response(result, 200, pretty=pretty)
 
@@ -113,7 +115,9 @@ def system_history(request: Request, hub: HubDep, principal: PrincipalDep) -> Re
 
 # --------------------------------------------------------------------- type
 @router.get("/{resource_type}/_history")
-def type_history(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+def type_history(
+    resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
     interactions.check_type(resource_type)
     principal.require(resource_type, "s")
     return _history(request, hub, resource_type, None)
@@ -127,7 +131,9 @@ def search(resource_type: str, request: Request, hub: HubDep, principal: Princip
     pretty = wants_pretty(request)
     count = _count(request, default=50)
     criteria = "&".join(
-        f"{k}={v}" for k, v in request.query_params.multi_items() if k not in COMMON_PARAMS | {"_count"}
+        f"{k}={v}"
+        for k, v in request.query_params.multi_items()
+        if k not in COMMON_PARAMS | {"_count"}
     )
     if not criteria:
         raise bad_request("Give search criteria: _id or identifier", "query", code="required")
@@ -155,7 +161,9 @@ def search(resource_type: str, request: Request, hub: HubDep, principal: Princip
 
 
 @router.post("/{resource_type}")
-async def create(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+async def create(
+    resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
     interactions.check_type(resource_type)
     principal.require(resource_type, "c")
     body = await read_body(request, hub)
@@ -163,31 +171,43 @@ async def create(resource_type: str, request: Request, hub: HubDep, principal: P
     result = await run_in_threadpool(
         in_transaction,
         hub,
-        lambda store: interactions.create(store, principal, resource_type, body, if_none_exist=if_none_exist),
+        lambda store: interactions.create(
+            store, principal, resource_type, body, if_none_exist=if_none_exist
+        ),
     )
     return render_write(request, result, hub)
 
 
 @router.put("/{resource_type}")
-async def conditional_update(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+async def conditional_update(
+    resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
     interactions.check_type(resource_type)
     body = await read_body(request, hub)
     query = str(request.url.query)
     if not query:
-        raise bad_request("PUT on a type needs search criteria (conditional update) or an id in the URL", "url")
+        raise bad_request(
+            "PUT on a type needs search criteria (conditional update) or an id in the URL", "url"
+        )
     if_match = parse_if_match(request.headers.get("if-match"))
     result = await run_in_threadpool(
         in_transaction,
         hub,
-        lambda store: interactions.conditional_update(store, principal, resource_type, query, body, if_match=if_match),
+        lambda store: interactions.conditional_update(
+            store, principal, resource_type, query, body, if_match=if_match
+        ),
     )
     return render_write(request, result, hub)
 
 
 # ----------------------------------------------------------------- instance
 @router.get("/{resource_type}/{resource_id}")
-def read(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
-    stored = in_transaction(hub, lambda store: interactions.read(store, principal, resource_type, resource_id))
+def read(
+    resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
+    stored = in_transaction(
+        hub, lambda store: interactions.read(store, principal, resource_type, resource_id)
+    )
     return render_resource(request, stored, hub)
 
 
@@ -202,14 +222,23 @@ def instance_history(
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")
 def vread(
-    resource_type: str, resource_id: str, version: str, request: Request, hub: HubDep, principal: PrincipalDep
+    resource_type: str,
+    resource_id: str,
+    version: str,
+    request: Request,
+    hub: HubDep,
+    principal: PrincipalDep,
 ) -> Response:
-    stored = in_transaction(hub, lambda store: interactions.vread(store, principal, resource_type, resource_id, version))
+    stored = in_transaction(
+        hub, lambda store: interactions.vread(store, principal, resource_type, resource_id, version)
+    )
     return render_resource(request, stored, hub)
 
 
 @router.put("/{resource_type}/{resource_id}")
-async def update(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+async def update(
+    resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
     interactions.check_type(resource_type)
     principal.require(resource_type, "u")
     body = await read_body(request, hub)
@@ -217,33 +246,51 @@ async def update(resource_type: str, resource_id: str, request: Request, hub: Hu
     result = await run_in_threadpool(
         in_transaction,
         hub,
-        lambda store: interactions.update(store, principal, resource_type, resource_id, body, if_match=if_match),
+        lambda store: interactions.update(
+            store, principal, resource_type, resource_id, body, if_match=if_match
+        ),
     )
     return render_write(request, result, hub)
 
 
 @router.patch("/{resource_type}/{resource_id}")
-async def patch(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+async def patch(
+    resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
     interactions.check_type(resource_type)
     principal.require(resource_type, "u")
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media != "application/json-patch+json":
-        raise FhirError(415, [Issue("not-supported", "PATCH takes application/json-patch+json (RFC 6902 JSON Patch)")])
+        raise FhirError(
+            415,
+            [
+                Issue(
+                    "not-supported", "PATCH takes application/json-patch+json (RFC 6902 JSON Patch)"
+                )
+            ],
+        )
     operations = await read_body(request, hub)
     if_match = parse_if_match(request.headers.get("if-match"))
     result = await run_in_threadpool(
         in_transaction,
         hub,
-        lambda store: interactions.patch(store, principal, resource_type, resource_id, operations, if_match=if_match),
+        lambda store: interactions.patch(
+            store, principal, resource_type, resource_id, operations, if_match=if_match
+        ),
     )
     return render_write(request, result, hub)
 
 
 @router.delete("/{resource_type}/{resource_id}")
-def delete(resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+def delete(
+    resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
     if_match = parse_if_match(request.headers.get("if-match"))
     result = in_transaction(
-        hub, lambda store: interactions.delete(store, principal, resource_type, resource_id, if_match=if_match)
+        hub,
+        lambda store: interactions.delete(
+            store, principal, resource_type, resource_id, if_match=if_match
+        ),
     )
     headers = {"ETag": result.stored.etag} if result.stored else {}
     return fhir_response(None, 204, headers)
@@ -259,7 +306,9 @@ def _count(request: Request, default: int) -> int:
     return min(int(raw), 1000)
 
 
-def _history(request: Request, hub: Hub, resource_type: str | None, resource_id: str | None) -> Response:
+def _history(
+    request: Request, hub: Hub, resource_type: str | None, resource_id: str | None
+) -> Response:
     pretty = wants_pretty(request)
     count = max(_count(request, default=50), 1)
     since = _instant(request.query_params.get("_since"), "_since")
@@ -269,7 +318,9 @@ def _history(request: Request, hub: Hub, resource_type: str | None, resource_id:
     cursor = int(cursor_text) if cursor_text else None
     page, next_cursor = in_transaction(
         hub,
-        lambda store: store.history(resource_type, resource_id, since=since, before_seq=cursor, count=count),
+        lambda store: store.history(
+            resource_type, resource_id, since=since, before_seq=cursor, count=count
+        ),
     )
     base = hub.settings.fhir_base_url
     bundle: dict[str, Any] = {
@@ -282,7 +333,9 @@ def _history(request: Request, hub: Hub, resource_type: str | None, resource_id:
         params = dict(request.query_params)
         params["_cursor"] = str(next_cursor)
         params["_count"] = str(count)
-        bundle["link"].append({"relation": "next", "url": str(request.url.replace_query_params(**params))})
+        bundle["link"].append(
+            {"relation": "next", "url": str(request.url.replace_query_params(**params))}
+        )
     return fhir_response(bundle, pretty=pretty)
 
 
@@ -295,7 +348,11 @@ def _history_entry(stored: Stored, base: str) -> dict[str, Any]:
         "method": method,
         "url": stored.resource_type if method == "POST" else f"{stored.resource_type}/{stored.id}",
     }
-    status = "201 Created" if stored.version_id == 1 else ("204 No Content" if stored.deleted else "200 OK")
+    status = (
+        "201 Created"
+        if stored.version_id == 1
+        else ("204 No Content" if stored.deleted else "200 OK")
+    )
     entry["response"] = {
         "status": status,
         "etag": stored.etag,
@@ -310,7 +367,9 @@ def _instant(text: str | None, name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise bad_request(f"{name} must be a FHIR instant such as 2026-01-31T08:00:00+07:00", name) from None
+        raise bad_request(
+            f"{name} must be a FHIR instant such as 2026-01-31T08:00:00+07:00", name
+        ) from None
     if moment.tzinfo is None:
         raise bad_request(f"{name} needs a time zone", name)
     return moment

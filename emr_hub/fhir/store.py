@@ -255,12 +255,11 @@ class FhirStore:
         current = self.current(resource_type, resource_id, for_update=True)
         _check_if_match(current, if_match, f"{resource_type}/{resource_id}")
         if current is None:
-            return WriteResult(self.create(resource, resource_id=resource_id, method="PUT"), created=True)
-        if not current.deleted and current.content is not None:
-            if _strip_volatile_meta(current.content) == _strip_volatile_meta(
-                {**resource, "id": resource_id}
-            ):
-                return WriteResult(current, created=False, changed=False)
+            return WriteResult(
+                self.create(resource, resource_id=resource_id, method="PUT"), created=True
+            )
+        if self._unchanged(current, {**resource, "id": resource_id}):
+            return WriteResult(current, created=False, changed=False)
         version = current.version_id + 1
         content = self._stamp(resource, resource_id, version)
         self._write_version(resource_type, resource_id, version, False, content, "PUT")
@@ -300,6 +299,13 @@ class FhirStore:
         self._pending_keys.clear()
 
     # -------------------------------------------------------------- helpers
+    @staticmethod
+    def _unchanged(current: Stored, resource: dict[str, Any]) -> bool:
+        """A live version with the same content: an update would only repeat it (a retry)."""
+        if current.deleted or current.content is None:
+            return False
+        return _strip_volatile_meta(current.content) == _strip_volatile_meta(resource)
+
     def _stamp(self, resource: dict[str, Any], resource_id: str, version: int) -> dict[str, Any]:
         content = dict(resource)
         content["id"] = resource_id

@@ -86,7 +86,8 @@ def validate_resource(
             [
                 Issue(
                     "invalid",
-                    f"resourceType {resource_type!r} does not match the URL's type {expected_type!r}",
+                    f"resourceType {resource_type!r} does not match the URL's type "
+                    f"{expected_type!r}",
                     (f"{root}.resourceType" if where else "resourceType",),
                 )
             ],

@@ -161,7 +161,7 @@ class S3ObjectStore:
         finally:
             try:
                 self._client.remove_object(self.bucket, staging)
-            except Exception:  # never hide the put's own error; the object is only litter
+            except Exception:  # noqa: BLE001 - never hide the put's own error; the object is only litter
                 log.warning("could not remove staging object %s/%s", self.bucket, staging)
         return StoredObject(key, reader.size, sha256_hex, content_type)
 
@@ -225,7 +225,7 @@ class S3ObjectStore:
     def ping(self) -> bool:
         try:
             return bool(self._probe.bucket_exists(self.bucket))
-        except Exception:
+        except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
             return False
 
     # -- helpers -----------------------------------------------------------------------

@@ -18,7 +18,11 @@ from emr_hub.security.scopes import ScopeSet
 
 LEVEL_SYSTEM = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
 TUYEN_SYSTEM = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-tuyen-cs"
-DEMO_TAG = {"system": "http://emr-hub.example/tags", "code": "demo", "display": "Demo data, not a real facility"}
+DEMO_TAG = {
+    "system": "http://emr-hub.example/tags",
+    "code": "demo",
+    "display": "Demo data, not a real facility",
+}
 DEMO_SCOPE = "system/*.cruds"
 
 
@@ -36,7 +40,12 @@ HOSPITALS = (
     DemoHospital("bach-mai", "Bệnh viện Bạch Mai", "DM001", "CHUYEN_SAU", "TRUNG_UONG"),
     DemoHospital("bac-ninh-general", "Bệnh viện Đa khoa tỉnh Bắc Ninh", "DM271", "CO_BAN", "TINH"),
     DemoHospital(
-        "bac-ninh-district", "Trung tâm Y tế thị xã Từ Sơn (Bắc Ninh)", "DM272", "BAN_DAU", "HUYEN", "bac-ninh-general"
+        "bac-ninh-district",
+        "Trung tâm Y tế thị xã Từ Sơn (Bắc Ninh)",
+        "DM272",
+        "BAN_DAU",
+        "HUYEN",
+        "bac-ninh-general",
     ),
 )
 
@@ -86,7 +95,10 @@ def load_demo(hub: Hub) -> dict[str, str]:
         store.flush()
         for hospital in HOSPITALS:
             secret = ensure_client(
-                session, hospital.client_id, f"Organization/{hospital.client_id}", ScopeSet.parse(DEMO_SCOPE)
+                session,
+                hospital.client_id,
+                f"Organization/{hospital.client_id}",
+                ScopeSet.parse(DEMO_SCOPE),
             )
             if secret:
                 secrets[hospital.client_id] = secret

@@ -21,7 +21,9 @@ from emr_hub.security.principal import Principal
 from emr_hub.security.scopes import ScopeSet
 
 CHUNK = 500
-OPERATOR = Principal("emr-hub-cli", "Organization/operator", ScopeSet.parse("system/*.cruds"), "cli")
+OPERATOR = Principal(
+    "emr-hub-cli", "Organization/operator", ScopeSet.parse("system/*.cruds"), "cli"
+)
 
 
 @dataclass
@@ -51,7 +53,11 @@ def count_items(path: Path) -> int:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return 1
-    return len(data.get("entry") or []) if isinstance(data, dict) and data.get("resourceType") == "Bundle" else 1
+    return (
+        len(data.get("entry") or [])
+        if isinstance(data, dict) and data.get("resourceType") == "Bundle"
+        else 1
+    )
 
 
 def import_file(hub: Hub, path: Path, report: ImportReport, advance: Callable[[int], None]) -> None:
@@ -69,7 +75,11 @@ def import_file(hub: Hub, path: Path, report: ImportReport, advance: Callable[[i
     try:
         with hub.db.transaction() as session:
             store = FhirStore(session)
-            if isinstance(data, dict) and data.get("resourceType") == "Bundle" and data.get("type") in ("transaction", "batch"):
+            if (
+                isinstance(data, dict)
+                and data.get("resourceType") == "Bundle"
+                and data.get("type") in ("transaction", "batch")
+            ):
                 process_bundle(store, OPERATOR, data, hub.settings.fhir_base_url)
             else:
                 _write_one(store, data)
@@ -82,7 +92,9 @@ def import_file(hub: Hub, path: Path, report: ImportReport, advance: Callable[[i
 
 def _write_one(store: FhirStore, resource: Any) -> None:
     if isinstance(resource, dict) and isinstance(resource.get("id"), str):
-        interactions.update(store, OPERATOR, str(resource.get("resourceType")), resource["id"], resource)
+        interactions.update(
+            store, OPERATOR, str(resource.get("resourceType")), resource["id"], resource
+        )
     else:
         resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
         interactions.create(store, OPERATOR, str(resource_type), resource)
@@ -95,7 +107,9 @@ def _ndjson_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
-def _import_ndjson(hub: Hub, path: Path, report: ImportReport, advance: Callable[[int], None]) -> None:
+def _import_ndjson(
+    hub: Hub, path: Path, report: ImportReport, advance: Callable[[int], None]
+) -> None:
     chunk: list[tuple[int, Any]] = []
 
     def write(items: list[tuple[int, Any]]) -> None:

@@ -42,7 +42,9 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
             if owned:
                 app.state.hub.close()
 
-    app = FastAPI(title="emr_hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="emr_hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
+    )
     if hub is not None:
         app.state.hub = hub
     app.include_router(auth_router)
@@ -52,8 +54,12 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     return app
 
 
-def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
-    return Response(dump(operation_outcome(issues)), status_code=status, media_type=FHIR_JSON, headers=headers)
+def outcome_response(
+    status: int, issues: list[Issue], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        dump(operation_outcome(issues)), status_code=status, media_type=FHIR_JSON, headers=headers
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -72,17 +78,23 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(error.status_code, "processing")
-        return outcome_response(error.status_code, [Issue(code, str(error.detail))], dict(error.headers or {}))
+        return outcome_response(
+            error.status_code, [Issue(code, str(error.detail))], dict(error.headers or {})
+        )
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(_: Request, error: IntegrityError) -> Response:
         log.warning("write conflict: %s", type(error.orig).__name__)
-        return outcome_response(409, [Issue("conflict", "A concurrent write touched the same resource; retry")])
+        return outcome_response(
+            409, [Issue("conflict", "A concurrent write touched the same resource; retry")]
+        )
 
     @app.exception_handler(OperationalError)
     async def database_unavailable(_: Request, error: OperationalError) -> Response:
         log.error("database error: %s", type(error.orig).__name__)
-        return outcome_response(503, [Issue("transient", "The database is unavailable or busy; retry")])
+        return outcome_response(
+            503, [Issue("transient", "The database is unavailable or busy; retry")]
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> Response:
@@ -100,7 +112,10 @@ def install_operations_routes(app: FastAPI) -> None:
         hub: Hub = request.app.state.hub
         checks = {"database": hub.db.ping(), "objects": _objects_ready(hub)}
         ready = all(checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
 
 
 def _objects_ready(hub: Hub) -> bool:

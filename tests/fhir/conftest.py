@@ -21,7 +21,9 @@ FHIR_JSON = "application/fhir+json"
 def token_for(hub: Hub, scopes: str = "system/*.cruds", client_id: str = "test-hospital") -> str:
     """A real access token for a client of ``Organization/<client_id>`` with ``scopes``."""
     with hub.db.transaction() as session:
-        ensure_client(session, client_id, f"Organization/{client_id}", ScopeSet.parse("system/*.cruds"))
+        ensure_client(
+            session, client_id, f"Organization/{client_id}", ScopeSet.parse("system/*.cruds")
+        )
     with hub.db.transaction() as session:
         client = get_client(session, client_id)
     assert client is not None
@@ -36,7 +38,9 @@ class Api:
         self.client = client
         self.token = token
 
-    def headers(self, extra: dict[str, str] | None = None, token: str | None = None) -> dict[str, str]:
+    def headers(
+        self, extra: dict[str, str] | None = None, token: str | None = None
+    ) -> dict[str, str]:
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
         use = token if token is not None else self.token
         if use:
@@ -57,7 +61,11 @@ class Api:
     ) -> Any:
         content = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
         return self.client.request(
-            method, "/fhir" + path, content=content, headers=self.headers(headers, token), params=params
+            method,
+            "/fhir" + path,
+            content=content,
+            headers=self.headers(headers, token),
+            params=params,
         )
 
     def get(self, path: str, **kw: Any) -> Any:

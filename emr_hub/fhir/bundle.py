@@ -104,7 +104,7 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         )
     method = request.get("method")
     url = request.get("url")
-    if method not in ORDER:
+    if not isinstance(method, str) or method not in ORDER:
         raise bad_request(f"Unsupported request.method {method!r}", f"{where}.request.method")
     if not isinstance(url, str) or not url:
         raise bad_request("request.url is required", f"{where}.request.url", code="required")
@@ -131,6 +131,10 @@ def _parse_entry(index: int, raw: Any) -> Entry:
             "A PUT entry's url needs an id or search criteria", f"{where}.request.url"
         )
     if_match = request.get("ifMatch")
+    if_none_exist = request.get("ifNoneExist")
+    for name, value in (("ifMatch", if_match), ("ifNoneExist", if_none_exist)):
+        if value is not None and not isinstance(value, str):
+            raise bad_request(f"request.{name} must be a string", f"{where}.request.{name}")
 
     return Entry(
         index=index,
@@ -141,8 +145,8 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         query=query or None,
         resource=resource,
         full_url=raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None,
-        if_none_exist=request.get("ifNoneExist"),
-        if_match=parse_if_match(if_match) if isinstance(if_match, str) else None,
+        if_none_exist=if_none_exist,
+        if_match=parse_if_match(if_match),
     )
 
 

@@ -10,6 +10,7 @@ import click
 
 from emr_hub.config import get_settings
 from emr_hub.hub import Hub
+from emr_hub.logs import configure_logging
 
 
 def _hub(*, migrate: bool = True) -> Hub:
@@ -19,6 +20,7 @@ def _hub(*, migrate: bool = True) -> Hub:
 @click.group()
 def main() -> None:
     """emr_hub: FHIR R4 interchange hub for a network of hospitals."""
+    configure_logging()
 
 
 @main.command()
@@ -39,7 +41,8 @@ def serve(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_level="info",
-        access_log=False,
+        log_config=None,  # keep the JSON logging set up by the CLI
+        access_log=False,  # uvicorn's access log prints query strings (identifiers)
         proxy_headers=True,
     )
 

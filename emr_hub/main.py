@@ -18,6 +18,7 @@ from emr_hub.errors import FhirError, Issue, operation_outcome
 from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.hub import Hub
+from emr_hub.logs import install_access_log
 from emr_hub.security.routes import router as auth_router
 
 log = logging.getLogger("emr_hub")
@@ -51,6 +52,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     install_operations_routes(app)
     app.include_router(fhir_router)
     install_error_handlers(app)
+    install_access_log(app)
     return app
 
 

@@ -190,3 +190,29 @@ def test_serve_process_over_real_http(server: tuple[str, dict[str, str]]) -> Non
             "client_secret": "wrong",
         }
         assert httpx.post(f"{base}/auth/token", data=form).status_code == 401
+
+
+def test_logs_carry_no_identifiers(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """A search by CCCD is logged by route template; the number itself never reaches a log."""
+    from fastapi.testclient import TestClient
+
+    from emr_hub.hub import Hub
+    from emr_hub.main import create_app
+    from tests.conftest import make_settings
+    from tests.fhir.conftest import token_for
+
+    hub = Hub.from_settings(make_settings(tmp_path, f"sqlite:///{tmp_path / 'h.db'}"), migrate=True)
+    cccd = "027185000123"
+    with TestClient(create_app(hub)) as client, caplog.at_level("INFO"):
+        headers = {"Authorization": f"Bearer {token_for(hub)}"}
+        response = client.get(
+            "/fhir/Patient",
+            params={"identifier": f"http://fhir.hl7.org.vn/core/sid/cccd|{cccd}"},
+            headers=headers,
+        )
+        assert response.status_code == 200
+    records = [r for r in caplog.records if r.name == "emr_hub.access"]
+    assert records and records[-1].fields["route"] == "/fhir/{resource_type}"  # type: ignore[attr-defined]
+    server_side = [r.getMessage() for r in caplog.records if r.name != "httpx"]  # httpx = test client
+    assert server_side and not any(cccd in line for line in server_side)
+    hub.close()

@@ -1,0 +1,316 @@
+"""docker-compose.yml and the Dockerfile stay true to the code: settings, CLI, bucket, volumes.
+
+Pure file checks (no Docker needed): the compose file is read with PyYAML, ``${VAR:-default}``
+is resolved to its default, and every name is checked against what the code declares.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import yaml
+
+from emr_hub.cli import main as cli
+from emr_hub.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+PYPROJECT = ROOT / "pyproject.toml"
+
+PREFIX = "EMR_HUB_"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - inside a container the API must listen on all of them
+HUB_SERVICES = ("api", "worker", "beat")
+ONE_SHOT = ("createbuckets",)
+SERVICES = (*HUB_SERVICES, "postgres", "redis", "minio", *ONE_SHOT)
+OFFICIAL_IMAGES = {"postgres": "postgres", "redis": "redis", "minio": "minio/minio"}
+CONTRACT_SETTINGS = (
+    "DATA_DIR",
+    "DATABASE_URL",
+    "BROKER_URL",
+    "OBJECT_STORE",
+    "S3_ENDPOINT",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+    "BASE_URL",
+)
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+_BUCKET_MADE = re.compile(r"\bmc\s+mb\s+(?:--?[\w-]+\s+)*(?P<alias>[\w-]+)/(?P<bucket>[a-z0-9.-]+)")
+
+
+# ------------------------------------------------------------------ helpers
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text("utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    return compose["services"][name]
+
+
+def interpolate(value: str) -> str:
+    """What compose makes of ``value`` when no variable is set: defaults, ``$$`` as ``$``."""
+    resolved = _VARIABLE.sub(lambda m: m["default"] or "", value)
+    return resolved.replace("$$", "$")
+
+
+def environment(svc: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a mapping (compose accepts a mapping or a list)."""
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): interpolate(str(v)) for k, v in env.items() if v is not None}
+
+
+def command(svc: dict[str, Any]) -> list[str]:
+    value = svc.get("command") or []
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+def setting_names() -> set[str]:
+    return {PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def assert_cli_accepts(args: list[str]) -> None:
+    """``emr-hub ARGS`` names a real command whose options parse (nothing is run)."""
+    assert args, "no command given"
+    name, *rest = args
+    assert name in cli.commands, f"{name!r} is not an emr-hub command: {sorted(cli.commands)}"
+    sub = cli.commands[name]
+    assert not isinstance(sub, click.Group), f"{name!r} is a group; give its subcommand"
+    try:
+        sub.make_context(name, list(rest))
+    except click.UsageError as exc:  # pragma: no cover - the message is the point
+        pytest.fail(f"emr-hub {' '.join(args)}: {exc.format_message()}")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text("utf-8").splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        text = pending + stripped
+        pending = ""
+        keyword, _, arguments = text.partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def dockerfile(keyword: str) -> list[str]:
+    return [arguments for kw, arguments in dockerfile_instructions() if kw == keyword]
+
+
+def exec_form(arguments: str) -> list[str]:
+    value = json.loads(arguments)
+    assert isinstance(value, list) and all(isinstance(p, str) for p in value), arguments
+    return value
+
+
+# ----------------------------------------------------------------- services
+def test_services_exist(compose: dict[str, Any]) -> None:
+    assert "version" not in compose, "the compose specification has no version key"
+    assert set(SERVICES) <= set(compose["services"])
+
+
+@pytest.mark.parametrize(("name", "repository"), sorted(OFFICIAL_IMAGES.items()))
+def test_official_images(compose: dict[str, Any], name: str, repository: str) -> None:
+    image = service(compose, name)["image"]
+    assert image.split("@")[0].split(":")[0] == repository
+
+
+def test_hub_services_share_one_image_built_here(compose: dict[str, Any]) -> None:
+    api = service(compose, "api")
+    assert api.get("build") in (".", {"context": "."})
+    for name in HUB_SERVICES:
+        assert service(compose, name)["image"] == api["image"]
+
+
+def test_depends_on_names_real_services(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        for dependency in svc.get("depends_on") or ():
+            assert dependency in compose["services"], f"{name} depends on unknown {dependency}"
+
+
+def test_api_waits_for_its_backends_and_the_bucket(compose: dict[str, Any]) -> None:
+    depends = service(compose, "api")["depends_on"]
+    for backend in ("postgres", "redis", "minio"):
+        assert depends[backend]["condition"] == "service_healthy"
+    assert depends["createbuckets"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", ["worker", "beat"])
+def test_worker_and_beat_start_after_the_api_migrated(compose: dict[str, Any], name: str) -> None:
+    assert service(compose, name)["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+# ----------------------------------------------------------------- settings
+def test_every_hub_variable_is_a_setting() -> None:
+    """Any EMR_HUB_* name in the file, comments included, is a field of Settings."""
+    used = set(re.findall(r"\b" + PREFIX + r"[A-Z0-9_]+\b", COMPOSE.read_text("utf-8")))
+    assert used, "no EMR_HUB_* variable in docker-compose.yml"
+    unknown = used - setting_names()
+    assert not unknown, f"not settings of emr_hub.config.Settings: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", HUB_SERVICES)
+def test_contract_settings_are_set(compose: dict[str, Any], name: str) -> None:
+    env = environment(service(compose, name))
+    for setting in CONTRACT_SETTINGS:
+        assert PREFIX + setting in setting_names()
+        assert env.get(PREFIX + setting), f"{name} does not set {PREFIX}{setting}"
+
+
+def test_settings_accept_the_api_environment(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = environment(service(compose, "api"))
+    for key in [k for k in os.environ if k.startswith(PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.broker_url and settings.database_url and settings.object_store
+    assert settings.effective_database_url.startswith("postgresql+psycopg://")
+    assert str(settings.data_dir) == env[PREFIX + "DATA_DIR"]
+
+
+def test_database_url_matches_postgres(compose: dict[str, Any]) -> None:
+    url = urlsplit(environment(service(compose, "api"))[PREFIX + "DATABASE_URL"])
+    postgres = environment(service(compose, "postgres"))
+    assert url.scheme == "postgresql"
+    assert url.hostname == "postgres" and url.port == 5432
+    assert url.username == postgres["POSTGRES_USER"]
+    assert url.password == postgres["POSTGRES_PASSWORD"]
+    assert url.path.lstrip("/") == postgres["POSTGRES_DB"]
+
+
+def test_broker_is_the_redis_service(compose: dict[str, Any]) -> None:
+    url = urlsplit(environment(service(compose, "api"))[PREFIX + "BROKER_URL"])
+    assert url.scheme == "redis" and url.hostname == "redis"
+
+
+def test_s3_settings_match_minio(compose: dict[str, Any]) -> None:
+    env = environment(service(compose, "api"))
+    minio = environment(service(compose, "minio"))
+    assert urlsplit(env[PREFIX + "S3_ENDPOINT"]).hostname == "minio"
+    assert env[PREFIX + "S3_ACCESS_KEY"] == minio["MINIO_ROOT_USER"]
+    assert env[PREFIX + "S3_SECRET_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+    assert len(minio["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses root passwords under 8"
+
+
+def test_every_substitution_has_a_default() -> None:
+    """``docker compose up`` works with no .env file (the defaults say to change them)."""
+    for match in _VARIABLE.finditer(COMPOSE.read_text("utf-8")):
+        assert match["default"], f"${{{match['name']}}} has no default"
+
+
+def test_bucket_created_is_the_object_store_bucket(compose: dict[str, Any]) -> None:
+    from storage.objects import S3ObjectStore, open_object_store
+
+    env = environment(service(compose, "api"))
+    store = open_object_store(
+        env[PREFIX + "OBJECT_STORE"],
+        endpoint=env[PREFIX + "S3_ENDPOINT"],
+        access_key=env[PREFIX + "S3_ACCESS_KEY"],
+        secret_key=env[PREFIX + "S3_SECRET_KEY"],
+    )
+    assert isinstance(store, S3ObjectStore)
+    job = service(compose, "createbuckets")
+    assert job["image"].split(":")[0] == "minio/mc"
+    script = " ".join([*command(job), *(job.get("entrypoint") or [])])
+    made = {m["bucket"] for m in _BUCKET_MADE.finditer(script)}
+    assert made == {store.bucket}
+
+
+# ------------------------------------------------------------------ commands
+@pytest.mark.parametrize("name", HUB_SERVICES)
+def test_commands_are_real_cli_commands(compose: dict[str, Any], name: str) -> None:
+    assert_cli_accepts(command(service(compose, name)))
+
+
+def test_api_serves_on_the_published_port(compose: dict[str, Any]) -> None:
+    api = service(compose, "api")
+    args = command(api)
+    context = cli.commands["serve"].make_context("serve", args[1:])
+    assert context.params["host"] == ALL_INTERFACES
+    published = {str(p).rsplit(":", 1)[-1] for p in api["ports"]}
+    assert str(context.params["port"]) in published
+
+
+# -------------------------------------------------------- health and volumes
+@pytest.mark.parametrize("name", [s for s in SERVICES if s not in ONE_SHOT])
+def test_long_running_services_have_a_healthcheck(compose: dict[str, Any], name: str) -> None:
+    check = service(compose, name).get("healthcheck")
+    assert check and not check.get("disable") and check.get("test"), f"{name} has no healthcheck"
+    assert check["test"] != ["NONE"]
+
+
+def test_api_healthcheck_is_readiness(compose: dict[str, Any]) -> None:
+    test = service(compose, "api")["healthcheck"]["test"]
+    assert "/readyz" in " ".join(test if isinstance(test, list) else [test])
+
+
+def test_volumes_are_declared(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    used: set[str] = set()
+    for svc in compose["services"].values():
+        for volume in svc.get("volumes") or ():
+            source = volume.get("source") if isinstance(volume, dict) else volume.split(":")[0]
+            if source and not source.startswith((".", "/", "~", "$")):
+                used.add(source)
+    assert used, "no named volumes"
+    assert used <= declared, f"undeclared volumes: {sorted(used - declared)}"
+
+
+def test_beat_schedule_lives_on_a_volume(compose: dict[str, Any]) -> None:
+    beat = service(compose, "beat")
+    data_dir = environment(beat)[PREFIX + "DATA_DIR"]
+    targets = {str(v).split(":")[1] for v in beat["volumes"]}
+    assert data_dir in targets
+
+
+# ---------------------------------------------------------------- Dockerfile
+def test_dockerfile_entrypoint_is_the_console_script() -> None:
+    scripts = tomllib.loads(PYPROJECT.read_text("utf-8"))["project"]["scripts"]
+    (entrypoint,) = dockerfile("ENTRYPOINT")
+    (script,) = exec_form(entrypoint)
+    assert script in scripts
+    module, _, attribute = scripts[script].partition(":")
+    assert (module, attribute) == ("emr_hub.cli", "main")
+
+
+def test_dockerfile_cmd_serves_the_exposed_port() -> None:
+    (cmd,) = dockerfile("CMD")
+    args = exec_form(cmd)
+    assert_cli_accepts(args)
+    context = cli.commands["serve"].make_context("serve", args[1:])
+    assert context.params["host"] == ALL_INTERFACES
+    exposed = {port.split("/")[0] for line in dockerfile("EXPOSE") for port in line.split()}
+    assert str(context.params["port"]) in exposed
+
+
+def test_dockerfile_base_user_and_healthcheck() -> None:
+    (base,) = dockerfile("FROM")
+    assert base.split()[0] == "python:3.11-slim"
+    users = dockerfile("USER")
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    (healthcheck,) = dockerfile("HEALTHCHECK")
+    assert "/healthz" in healthcheck and "curl" not in healthcheck
+    assert any(line.startswith("pip install .") for line in dockerfile("RUN"))

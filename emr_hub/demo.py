@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from emr_hub.fhir import interactions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.security.clients import ensure_client
+from emr_hub.security.principal import OPERATOR
 from emr_hub.security.scopes import ScopeSet
 
 LEVEL_SYSTEM = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
@@ -90,8 +92,10 @@ def load_demo(hub: Hub) -> dict[str, str]:
     with hub.db.transaction() as session:
         store = FhirStore(session)
         for hospital in sorted(HOSPITALS, key=lambda h: h.part_of is not None):
-            store.update("Organization", hospital.client_id, organization(hospital))
-        store.update("Patient", DEMO_PATIENT_ID, demo_patient())
+            interactions.update(
+                store, OPERATOR, "Organization", hospital.client_id, organization(hospital)
+            )
+        interactions.update(store, OPERATOR, "Patient", DEMO_PATIENT_ID, demo_patient())
         store.flush()
         for hospital in HOSPITALS:
             secret = ensure_client(

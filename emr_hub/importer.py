@@ -17,13 +17,9 @@ from emr_hub.fhir import interactions
 from emr_hub.fhir.bundle import process_bundle
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
-from emr_hub.security.principal import Principal
-from emr_hub.security.scopes import ScopeSet
+from emr_hub.security.principal import OPERATOR
 
 CHUNK = 500
-OPERATOR = Principal(
-    "emr-hub-cli", "Organization/operator", ScopeSet.parse("system/*.cruds"), "cli"
-)
 
 
 @dataclass

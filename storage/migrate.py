@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -19,9 +19,20 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+# Any fixed 64-bit number: processes that migrate take this PostgreSQL advisory lock in turn.
+MIGRATION_LOCK = 0x656D725F687562
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the database to the newest revision; safe to call on every start."""
+    """Bring the database to the newest revision; safe to call on every start.
+
+    On PostgreSQL several processes (API replicas, workers) may start at once; the advisory
+    lock, held for the migration's transaction, makes them migrate one after the other, and
+    the later ones find nothing left to do. SQLite's write lock does the same job there.
+    """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

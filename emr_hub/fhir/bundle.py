@@ -352,26 +352,17 @@ def _execute(
         )
     elif entry.method == "DELETE":
         if entry.resource_id is None:
-            matches = interactions.find_matches(
-                store, entry.resource_type, entry.query or "", f"{entry.where}.request.url"
+            result = interactions.conditional_delete(
+                store,
+                principal,
+                entry.resource_type,
+                entry.query or "",
+                f"{entry.where}.request.url",
             )
-            for match in matches[:1] if len(matches) == 1 else []:
-                interactions.delete(store, principal, entry.resource_type, match)
-            if len(matches) > 1:
-                raise FhirError(
-                    412,
-                    [
-                        Issue(
-                            "multiple-matches",
-                            "Conditional delete matches several resources",
-                            (f"{entry.where}.request.url",),
-                        )
-                    ],
-                )
-            return {"response": {"status": "204 No Content"}}
-        result = interactions.delete(
-            store, principal, entry.resource_type, entry.resource_id, if_match=entry.if_match
-        )
+        else:
+            result = interactions.delete(
+                store, principal, entry.resource_type, entry.resource_id, if_match=entry.if_match
+            )
         response: dict[str, Any] = {"status": "204 No Content"}
         if result.stored is not None:
             response["etag"] = result.stored.etag

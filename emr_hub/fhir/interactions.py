@@ -207,6 +207,20 @@ def patch(
     )
 
 
+def conditional_delete(
+    store: FhirStore, principal: Principal, resource_type: str, query: str, expression: str = "url"
+) -> Result:
+    """Delete the single resource matching ``query``; none is a no-op, several is 412."""
+    check_type(resource_type)
+    principal.require(resource_type, "d")
+    matches = find_matches(store, resource_type, query, expression)
+    if len(matches) > 1:
+        raise precondition_failed(f"Conditional delete {query!r} matches {len(matches)} resources")
+    if not matches:
+        return Result(204, None, f"Nothing matches {query!r}; nothing to delete")
+    return delete(store, principal, resource_type, matches[0])
+
+
 def delete(
     store: FhirStore,
     principal: Principal,

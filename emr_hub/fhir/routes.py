@@ -140,13 +140,16 @@ def search(resource_type: str, request: Request, hub: HubDep, principal: Princip
     base = hub.settings.fhir_base_url
 
     def run(store: FhirStore) -> list[Stored]:
-        ids = interactions.find_matches(store, resource_type, criteria, "query", limit=count)
-        return [store.read(resource_type, i) for i in ids[:count]]
+        ids = interactions.find_matches(store, resource_type, criteria, "query", limit=count + 1)
+        return [store.read(resource_type, i) for i in ids]
 
     found = in_transaction(hub, run)
     summary = request.query_params.get("_summary")
     elements = parse_elements(request.query_params.getlist("_elements"))
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(found)}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if len(found) <= count:  # the total is only stated when this page holds every match
+        bundle["total"] = len(found)
+    found = found[:count]
     if summary != "count":
         bundle["entry"] = [
             {
@@ -198,6 +201,22 @@ async def conditional_update(
         ),
     )
     return render_write(request, result, hub)
+
+
+@router.delete("/{resource_type}")
+def conditional_delete(
+    resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
+    """DELETE Type?criteria: deletes the one match; several matches is 412 (single mode)."""
+    interactions.check_type(resource_type)
+    query = str(request.url.query)
+    if not query:
+        raise bad_request("DELETE on a type needs search criteria (conditional delete)", "url")
+    result = in_transaction(
+        hub, lambda store: interactions.conditional_delete(store, principal, resource_type, query)
+    )
+    headers = {"ETag": result.stored.etag} if result.stored else {}
+    return fhir_response(None, 204, headers)
 
 
 # ----------------------------------------------------------------- instance

@@ -81,3 +81,10 @@ def current_principal(request: Request, hub: HubDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+# The operator at the command line (``emr-hub import``, ``emr-hub demo``): local access to the
+# database already implies every permission, so the CLI acts with all of them.
+OPERATOR = Principal(
+    "emr-hub-cli", "Organization/operator", ScopeSet.parse("system/*.cruds"), "cli"
+)

@@ -370,3 +370,27 @@ def test_wrong_scope(hub: Any, api: Api) -> None:
     assert api.delete(f"/Patient/{created['id']}", token=reader).status_code == 403
     assert api.get("/_history", token=reader).status_code == 403
     assert api.get(f"/Patient/{created['id']}").status_code == 200
+
+
+def test_conditional_delete(api: Api) -> None:
+    target = create(api, patient(identifier=[{"system": "urn:del", "value": "1"}]))
+    create(api, patient(identifier=[{"system": "urn:del", "value": "2"}]))
+    create(api, patient(identifier=[{"system": "urn:del", "value": "2"}]))
+    assert api.delete("/Patient", params={"identifier": "urn:del|1"}).status_code == 204
+    assert api.get(f"/Patient/{target['id']}").status_code == 410
+    assert api.delete("/Patient", params={"identifier": "urn:del|2"}).status_code == 412
+    assert api.delete("/Patient", params={"identifier": "urn:del|none"}).status_code == 204
+    assert api.get("/Patient", params={"identifier": "urn:del|2"}).json()["total"] == 2
+
+
+def test_search_total_only_when_complete(api: Api) -> None:
+    for _ in range(3):
+        create(api, patient(identifier=[{"system": "urn:page", "value": "same"}]))
+    page = api.get("/Patient", params={"identifier": "urn:page|same", "_count": "2"}).json()
+    assert len(page["entry"]) == 2 and "total" not in page
+    assert api.get("/Patient", params={"identifier": "urn:page|same"}).json()["total"] == 3
+
+
+@pytest.mark.parametrize("resource_type", ["Resource", "DomainResource", "SubscriptionTopic"])
+def test_abstract_and_non_r4_types_are_refused(api: Api, resource_type: str) -> None:
+    assert api.post(f"/{resource_type}", {"resourceType": resource_type}).status_code == 404

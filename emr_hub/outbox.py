@@ -1,0 +1,366 @@
+"""The transactional outbox: messages owed by a write, stored with it, relayed by Celery.
+
+A write that owes a message to another system (a subscription notification, a push to the
+citizen's identity wallet) calls :func:`add_message` with the session of its own
+transaction, so the message is committed, or rolled back, together with the write. After
+the commit the ``relay_outbox`` job is kicked (once per transaction); it delivers due
+messages one at a time through the handler registered for their topic.
+
+Delivery is at least once: a message is marked delivered in the same transaction that
+holds its row lock while the handler runs, so a crash anywhere before that commit leaves
+the row as it was and a later relay sends it again *with the same message id*. Handlers
+pass that id to the receiver as an idempotency key (``Idempotency-Key`` for
+``http.post``); a receiver that ignores a key it has already processed therefore sees
+each message exactly once.
+
+Failures are retried with exponential backoff (:func:`backoff`) up to ``max_attempts``;
+a message whose topic is unknown or whose payload can never be sent (see
+:data:`PERMANENT_ERRORS`) is marked failed at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from emr_hub.hub import Hub
+from emr_hub.tasks import (
+    RELAY_INTERVAL,
+    RELAY_TASK,
+    celery_app,
+    enqueue_after_commit,
+    in_process,
+    worker_hub,
+)
+from storage.tables import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Hub, str, dict[str, Any]], None]
+
+MAX_ATTEMPTS = 12
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 600.0
+LAST_ERROR_CHARS = 500
+RELAY_BATCH = 100
+MIN_COUNTDOWN = 1.0
+HTTP_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+_KICKED = "emr_hub.outbox_kicked"
+_HANDLERS: dict[str, Handler] = {}
+
+
+class PermanentDeliveryError(Exception):
+    """Raised by a handler when retrying cannot help (the message itself is unsendable)."""
+
+
+class DeliveryError(Exception):
+    """A delivery attempt failed in a way that may succeed later (it is retried)."""
+
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    PermanentDeliveryError,
+    ValueError,
+    TypeError,
+    LookupError,
+)
+"""Errors that mean the payload is malformed; the message is failed without retry."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored here is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def add_message(
+    session: Session,
+    topic: str,
+    payload: dict[str, Any],
+    *,
+    key: str | None = None,
+) -> str:
+    """Store a message in the caller's transaction and kick the relay after its commit.
+
+    ``key`` becomes the message id, hence the idempotency key the receiver sees; pass one
+    derived from the write (e.g. ``f"wallet:{patient_id}:{version}"``, at most 36
+    characters) to make re-enqueueing the same fact a primary-key conflict rather than a
+    second message. Returns the message id.
+    """
+    if key is not None and not 0 < len(key) <= 36:
+        raise ValueError("an outbox message key is 1 to 36 characters long")
+    now = utcnow()
+    message_id = key or str(uuid.uuid4())
+    session.add(
+        OutboxMessage(
+            id=message_id,
+            topic=topic,
+            payload=payload,
+            created_at=now,
+            available_at=now,
+            attempts=0,
+        )
+    )
+    if not session.info.get(_KICKED):
+        session.info[_KICKED] = True
+        enqueue_after_commit(session, relay_outbox)
+    return message_id
+
+
+def pending_count(session: Session) -> int:
+    """Messages neither delivered nor failed (due now or waiting for a retry)."""
+    statement = (
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(col(OutboxMessage.delivered_at).is_(None), col(OutboxMessage.failed_at).is_(None))
+    )
+    return int(session.scalar(statement) or 0)
+
+
+def next_attempt_at(session: Session) -> datetime | None:
+    """When the soonest pending message becomes due (may be in the past)."""
+    statement = select(func.min(col(OutboxMessage.available_at))).where(
+        col(OutboxMessage.delivered_at).is_(None),
+        col(OutboxMessage.failed_at).is_(None),
+    )
+    soonest = session.scalar(statement)
+    return _aware(soonest) if soonest is not None else None
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def handler(topic: str) -> Callable[[Handler], Handler]:
+    """Register the function delivering messages of ``topic``.
+
+    A handler is called as ``handler(hub, message_id, payload)`` while the relay holds the
+    message's row lock inside a transaction; it returns on success and raises otherwise.
+    It must send ``message_id`` as the idempotency key. On SQLite that transaction holds
+    the database write lock, so a handler may read but must not write to the database.
+    """
+
+    def register(function: Handler) -> Handler:
+        if topic in _HANDLERS and _HANDLERS[topic] is not function:
+            raise ValueError(f"a handler for outbox topic {topic!r} is already registered")
+        _HANDLERS[topic] = function
+        return function
+
+    return register
+
+
+def registered_topics() -> list[str]:
+    return sorted(_HANDLERS)
+
+
+_clients: dict[int, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _http_client() -> httpx.Client:
+    """One pooled client per process (pool processes fork, sockets must not be shared)."""
+    pid = os.getpid()
+    with _clients_lock:
+        client = _clients.get(pid)
+        if client is None:
+            client = httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=False)
+            _clients.clear()
+            _clients[pid] = client
+        return client
+
+
+@handler("http.post")
+def http_post(_hub: Hub, message_id: str, payload: dict[str, Any]) -> None:
+    """POST ``payload["body"]`` as JSON to ``payload["url"]``; any 2xx is delivered.
+
+    Payload keys: ``url`` (http or https only), ``body`` (any JSON value), optional
+    ``headers`` and ``content_type`` (default ``application/json``). The message id is sent
+    as ``Idempotency-Key`` and cannot be overridden by ``headers``. Redirects are not
+    followed. Timeouts: 5 s to connect, 10 s for each read, write or pool wait; the
+    response body is not read.
+    """
+    url = payload["url"]
+    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in {"http", "https"}:
+        raise ValueError("outbox http.post only sends to http:// or https:// URLs")
+    content_type = payload.get("content_type")
+    headers: dict[str, str] = {}
+    for name, value in dict(payload.get("headers") or {}).items():
+        lowered = str(name).lower()
+        if lowered == "content-type":
+            content_type = content_type or value
+        elif lowered != "idempotency-key":
+            headers[str(name)] = str(value)
+    headers["Content-Type"] = str(content_type or "application/json")
+    headers["Idempotency-Key"] = message_id
+    body = orjson.dumps(payload.get("body"))
+    with _http_client().stream("POST", url, content=body, headers=headers) as response:
+        status = response.status_code
+    if not 200 <= status < 300:
+        # Status only: a response body may echo personal data into last_error.
+        raise DeliveryError(f"receiver answered HTTP {status}")
+
+
+# --------------------------------------------------------------------------- relaying
+
+
+@dataclass
+class RelayReport:
+    """What one :func:`relay_pending` run did."""
+
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    next_attempt_at: datetime | None = None
+    """Soonest ``available_at`` of the messages still pending after the run."""
+
+    @property
+    def processed(self) -> int:
+        return self.delivered + self.retried + self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered,
+            "retried": self.retried,
+            "failed": self.failed,
+            "next_attempt_at": self.next_attempt_at.isoformat() if self.next_attempt_at else None,
+        }
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after the ``attempts``-th failure: 2, 4, 8 ... capped at 10 min.
+
+    Up to 10 % jitter is added so messages failed by one outage do not all return at the
+    same instant.
+    """
+    delay = min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_CAP)
+    return delay + random.uniform(0, delay / 10)  # noqa: S311 - jitter, not a secret
+
+
+def describe_error(exc: BaseException) -> str:
+    """Exception class and message, truncated; never the payload."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:LAST_ERROR_CHARS]
+
+
+def relay_pending(
+    hub: Hub,
+    *,
+    limit: int = 100,
+    now: datetime | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> RelayReport:
+    """Deliver up to ``limit`` due messages, each in a transaction of its own.
+
+    ``now`` fixes the clock (tests, replays); by default the current time is read before
+    each message. Messages another relay holds are skipped (``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL; SQLite serialises writers at ``BEGIN IMMEDIATE``), so relays may run
+    concurrently.
+    """
+    report = RelayReport()
+    for _ in range(limit):
+        outcome = _relay_one(hub, now or utcnow(), max_attempts)
+        if outcome is None:
+            break
+        setattr(report, outcome, getattr(report, outcome) + 1)
+    with hub.db.transaction() as session:
+        report.next_attempt_at = next_attempt_at(session)
+    if report.processed:
+        log.info(
+            "outbox relay: %d delivered, %d retried, %d failed",
+            report.delivered,
+            report.retried,
+            report.failed,
+        )
+    return report
+
+
+def _relay_one(hub: Hub, now: datetime, max_attempts: int) -> str | None:
+    """Claim, deliver and settle one due message; return the outcome or None if none due."""
+    statement = (
+        select(OutboxMessage)
+        .where(
+            col(OutboxMessage.delivered_at).is_(None),
+            col(OutboxMessage.failed_at).is_(None),
+            col(OutboxMessage.available_at) <= now,
+        )
+        .order_by(col(OutboxMessage.available_at), col(OutboxMessage.created_at))
+        .limit(1)
+    )
+    if hub.db.dialect == "postgresql":
+        statement = statement.with_for_update(skip_locked=True)
+    with hub.db.transaction() as session:
+        message = session.scalars(statement).first()
+        if message is None:
+            return None
+        deliver = _HANDLERS.get(message.topic)
+        try:
+            if deliver is None:
+                raise PermanentDeliveryError(f"no handler for outbox topic {message.topic!r}")
+            deliver(hub, message.id, dict(message.payload))
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded on the message
+            message.attempts += 1
+            message.last_error = describe_error(exc)
+            if isinstance(exc, PERMANENT_ERRORS) or message.attempts >= max_attempts:
+                message.failed_at = now
+                log.warning(
+                    "outbox message %s (%s) failed after %d attempt(s): %s",
+                    message.id,
+                    message.topic,
+                    message.attempts,
+                    message.last_error,
+                )
+                return "failed"
+            message.available_at = now + timedelta(seconds=backoff(message.attempts))
+            return "retried"
+        message.delivered_at = now
+        return "delivered"
+
+
+@celery_app.task(name=RELAY_TASK)
+def relay_outbox() -> dict[str, Any]:
+    """Relay due outbox messages with this process's Hub.
+
+    Kicked after each transaction that added messages, and every ``RELAY_INTERVAL`` s by
+    beat: the safety net for kicks lost between commit and publish, and the scheduler of
+    retries whose backoff is longer than that interval.
+
+    With a broker, a run that did some work re-schedules itself when more is due before
+    the next beat tick: at once if it stopped at its batch limit, else with a countdown to
+    the soonest pending retry (at least :data:`MIN_COUNTDOWN`). A run that found nothing
+    to do never re-schedules, so concurrent chains (one per kick during an outage) collapse
+    as soon as one of them has claimed the due messages; beat alone carries long backoffs.
+    In process, it loops over full batches and leaves retries to
+    :func:`emr_hub.tasks.start_relay_thread`.
+    """
+    hub = worker_hub()
+    report = relay_pending(hub, limit=RELAY_BATCH)
+    if in_process():
+        while report.processed >= RELAY_BATCH:
+            report = relay_pending(hub, limit=RELAY_BATCH)
+        return report.as_dict()
+    if report.processed >= RELAY_BATCH:
+        relay_outbox.apply_async()
+    elif report.processed and report.next_attempt_at is not None:
+        wait = (report.next_attempt_at - utcnow()).total_seconds()
+        if wait < RELAY_INTERVAL:
+            relay_outbox.apply_async(countdown=max(wait, MIN_COUNTDOWN))
+    return report.as_dict()

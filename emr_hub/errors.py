@@ -45,45 +45,45 @@ def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [issue.as_fhir() for issue in issues]}
 
 
-def _error(status: int, code: str, message: str, expression: str | None = None) -> FhirError:
+def fhir_error(status: int, code: str, message: str, expression: str | None = None) -> FhirError:
     return FhirError(status, [Issue(code, message, (expression,) if expression else ())])
 
 
 def bad_request(message: str, expression: str | None = None, code: str = "invalid") -> FhirError:
-    return _error(400, code, message, expression)
+    return fhir_error(400, code, message, expression)
 
 
 def unprocessable(
     message: str, expression: str | None = None, code: str = "business-rule"
 ) -> FhirError:
-    return _error(422, code, message, expression)
+    return fhir_error(422, code, message, expression)
 
 
 def not_found(message: str) -> FhirError:
-    return _error(404, "not-found", message)
+    return fhir_error(404, "not-found", message)
 
 
 def gone(message: str) -> FhirError:
-    return _error(410, "deleted", message)
+    return fhir_error(410, "deleted", message)
 
 
 def conflict(message: str, code: str = "conflict") -> FhirError:
-    return _error(409, code, message)
+    return fhir_error(409, code, message)
 
 
 def precondition_failed(message: str) -> FhirError:
-    return _error(412, "conflict", message)
+    return fhir_error(412, "conflict", message)
 
 
 def unauthorized(message: str) -> FhirError:
-    error = _error(401, "login", message)
+    error = fhir_error(401, "login", message)
     error.headers["WWW-Authenticate"] = 'Bearer realm="emr_hub"'
     return error
 
 
 def forbidden(message: str) -> FhirError:
-    return _error(403, "forbidden", message)
+    return fhir_error(403, "forbidden", message)
 
 
 def not_supported(message: str, status: int = 400) -> FhirError:
-    return _error(status, "not-supported", message)
+    return fhir_error(status, "not-supported", message)

@@ -219,7 +219,10 @@ def run_worker(argv: list[str]) -> None:
     with ``--beat`` the schedule file defaults to ``DATA_DIR/celerybeat-schedule``.
     """
     _require_broker("worker")
-    defaults = ["--loglevel", "INFO", "--concurrency", "2", "--schedule", _schedule_file()]
+    defaults = ["--loglevel", "INFO", "--concurrency", "2"]
+    embedded_beat = any(arg in ("-B", "--beat") for arg in argv)
+    if embedded_beat and not any(arg.startswith(("-s", "--schedule")) for arg in argv):
+        defaults += ["--schedule", _schedule_file()]
     celery_app.worker_main(["worker", *defaults, *argv])
 
 

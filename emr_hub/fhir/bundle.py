@@ -13,15 +13,17 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 
-from emr_hub.errors import FhirError, Issue, bad_request, operation_outcome
+from emr_hub.errors import FhirError, bad_request, fhir_error, operation_outcome
 from emr_hub.fhir import interactions
 from emr_hub.fhir.criteria import parse_criteria
 from emr_hub.fhir.http import parse_if_match
+from emr_hub.fhir.search import RESULT_PARAMS, parse_count, search, searchset
 from emr_hub.fhir.store import FhirStore, Stored, format_instant, identifier_tokens
 from emr_hub.fhir.validation import ID_PATTERN, is_resource_type
 
@@ -146,7 +148,7 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         resource=resource,
         full_url=raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None,
         if_none_exist=if_none_exist,
-        if_match=parse_if_match(if_match),
+        if_match=parse_if_match(if_match, f"{where}.request.ifMatch"),
     )
 
 
@@ -158,7 +160,7 @@ def _run_transaction(
     base_url: str,
     representation: bool,
 ) -> None:
-    mapping = _assign_ids(store, entries)
+    mapping = _assign_ids(store, principal, entries)
     pending_identifiers = _identifier_index(entries)
     conditional_cache: dict[str, str] = {}
 
@@ -166,62 +168,88 @@ def _run_transaction(
         target = mapping.get(reference)
         if target is not None:
             return target
-        if "?" in reference and not reference.startswith(("http:", "https:")):
+        if "?" in reference and not reference.startswith(("http:", "https:", "urn:")):
             if reference not in conditional_cache:
                 conditional_cache[reference] = _resolve_conditional(
-                    store, reference, pending_identifiers, where
+                    store, principal, reference, pending_identifiers, where
                 )
             return conditional_cache[reference]
         return None
 
     for entry in entries:
         if isinstance(entry.resource, dict):
-            _rewrite_references(entry.resource, resolve, f"{entry.where}.resource")
+            _rewrite_references(entry.resource, resolve, f"{entry.where}.resource", mapping)
 
     for entry in sorted(entries, key=lambda e: ORDER[e.method]):
-        entry.response = _execute(store, principal, entry, base_url, representation)
+        entry.response = _execute_located(store, principal, entry, base_url, representation)
 
 
-def _assign_ids(store: FhirStore, entries: list[Entry]) -> dict[str, str]:
-    """Give every POST a server id and map each entry's fullUrl to its final reference."""
+def _assign_ids(store: FhirStore, principal: Principal, entries: list[Entry]) -> dict[str, str]:
+    """Settle each entry's target and map its fullUrl to the final ``Type/id``.
+
+    POSTs get a server id (or the resource their ifNoneExist matched); conditional PUTs are
+    resolved now to the resource they update, or to a new id. Two entries aimed at the same
+    resource make the transaction fail, as the specification requires.
+    """
     mapping: dict[str, str] = {}
-    seen: set[str] = set()
+    seen_urls: set[str] = set()
+    targets: dict[str, int] = {}
     for entry in entries:
         if entry.full_url:
-            if entry.full_url in seen:
+            if entry.full_url in seen_urls:
                 raise bad_request(
                     f"fullUrl {entry.full_url!r} appears twice", f"{entry.where}.fullUrl"
                 )
-            seen.add(entry.full_url)
+            seen_urls.add(entry.full_url)
         if entry.method == "POST":
             if entry.if_none_exist:
-                matches = interactions.find_matches(
+                entry.matched = _single_match(
                     store,
-                    entry.resource_type,
+                    principal,
+                    entry,
                     entry.if_none_exist,
                     f"{entry.where}.request.ifNoneExist",
                 )
-                if len(matches) > 1:
-                    raise FhirError(
-                        412,
-                        [
-                            Issue(
-                                "duplicate",
-                                f"ifNoneExist matches {len(matches)} resources",
-                                (f"{entry.where}.request.ifNoneExist",),
-                            )
-                        ],
-                    )
-                entry.matched = matches[0] if matches else None
             entry.assigned_id = entry.matched or str(uuid.uuid4())
             target = f"{entry.resource_type}/{entry.assigned_id}"
-        elif entry.method == "PUT" and entry.resource_id:
+        elif entry.method == "PUT" and entry.resource_id is None:
+            match = _single_match(
+                store, principal, entry, entry.query or "", f"{entry.where}.request.url"
+            )
+            body_id = entry.resource.get("id") if isinstance(entry.resource, dict) else None
+            entry.resource_id = match or (
+                body_id if isinstance(body_id, str) else str(uuid.uuid4())
+            )
+            if isinstance(entry.resource, dict):
+                entry.resource["id"] = entry.resource_id
+            entry.query = None
+            target = f"{entry.resource_type}/{entry.resource_id}"
+        elif entry.resource_id is not None:
             target = f"{entry.resource_type}/{entry.resource_id}"
         else:
             continue
-        if entry.full_url:
+        if entry.method != "GET" and not entry.matched:
+            if target in targets:
+                raise bad_request(
+                    f"Entries {targets[target]} and {entry.index} both change {target}; "
+                    "a transaction may touch each resource once",
+                    f"{entry.where}.request.url",
+                )
+            targets[target] = entry.index
+        if entry.full_url and entry.method in ("POST", "PUT"):
             mapping[entry.full_url] = target
     return mapping
+
+
+def _single_match(
+    store: FhirStore, principal: Principal, entry: Entry, query: str, where: str
+) -> str | None:
+    matches = interactions.find_matches(store, principal, entry.resource_type, query, where)
+    if len(matches) > 1:
+        raise fhir_error(
+            412, "multiple-matches", f"{query!r} matches {len(matches)} resources", where
+        )
+    return matches[0] if matches else None
 
 
 def _identifier_index(entries: list[Entry]) -> dict[tuple[str, str | None, str], str]:
@@ -237,13 +265,21 @@ def _identifier_index(entries: list[Entry]) -> dict[tuple[str, str | None, str],
 
 
 def _resolve_conditional(
-    store: FhirStore, reference: str, pending: dict[tuple[str, str | None, str], str], where: str
+    store: FhirStore,
+    principal: Principal,
+    reference: str,
+    pending: dict[tuple[str, str | None, str], str],
+    where: str,
 ) -> str:
+    """The one resource a ``Type?criteria`` reference names, in the store or in this bundle."""
     resource_type, _, query = reference.partition("?")
     if not is_resource_type(resource_type):
         raise bad_request(f"Conditional reference {reference!r} names an unknown type", where)
+    found = {
+        f"{resource_type}/{i}"
+        for i in interactions.find_matches(store, principal, resource_type, query, where)
+    }
     criteria = parse_criteria(query, where)
-    found = {f"{resource_type}/{i}" for i in store.find(resource_type, criteria, limit=2)}
     if len(criteria) == 1 and criteria[0].param == "identifier":
         for value in criteria[0].values:
             for (rtype, system, code), target in pending.items():
@@ -254,50 +290,70 @@ def _resolve_conditional(
                 ):
                     found.add(target)
     if not found:
-        raise FhirError(
-            400,
-            [
-                Issue(
-                    "not-found",
-                    f"Conditional reference {reference!r} matches no resource",
-                    (where,),
-                )
-            ],
+        raise fhir_error(
+            400, "not-found", f"Conditional reference {reference!r} matches no resource", where
         )
     if len(found) > 1:
-        raise FhirError(
+        raise fhir_error(
             412,
-            [
-                Issue(
-                    "multiple-matches",
-                    f"Conditional reference {reference!r} matches several resources",
-                    (where,),
-                )
-            ],
+            "multiple-matches",
+            f"Conditional reference {reference!r} matches several resources",
+            where,
         )
     return found.pop()
 
 
-def _rewrite_references(node: Any, resolve: Callable[[str, str], str | None], where: str) -> None:
-    """Replace resolvable references in place.
+def _rewrite_references(
+    node: Any, resolve: Callable[[str, str], str | None], where: str, mapping: dict[str, str]
+) -> None:
+    """Replace, in place, what points at another entry of the transaction.
 
-    That is every ``reference`` field, and ``value[x]`` strings holding a ``urn:uuid:`` fullUrl
-    (extensions with a uri value); ``#contained`` references never resolve and stay as they are.
+    ``reference`` fields are resolved (fullUrls and conditional references); any other string
+    equal to a ``urn:uuid:`` fullUrl of the bundle (uri elements, attachment urls, extension
+    values) is replaced too, except ``Identifier.value``, which names the resource rather than
+    pointing at it; links in the narrative's ``div`` are rewritten as well. ``#contained``
+    references never resolve and stay as they are.
     """
     if isinstance(node, dict):
+        is_identifier = "system" in node and "value" in node
         for key, value in node.items():
             if isinstance(value, str):
-                if key == "reference" or (
-                    key.startswith("value") and value.startswith("urn:uuid:")
-                ):
+                if key == "reference":
                     target = resolve(value, f"{where}.{key}")
-                    if target is not None:
-                        node[key] = target
+                elif key == "div" and "urn:uuid:" in value:
+                    target = _rewrite_narrative(value, mapping)
+                elif value.startswith("urn:uuid:") and not (is_identifier and key == "value"):
+                    target = mapping.get(value)
+                else:
+                    continue
+                if target is not None:
+                    node[key] = target
             elif isinstance(value, dict | list):
-                _rewrite_references(value, resolve, f"{where}.{key}")
+                _rewrite_references(value, resolve, f"{where}.{key}", mapping)
     elif isinstance(node, list):
         for position, item in enumerate(node):
-            _rewrite_references(item, resolve, f"{where}[{position}]")
+            _rewrite_references(item, resolve, f"{where}[{position}]", mapping)
+
+
+def _rewrite_narrative(div: str, mapping: dict[str, str]) -> str:
+    for full_url, target in mapping.items():
+        if full_url.startswith("urn:uuid:") and full_url in div:
+            div = div.replace(f'"{full_url}"', f'"{target}"')
+    return div
+
+
+def _execute_located(
+    store: FhirStore, principal: Principal, entry: Entry, base_url: str, representation: bool
+) -> dict[str, Any]:
+    """Run one entry; an error that does not say where it happened is pinned to the entry."""
+    try:
+        return _execute(store, principal, entry, base_url, representation)
+    except FhirError as error:
+        error.issues = [
+            issue if issue.expression else replace(issue, expression=(entry.where,))
+            for issue in error.issues
+        ]
+        raise
 
 
 def _execute(
@@ -349,6 +405,7 @@ def _execute(
             entry.resource_id,
             operations,
             if_match=entry.if_match,
+            where=where,
         )
     elif entry.method == "DELETE":
         if entry.resource_id is None:
@@ -400,23 +457,16 @@ def _read_entry(
 ) -> dict[str, Any]:
     parts = [p for p in entry.url.split("?")[0].split("/") if p]
     if entry.resource_id is None:
-        principal.require(entry.resource_type, "s")
-        ids = interactions.find_matches(
-            store, entry.resource_type, entry.query or "", f"{entry.where}.request.url"
+        params = parse_qs(entry.query or "", keep_blank_values=True)
+        count = parse_count(params.get("_count", [None])[0])
+        criteria = "&".join(
+            f"{name}={value}"
+            for name, value in parse_qsl(entry.query or "", keep_blank_values=True)
+            if name not in RESULT_PARAMS
         )
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(ids),
-            "entry": [
-                {
-                    "fullUrl": f"{base_url}/{entry.resource_type}/{i}",
-                    "resource": store.read(entry.resource_type, i).content,
-                    "search": {"mode": "match"},
-                }
-                for i in ids
-            ],
-        }
+        where = f"{entry.where}.request.url"
+        found, complete = search(store, principal, entry.resource_type, criteria, count, where)
+        bundle = searchset(found, complete, base_url, f"{base_url}/{entry.url}")
         return {"resource": bundle, "response": {"status": "200 OK"}}
     if len(parts) == 4 and parts[2] == "_history":
         stored = interactions.vread(
@@ -456,11 +506,12 @@ def _run_batch_entry(
         if isinstance(entry.resource, dict):
             _rewrite_references(
                 entry.resource,
-                lambda ref, where: _batch_resolve(store, ref, where),
+                lambda ref, where: _batch_resolve(store, principal, ref, where),
                 f"{entry.where}.resource",
+                {},
             )
         if entry.method == "POST" and entry.if_none_exist:
-            _assign_ids(store, [entry])
+            _assign_ids(store, principal, [entry])
         result = _execute(store, principal, entry, base_url, representation)
         store.flush()
         savepoint.commit()
@@ -476,7 +527,9 @@ def _run_batch_entry(
         }
 
 
-def _batch_resolve(store: FhirStore, reference: str, where: str) -> str | None:
+def _batch_resolve(
+    store: FhirStore, principal: Principal, reference: str, where: str
+) -> str | None:
     if "?" in reference and not reference.startswith(("http:", "https:", "urn:")):
-        return _resolve_conditional(store, reference, {}, where)
+        return _resolve_conditional(store, principal, reference, {}, where)
     return None

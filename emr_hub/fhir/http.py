@@ -83,12 +83,12 @@ def parse_json_body(raw: bytes, content_type: str | None) -> Any:
         ) from None
 
 
-def parse_if_match(header: str | None) -> int | None:
+def parse_if_match(header: str | None, expression: str = "If-Match") -> int | None:
     if header is None:
         return None
     match = _ETAG.fullmatch(header.strip())
     if not match:
-        raise bad_request(f'Malformed If-Match {header!r}; expected W/"<versionId>"', "If-Match")
+        raise bad_request(f'Malformed If-Match {header!r}; expected W/"<versionId>"', expression)
     return int(match.group(1))
 
 

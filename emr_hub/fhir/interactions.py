@@ -51,9 +51,20 @@ def vread(
 
 
 def find_matches(
-    store: FhirStore, resource_type: str, query: str, expression: str, *, limit: int = 2
+    store: FhirStore,
+    principal: Principal,
+    resource_type: str,
+    query: str,
+    expression: str,
+    *,
+    limit: int = 2,
 ) -> list[str]:
-    """Ids matching conditional criteria; the default limit of 2 is enough to tell one from many."""
+    """Ids matching criteria; the default limit of 2 is enough to tell one match from many.
+
+    Matching is a search, so it needs the search scope on the type: without it a client could
+    probe, through conditional operations, whether a patient with a given CCCD is known.
+    """
+    principal.require(resource_type, "s")
     return store.find(resource_type, parse_criteria(query, expression), limit=limit)
 
 
@@ -72,7 +83,7 @@ def create(
     principal.require(resource_type, "c")
     resource = validate_resource(body, expected_type=resource_type, where=where)
     if if_none_exist:
-        matches = find_matches(store, resource_type, if_none_exist, "If-None-Exist")
+        matches = find_matches(store, principal, resource_type, if_none_exist, "If-None-Exist")
         if len(matches) > 1:
             raise precondition_failed(
                 f"If-None-Exist {if_none_exist!r} matches {len(matches)} resources"
@@ -134,7 +145,7 @@ def conditional_update(
     """PUT Type?criteria: no match creates, one match updates it, several is 412."""
     check_type(resource_type)
     principal.require(resource_type, "u")
-    matches = find_matches(store, resource_type, query, "url")
+    matches = find_matches(store, principal, resource_type, query, "url")
     if len(matches) > 1:
         raise precondition_failed(f"Conditional update {query!r} matches {len(matches)} resources")
     if not matches:
@@ -213,7 +224,7 @@ def conditional_delete(
     """Delete the single resource matching ``query``; none is a no-op, several is 412."""
     check_type(resource_type)
     principal.require(resource_type, "d")
-    matches = find_matches(store, resource_type, query, expression)
+    matches = find_matches(store, principal, resource_type, query, expression)
     if len(matches) > 1:
         raise precondition_failed(f"Conditional delete {query!r} matches {len(matches)} resources")
     if not matches:

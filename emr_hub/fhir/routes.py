@@ -28,6 +28,7 @@ from emr_hub.fhir.http import (
     version_headers,
     wants_pretty,
 )
+from emr_hub.fhir.search import RESULT_PARAMS, parse_count, search, searchset
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.hub import Hub
 from emr_hub.security.principal import Principal, PrincipalDep
@@ -35,7 +36,6 @@ from emr_hub.security.principal import Principal, PrincipalDep
 router = APIRouter(prefix="/fhir")
 T = TypeVar("T")
 STARTED = format_instant(datetime.now(UTC))
-COMMON_PARAMS = {"_format", "_pretty", "_summary", "_elements"}
 
 
 def in_transaction(hub: Hub, work: Callable[[FhirStore], T]) -> T:
@@ -124,42 +124,28 @@ def type_history(
 
 
 @router.get("/{resource_type}")
-def search(resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+def search_type(
+    resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
     """Search by ``_id`` and ``identifier`` (the conditional criteria); full search comes later."""
     interactions.check_type(resource_type)
     principal.require(resource_type, "s")
     pretty = wants_pretty(request)
-    count = _count(request, default=50)
+    count = parse_count(request.query_params.get("_count"))
     criteria = "&".join(
-        f"{k}={v}"
-        for k, v in request.query_params.multi_items()
-        if k not in COMMON_PARAMS | {"_count"}
+        f"{k}={v}" for k, v in request.query_params.multi_items() if k not in RESULT_PARAMS
     )
-    if not criteria:
-        raise bad_request("Give search criteria: _id or identifier", "query", code="required")
-    base = hub.settings.fhir_base_url
-
-    def run(store: FhirStore) -> list[Stored]:
-        ids = interactions.find_matches(store, resource_type, criteria, "query", limit=count + 1)
-        return [store.read(resource_type, i) for i in ids]
-
-    found = in_transaction(hub, run)
-    summary = request.query_params.get("_summary")
-    elements = parse_elements(request.query_params.getlist("_elements"))
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if len(found) <= count:  # the total is only stated when this page holds every match
-        bundle["total"] = len(found)
-    found = found[:count]
-    if summary != "count":
-        bundle["entry"] = [
-            {
-                "fullUrl": f"{base}/{s.resource_type}/{s.id}",
-                "resource": apply_elements(apply_summary(s.content or {}, summary), elements),
-                "search": {"mode": "match"},
-            }
-            for s in found
-        ]
-    bundle["link"] = [{"relation": "self", "url": str(request.url)}]
+    found, complete = in_transaction(
+        hub, lambda store: search(store, principal, resource_type, criteria, count, "query")
+    )
+    bundle = searchset(
+        found,
+        complete,
+        hub.settings.fhir_base_url,
+        str(request.url),
+        request.query_params.get("_summary"),
+        parse_elements(request.query_params.getlist("_elements")),
+    )
     return fhir_response(bundle, pretty=pretty)
 
 
@@ -316,20 +302,11 @@ def delete(
 
 
 # ------------------------------------------------------------------ history
-def _count(request: Request, default: int) -> int:
-    raw = request.query_params.get("_count")
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise bad_request(f"_count must be a non-negative integer, not {raw!r}", "_count")
-    return min(int(raw), 1000)
-
-
 def _history(
     request: Request, hub: Hub, resource_type: str | None, resource_id: str | None
 ) -> Response:
     pretty = wants_pretty(request)
-    count = max(_count(request, default=50), 1)
+    count = max(parse_count(request.query_params.get("_count")), 1)
     since = _instant(request.query_params.get("_since"), "_since")
     cursor_text = request.query_params.get("_cursor")
     if cursor_text is not None and not cursor_text.isdigit():

@@ -237,9 +237,7 @@ class FhirStore:
         self._pending_resources.append(
             self._resource_values(resource_type, new_id, 1, False, content)
         )
-        self._queue_history(
-            resource_type, new_id, 1, False, content, "POST" if resource_id is None else "PUT"
-        )
+        self._queue_history(resource_type, new_id, 1, False, content, method)
         self._queue_tokens(resource_type, new_id, content)
         return Stored(resource_type, new_id, 1, self.moment, False, content, method)
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from emr_hub.errors import FhirError, Issue
 from emr_hub.fhir.identifiers import identifier_problem
+from emr_hub.fhir.strict import strict_issues
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 LOCAL_REFERENCE = re.compile(
@@ -234,7 +235,7 @@ def validate_resource(
     checker.check(data)
     structural = [issue for issue in checker.issues if issue.code != "business-rule"]
     if not structural:
-        structural = _model_issues(resource_type, data, root)
+        structural = strict_issues(data, root) or _model_issues(resource_type, data, root)
     issues = structural or checker.issues
     if issues:
         status = 400 if structural else 422

@@ -70,7 +70,7 @@ def _s3_ready(server: S3Server) -> bool:
             client.make_bucket(bucket)
         client.put_object(bucket, "probe", io.BytesIO(b"ok"), length=2)
         client.remove_object(bucket, "probe")
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "not up yet"
         return False
     return True
 
@@ -197,7 +197,7 @@ def s3_store(s3_server: S3Server) -> Iterator[S3ObjectStore]:
         for obj in client.list_objects(bucket, recursive=True):
             client.remove_object(bucket, str(obj.object_name))
         client.remove_bucket(bucket)
-    except Exception as exc:  # cleanup only; the server is thrown away at session end
+    except Exception as exc:  # noqa: BLE001 - cleanup only; the server is thrown away at session end
         print(f"could not remove test bucket {bucket}: {exc}")
 
 

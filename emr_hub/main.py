@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -20,6 +20,7 @@ from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.hub import Hub
 from emr_hub.logs import install_access_log
 from emr_hub.security.routes import router as auth_router
+from emr_hub.tasks import configure_celery, in_process, start_relay_thread
 
 log = logging.getLogger("emr_hub")
 
@@ -37,9 +38,11 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = hub is None
         app.state.hub = hub or Hub.from_settings(settings)
+        stop_relay = start_background_work(app.state.hub)
         try:
             yield
         finally:
+            stop_relay()
             if owned:
                 app.state.hub.close()
 
@@ -54,6 +57,14 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     install_error_handlers(app)
     install_access_log(app)
     return app
+
+
+def start_background_work(hub: Hub) -> Callable[[], None]:
+    """Point Celery at this hub; with no broker, a thread of this process relays the outbox."""
+    configure_celery(hub.settings, hub=hub)
+    if in_process():
+        return start_relay_thread(hub)
+    return lambda: None
 
 
 def outcome_response(

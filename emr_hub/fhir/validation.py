@@ -42,6 +42,7 @@ _R4_TYPES_IN_R4B = [
     "Binary",
     "BiologicallyDerivedProduct",
     "BodyStructure",
+    "Bundle",
     "CapabilityStatement",
     "CarePlan",
     "CareTeam",

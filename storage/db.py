@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 _AFTER_COMMIT = "emr_hub.after_commit"
+READ_ONLY = "emr_hub_read_only"
 
 
 def _json_dumps(value: Any) -> str:
@@ -66,7 +67,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -76,6 +78,11 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}),
+            expire_on_commit=False,
+            autoflush=False,
+        )
 
     @property
     def dialect(self) -> str:
@@ -97,6 +104,20 @@ class Database:
             session.close()
         for callback in callbacks:
             callback()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A session for reads only: one consistent view, never a write lock.
+
+        On SQLite a write transaction takes the database's write lock at BEGIN; reads use a
+        deferred BEGIN instead, so they do not queue behind writers (WAL lets them run beside).
+        """
+        session = self._read_sessions()
+        try:
+            yield session
+        finally:
+            session.rollback()
+            session.close()
 
     def ping(self) -> bool:
         try:

@@ -46,6 +46,12 @@ def in_transaction(hub: Hub, work: Callable[[FhirStore], T]) -> T:
         return result
 
 
+def in_snapshot(hub: Hub, work: Callable[[FhirStore], T]) -> T:
+    """Run a read-only interaction on one consistent snapshot, without taking a write lock."""
+    with hub.db.snapshot() as session:
+        return work(FhirStore(session))
+
+
 async def read_body(request: Request, hub: Hub) -> Any:
     declared = request.headers.get("content-length")
     limit = hub.settings.max_request_bytes
@@ -135,7 +141,7 @@ def search_type(
     criteria = "&".join(
         f"{k}={v}" for k, v in request.query_params.multi_items() if k not in RESULT_PARAMS
     )
-    found, complete = in_transaction(
+    found, complete = in_snapshot(
         hub, lambda store: search(store, principal, resource_type, criteria, count, "query")
     )
     bundle = searchset(
@@ -210,7 +216,7 @@ def conditional_delete(
 def read(
     resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
-    stored = in_transaction(
+    stored = in_snapshot(
         hub, lambda store: interactions.read(store, principal, resource_type, resource_id)
     )
     return render_resource(request, stored, hub)
@@ -234,7 +240,7 @@ def vread(
     hub: HubDep,
     principal: PrincipalDep,
 ) -> Response:
-    stored = in_transaction(
+    stored = in_snapshot(
         hub, lambda store: interactions.vread(store, principal, resource_type, resource_id, version)
     )
     return render_resource(request, stored, hub)
@@ -312,7 +318,7 @@ def _history(
     if cursor_text is not None and not cursor_text.isdigit():
         raise bad_request("Malformed _cursor", "_cursor")
     cursor = int(cursor_text) if cursor_text else None
-    page, next_cursor = in_transaction(
+    page, next_cursor = in_snapshot(
         hub,
         lambda store: store.history(
             resource_type, resource_id, since=since, before_seq=cursor, count=count

@@ -148,7 +148,7 @@ def verify_access_token(hub: Hub, token: str) -> Principal:
     except ValueError:
         raise _invalid() from None
 
-    with hub.db.transaction() as session:
+    with hub.db.snapshot() as session:
         client = get_client(session, client_id)
         if client is None or not client.active:
             raise invalid_token("The client of this access token is unknown or disabled")

@@ -53,6 +53,9 @@ class _State:
         self.settings: Settings | None = None
         self.hub: Hub | None = None
         self.owns_hub = False
+        # Set while the API's relay thread runs: a kick then wakes it instead of relaying
+        # inside the request that committed.
+        self.relay_wake: threading.Event | None = None
 
 
 _state = _State()
@@ -136,12 +139,17 @@ def enqueue_after_commit(session: Session, task: Task, *args: Any, **kwargs: Any
     Nothing is sent if the transaction rolls back. With a broker the job is published;
     a publishing failure is logged, not raised, because the commit has already happened
     and the job must be recoverable from the database (the outbox safety net). Without a
-    broker the job runs here, synchronously, after the commit.
+    broker the job runs here after the commit: the outbox relay is handed to the relay
+    thread when one runs (the API), so no request waits on a receiver; anything else, and the
+    relay in processes without the thread (CLI, tests), runs synchronously.
     """
 
     def send() -> None:
         try:
-            if in_process():
+            wake = _state.relay_wake
+            if in_process() and task.name == RELAY_TASK and wake is not None:
+                wake.set()
+            elif in_process():
                 task.apply(args=args, kwargs=kwargs)
             else:
                 task.apply_async(args=args, kwargs=kwargs)
@@ -179,26 +187,37 @@ def _close_hub(**_: Any) -> None:
 
 
 def start_relay_thread(hub: Hub, *, interval: float = RELAY_INTERVAL) -> Callable[[], None]:
-    """In-process mode's beat: relay due outbox messages every ``interval`` seconds.
+    """In-process mode's beat and worker: relay due outbox messages when a commit wakes the
+    thread, and every ``interval`` seconds in any case (retries whose backoff has passed).
 
     Returns a function that stops the thread (and waits for a running relay to finish).
     """
     from emr_hub.outbox import relay_pending
 
-    stop = threading.Event()
+    stopping = False
+    wake = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(interval):
+        while True:
+            wake.wait(interval)
+            wake.clear()
+            if stopping:
+                return
             try:
                 relay_pending(hub)
             except Exception:
-                log.exception("periodic outbox relay failed")
+                log.exception("outbox relay failed")
 
     thread = threading.Thread(target=loop, name="emr-hub-outbox-relay", daemon=True)
     thread.start()
+    _state.relay_wake = wake
 
     def stop_thread() -> None:
-        stop.set()
+        nonlocal stopping
+        if _state.relay_wake is wake:
+            _state.relay_wake = None
+        stopping = True
+        wake.set()
         thread.join()
 
     return stop_thread

@@ -358,6 +358,32 @@ def test_relay_thread_delivers_messages_whose_kick_was_lost(
         stop()
 
 
+def test_with_the_relay_thread_a_commit_does_not_wait_for_the_receiver(
+    inprocess_hub: Hub, receiver: Receiver
+) -> None:
+    """The API's shape: the after-commit kick wakes the relay thread; the request goes on."""
+    receiver.hold_after = 0  # every delivery is held open until release()
+    stop = start_relay_thread(inprocess_hub, interval=3600)  # only a kick can wake it in time
+    try:
+        with inprocess_hub.db.transaction() as session:
+            message_id = add_message(session, "http.post", post(receiver))
+        # the commit has returned although the receiver has not answered anything yet
+        wait_for(lambda: receiver.held == 1, 10, "the relay thread to start delivering")
+        with inprocess_hub.db.snapshot() as session:
+            assert pending_count(session) == 1  # still being delivered, off the request path
+        receiver.release()
+        wait_for(lambda: receiver.accepted_keys() == [message_id], 10, "the held delivery")
+        wait_for(lambda: _pending(inprocess_hub) == 0, 10, "the delivery to be recorded")
+    finally:
+        receiver.release()
+        stop()
+
+
+def _pending(hub: Hub) -> int:
+    with hub.db.snapshot() as session:
+        return pending_count(session)
+
+
 def test_backoff_doubles_from_two_seconds_up_to_ten_minutes() -> None:
     for attempts, base in [(1, 2), (2, 4), (3, 8), (8, 256), (9, 512), (10, 600), (30, 600)]:
         delay = backoff(attempts)

@@ -67,6 +67,14 @@ def _too_large(limit: int) -> FhirError:
     return FhirError(413, [Issue("too-costly", f"Request body exceeds {limit} bytes")])
 
 
+async def run_write(
+    request: Request, hub: Hub, work: Callable[[FhirStore], interactions.Result]
+) -> Response:
+    """Run a write interaction in one transaction off the event loop and render its result."""
+    result = await run_in_threadpool(in_transaction, hub, work)
+    return render_write(request, result, hub)
+
+
 def render_resource(request: Request, stored: Stored, hub: Hub, status: int = 200) -> Response:
     pretty = wants_pretty(request)
     summary = request.query_params.get("_summary")
@@ -163,14 +171,13 @@ async def create(
     principal.require(resource_type, "c")
     body = await read_body(request, hub)
     if_none_exist = request.headers.get("if-none-exist")
-    result = await run_in_threadpool(
-        in_transaction,
+    return await run_write(
+        request,
         hub,
         lambda store: interactions.create(
             store, principal, resource_type, body, if_none_exist=if_none_exist
         ),
     )
-    return render_write(request, result, hub)
 
 
 @router.put("/{resource_type}")
@@ -185,14 +192,13 @@ async def conditional_update(
             "PUT on a type needs search criteria (conditional update) or an id in the URL", "url"
         )
     if_match = parse_if_match(request.headers.get("if-match"))
-    result = await run_in_threadpool(
-        in_transaction,
+    return await run_write(
+        request,
         hub,
         lambda store: interactions.conditional_update(
             store, principal, resource_type, query, body, if_match=if_match
         ),
     )
-    return render_write(request, result, hub)
 
 
 @router.delete("/{resource_type}")
@@ -254,14 +260,13 @@ async def update(
     principal.require(resource_type, "u")
     body = await read_body(request, hub)
     if_match = parse_if_match(request.headers.get("if-match"))
-    result = await run_in_threadpool(
-        in_transaction,
+    return await run_write(
+        request,
         hub,
         lambda store: interactions.update(
             store, principal, resource_type, resource_id, body, if_match=if_match
         ),
     )
-    return render_write(request, result, hub)
 
 
 @router.patch("/{resource_type}/{resource_id}")
@@ -282,14 +287,13 @@ async def patch(
         )
     operations = await read_body(request, hub)
     if_match = parse_if_match(request.headers.get("if-match"))
-    result = await run_in_threadpool(
-        in_transaction,
+    return await run_write(
+        request,
         hub,
         lambda store: interactions.patch(
             store, principal, resource_type, resource_id, operations, if_match=if_match
         ),
     )
-    return render_write(request, result, hub)
 
 
 @router.delete("/{resource_type}/{resource_id}")

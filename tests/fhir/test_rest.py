@@ -394,3 +394,27 @@ def test_search_total_only_when_complete(api: Api) -> None:
 @pytest.mark.parametrize("resource_type", ["Resource", "DomainResource", "SubscriptionTopic"])
 def test_abstract_and_non_r4_types_are_refused(api: Api, resource_type: str) -> None:
     assert api.post(f"/{resource_type}", {"resourceType": resource_type}).status_code == 404
+
+
+def test_concurrent_writers_lose_no_update(api: Api) -> None:
+    """Eight writers at once: with If-Match exactly one wins; without, every write is a version."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    created = create(api, patient())
+    path = f"/Patient/{created['id']}"
+
+    def guarded(n: int) -> int:
+        body = {**created, "birthDate": f"19{n:02d}-01-01"}
+        return int(api.put(path, body, headers={"If-Match": 'W/"1"'}).status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(guarded, range(8)))
+    assert statuses == [200] + [412] * 7
+
+    def blind(n: int) -> int:
+        return int(api.put(path, {**created, "birthDate": f"20{n:02d}-01-01"}).status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(blind, range(8))) == {200}
+    history = api.get(f"{path}/_history", params={"_count": "100"}).json()["entry"]
+    assert [e["resource"]["meta"]["versionId"] for e in history] == [str(v) for v in range(10, 0, -1)]

@@ -417,4 +417,6 @@ def test_concurrent_writers_lose_no_update(api: Api) -> None:
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(blind, range(8))) == {200}
     history = api.get(f"{path}/_history", params={"_count": "100"}).json()["entry"]
-    assert [e["resource"]["meta"]["versionId"] for e in history] == [str(v) for v in range(10, 0, -1)]
+    assert [e["resource"]["meta"]["versionId"] for e in history] == [
+        str(v) for v in range(10, 0, -1)
+    ]

@@ -23,7 +23,7 @@ from emr_hub.errors import FhirError, bad_request, fhir_error, operation_outcome
 from emr_hub.fhir import interactions
 from emr_hub.fhir.criteria import parse_criteria
 from emr_hub.fhir.http import parse_if_match
-from emr_hub.fhir.search import RESULT_PARAMS, parse_count, search, searchset
+from emr_hub.fhir.search.basic import RESULT_PARAMS, parse_count, search, searchset
 from emr_hub.fhir.store import FhirStore, Stored, format_instant, identifier_tokens
 from emr_hub.fhir.validation import ID_PATTERN, is_resource_type
 

@@ -28,7 +28,7 @@ from emr_hub.fhir.http import (
     version_headers,
     wants_pretty,
 )
-from emr_hub.fhir.search import RESULT_PARAMS, parse_count, search, searchset
+from emr_hub.fhir.search.basic import RESULT_PARAMS, parse_count, search, searchset
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.hub import Hub
 from emr_hub.security.principal import Principal, PrincipalDep

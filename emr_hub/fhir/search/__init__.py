@@ -1,0 +1,1 @@
+"""FHIR search: definitions registry, value extraction, index rows, query compilation."""

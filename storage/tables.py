@@ -3,8 +3,9 @@
 * ``resource`` holds the current version of every resource (deleted ones as tombstones),
   ``resource_history`` every version including the current one; the body is JSON (JSONB on
   PostgreSQL) and carries its own ``meta.versionId`` / ``meta.lastUpdated``.
-* ``search_token`` holds token index rows (system, code) per search parameter, written in
-  the same transaction as the resource.
+* ``search_token``, ``search_string``, ``search_reference``, ``search_date``,
+  ``search_quantity`` (numbers too) and ``search_uri`` hold the search index rows of each
+  resource, one row per value, written in the same transaction as the resource.
 * ``outbox_message`` is the transactional outbox relayed by Celery.
 * ``api_client`` and ``signing_key`` back the OAuth2 token endpoint.
 """
@@ -12,9 +13,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    Numeric,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -70,6 +82,107 @@ class SearchTokenRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_token_lookup", "resource_type", "param", "code", "system"),
         Index("ix_token_owner", "resource_type", "resource_id"),
+    )
+
+
+class SearchStringRow(SQLModel, table=True):
+    """String values, ``normalized`` case- and accent-folded for the default and :contains
+    matches, ``exact`` as written for :exact. Token ``:text`` values live here too, under the
+    parameter name suffixed with ``:text``."""
+
+    __tablename__ = "search_string"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=80)
+    normalized: str = Field(sa_column=Column(Text, nullable=False))
+    exact: str = Field(sa_column=Column(Text, nullable=False))
+
+    __table_args__ = (
+        # text_pattern_ops lets PostgreSQL serve prefix LIKE (the default string match) by index
+        Index(
+            "ix_string_lookup",
+            "resource_type",
+            "param",
+            "normalized",
+            postgresql_ops={"normalized": "text_pattern_ops"},
+        ),
+        Index("ix_string_owner", "resource_type", "resource_id"),
+    )
+
+
+class SearchReferenceRow(SQLModel, table=True):
+    __tablename__ = "search_reference"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    target_type: str | None = Field(default=None, max_length=64)
+    target_id: str | None = Field(default=None, max_length=64)
+    url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    identifier_system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    identifier_value: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+    __table_args__ = (
+        Index("ix_reference_lookup", "resource_type", "param", "target_id", "target_type"),
+        Index("ix_reference_target", "target_type", "target_id"),
+        Index("ix_reference_owner", "resource_type", "resource_id"),
+    )
+
+
+class SearchDateRow(SQLModel, table=True):
+    """A date value as the range it covers: ``low`` inclusive, ``high`` exclusive, in UTC."""
+
+    __tablename__ = "search_date"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    low: datetime = _tz_column()
+    high: datetime = _tz_column()
+
+    __table_args__ = (
+        Index("ix_date_lookup", "resource_type", "param", "low", "high"),
+        Index("ix_date_owner", "resource_type", "resource_id"),
+    )
+
+
+class SearchQuantityRow(SQLModel, table=True):
+    """Quantities and numbers: the value and the range its precision implies."""
+
+    __tablename__ = "search_quantity"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    value: Decimal = Field(sa_column=Column(Numeric, nullable=False))
+    low: Decimal = Field(sa_column=Column(Numeric, nullable=False))
+    high: Decimal = Field(sa_column=Column(Numeric, nullable=False))
+    system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    code: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+    __table_args__ = (
+        Index("ix_quantity_lookup", "resource_type", "param", "code", "value"),
+        Index("ix_quantity_owner", "resource_type", "resource_id"),
+    )
+
+
+class SearchUriRow(SQLModel, table=True):
+    __tablename__ = "search_uri"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+    __table_args__ = (
+        Index("ix_uri_lookup", "resource_type", "param", "value"),
+        Index("ix_uri_owner", "resource_type", "resource_id"),
     )
 
 

@@ -8,16 +8,19 @@ before any read), which is what keeps bulk ingest fast.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
 from emr_hub.fhir.criteria import Criterion
+from emr_hub.fhir.search.indexer import INDEX_TABLES, index_rows
+from storage.bulk import write_rows
 from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
 
 RESOURCE = ResourceRow.__table__
@@ -88,12 +91,15 @@ def _strip_volatile_meta(resource: dict[str, Any]) -> dict[str, Any]:
 class FhirStore:
     """Versioned reads and writes of FHIR resources inside one database session."""
 
-    def __init__(self, session: Session, *, moment: datetime | None = None) -> None:
+    def __init__(
+        self, session: Session, *, moment: datetime | None = None, base_url: str | None = None
+    ) -> None:
         self.session = session
+        self.base_url = base_url
         self.moment = moment or now_instant()
         self._pending_resources: list[dict[str, Any]] = []
         self._pending_history: list[dict[str, Any]] = []
-        self._pending_tokens: list[dict[str, Any]] = []
+        self._pending_index: dict[Table, list[dict[str, Any]]] = defaultdict(list)
         self._pending_keys: set[tuple[str, str]] = set()
         self.is_postgres = session.get_bind().dialect.name == "postgresql"
 
@@ -238,7 +244,7 @@ class FhirStore:
             self._resource_values(resource_type, new_id, 1, False, content)
         )
         self._queue_history(resource_type, new_id, 1, False, content, method)
-        self._queue_tokens(resource_type, new_id, content)
+        self._queue_index(resource_type, new_id, content)
         return Stored(resource_type, new_id, 1, self.moment, False, content, method)
 
     def update(
@@ -286,14 +292,16 @@ class FhirStore:
         if self._pending_history:
             self.session.execute(insert(HISTORY), self._pending_history)
             self._pending_history = []
-        if self._pending_tokens:
-            self.session.execute(insert(TOKEN), self._pending_tokens)
-            self._pending_tokens = []
+        for table, rows in self._pending_index.items():
+            if rows:
+                write_rows(self.session, table, rows)
+        self._pending_index.clear()
         self._pending_keys.clear()
 
     def discard_pending(self) -> None:
         """Forget buffered writes (a batch entry whose savepoint was rolled back)."""
-        self._pending_resources, self._pending_history, self._pending_tokens = [], [], []
+        self._pending_resources, self._pending_history = [], []
+        self._pending_index.clear()
         self._pending_keys.clear()
 
     # -------------------------------------------------------------- helpers
@@ -349,17 +357,9 @@ class FhirStore:
         values["method"] = method
         self._pending_history.append(values)
 
-    def _queue_tokens(self, resource_type: str, resource_id: str, content: dict[str, Any]) -> None:
-        for param, system, code in identifier_tokens(content):
-            self._pending_tokens.append(
-                {
-                    "resource_type": resource_type,
-                    "resource_id": resource_id,
-                    "param": param,
-                    "system": system,
-                    "code": code,
-                }
-            )
+    def _queue_index(self, resource_type: str, resource_id: str, content: dict[str, Any]) -> None:
+        for table, rows in index_rows(content, self.base_url).items():
+            self._pending_index[table].extend(rows)
 
     def _write_version(
         self,
@@ -375,14 +375,15 @@ class FhirStore:
             .where(RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id)
             .values(version_id=version, last_updated=self.moment, deleted=deleted, content=content)
         )
-        self.session.execute(
-            delete(TOKEN).where(
-                TOKEN.c.resource_type == resource_type, TOKEN.c.resource_id == resource_id
+        for table in INDEX_TABLES:
+            self.session.execute(
+                delete(table).where(
+                    table.c.resource_type == resource_type, table.c.resource_id == resource_id
+                )
             )
-        )
         self._queue_history(resource_type, resource_id, version, deleted, content, method)
         if content is not None:
-            self._queue_tokens(resource_type, resource_id, content)
+            self._queue_index(resource_type, resource_id, content)
 
 
 def _check_if_match(current: Stored | None, if_match: int | None, reference: str) -> None:

@@ -1,0 +1,250 @@
+"""Parse a search query (``GET /fhir/Type?...`` or the form of ``POST .../_search``) into a
+:class:`SearchRequest`: filters (AND of ORs) and result parameters. No I/O, no SQL.
+
+Rules from the R4 search page: a repeated parameter is AND, a comma inside one value is OR
+(``\\,`` is a literal comma), ``name:modifier=value``, chains ``subject:Patient.name=x`` and
+reverse chains ``_has:Observation:patient:code=x``. Unknown parameters are an error unless the
+client asked for ``Prefer: handling=lenient``; then they are listed in ``ignored``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from emr_hub.errors import bad_request
+from emr_hub.fhir.search.registry import SearchParam, get_param
+from emr_hub.fhir.validation import is_resource_type
+
+RESULT_PARAMS = frozenset(
+    {"_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_cursor", "_type"}
+)
+MODIFIERS = {
+    "token": {"not", "text", "missing", "in", "not-in", "below", "above", "of-type"},
+    "string": {"exact", "contains", "missing", "text"},
+    "reference": {"missing", "identifier", "type-modifier"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "uri": {"missing", "below", "above"},
+    "composite": {"missing"},
+}
+UNSUPPORTED_MODIFIERS = {"in", "not-in", "of-type", "above-token", "below-token"}
+MAX_CHAIN = 3
+_SPLIT = re.compile(r"(?<!\\),")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One ``name[:modifier]=v1,v2`` condition: a match on any value (OR)."""
+
+    param: SearchParam
+    modifier: str | None
+    values: tuple[str, ...]
+    chain: tuple[Link, ...] = ()  # for chained params: the references followed, outermost first
+    reverse: ReverseLink | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """One step of a chain: follow ``param`` (a reference) to resources of ``target``."""
+
+    param: SearchParam
+    target: str
+
+
+@dataclass(frozen=True)
+class ReverseLink:
+    """``_has:Type:refparam``: resources of ``Type`` whose ``refparam`` points back here."""
+
+    source_type: str
+    param: SearchParam
+
+
+@dataclass(frozen=True)
+class SortKey:
+    param: SearchParam
+    descending: bool
+
+
+@dataclass(frozen=True)
+class Include:
+    source_type: str
+    param: SearchParam | None  # None for the wildcard
+    target: str | None
+    iterate: bool
+    reverse: bool
+
+
+@dataclass
+class SearchRequest:
+    resource_type: str
+    filters: list[Filter] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    count: int = 50
+    total: str = "accurate"
+    summary: str | None = None
+    elements: list[str] | None = None
+    includes: list[Include] = field(default_factory=list)
+    cursor: str | None = None
+    ignored: list[str] = field(default_factory=list)
+
+
+def split_values(raw: str) -> tuple[str, ...]:
+    return tuple(part.replace("\\,", ",") for part in _SPLIT.split(raw))
+
+
+def parse_search(
+    resource_type: str,
+    items: list[tuple[str, str]],
+    *,
+    lenient: bool = False,
+    default_count: int = 50,
+    max_count: int = 1000,
+) -> SearchRequest:
+    request = SearchRequest(resource_type, count=default_count)
+    for name, raw in items:
+        base, _, modifier = name.partition(":")
+        if base in ("_include", "_revinclude"):
+            if modifier not in ("", "iterate", "recurse"):
+                raise bad_request(f"Unknown modifier on {name}", name)
+            request.includes.append(_include(resource_type, base, raw, iterate=bool(modifier)))
+            continue
+        if name in RESULT_PARAMS:
+            _result_param(request, name, raw, max_count)
+            continue
+        try:
+            request.filters.append(_filter(resource_type, name, raw))
+        except UnknownParameter as unknown:
+            if not lenient:
+                raise bad_request(str(unknown), name, code="not-supported") from None
+            request.ignored.append(name)
+    return request
+
+
+class UnknownParameter(Exception):
+    pass
+
+
+def _param(resource_type: str, code: str) -> SearchParam:
+    param = get_param(resource_type, code)
+    if param is None:
+        raise UnknownParameter(f"Unknown search parameter {code!r} for {resource_type}")
+    return param
+
+
+def _filter(resource_type: str, name: str, raw: str) -> Filter:
+    if name.startswith("_has:"):
+        return _reverse_chain(resource_type, name, raw)
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    param = _param(resource_type, code)
+    if dot:
+        return _chain(resource_type, param, modifier or None, rest, raw, depth=1)
+    return _plain(param, modifier or None, raw, name)
+
+
+def _plain(param: SearchParam, modifier: str | None, raw: str, name: str) -> Filter:
+    if modifier is not None:
+        if param.type == "reference" and is_resource_type(modifier):
+            if param.targets and modifier not in param.targets:
+                raise bad_request(f"{param.code} cannot point at {modifier}", name)
+        elif modifier in UNSUPPORTED_MODIFIERS:
+            raise bad_request(f"Modifier :{modifier} is not supported", name, code="not-supported")
+        elif modifier not in MODIFIERS.get(param.type, set()):
+            raise bad_request(
+                f"Modifier :{modifier} does not apply to {param.type} parameter {param.code}", name
+            )
+    if param.type == "composite":
+        raise bad_request(
+            f"Composite parameter {param.code} is not supported yet", name, code="not-supported"
+        )
+    values = split_values(raw)
+    if modifier == "missing" and raw not in ("true", "false"):
+        raise bad_request(f"{name} takes true or false", name)
+    if any(v == "" for v in values) and modifier != "missing":
+        raise bad_request(f"Empty value for {name}", name)
+    return Filter(param, modifier, values)
+
+
+def _chain(
+    resource_type: str, param: SearchParam, modifier: str | None, rest: str, raw: str, depth: int
+) -> Filter:
+    if param.type != "reference":
+        raise bad_request(f"{param.code} is not a reference; it cannot be chained", param.code)
+    if depth > MAX_CHAIN:
+        raise bad_request(f"Chains are limited to {MAX_CHAIN} links", param.code, code="too-costly")
+    targets = [modifier] if modifier else list(param.targets)
+    if len(targets) != 1:
+        raise bad_request(
+            f"Chain through {param.code} is ambiguous: name the target type ({param.code}:Type.…)",
+            param.code,
+        )
+    target = targets[0]
+    link = Link(param, target)
+    head, dot, tail = rest.partition(".")
+    code, _, next_modifier = head.partition(":")
+    next_param = _param(target, code)
+    if dot:
+        inner = _chain(target, next_param, next_modifier or None, tail, raw, depth + 1)
+        return Filter(inner.param, inner.modifier, inner.values, (link, *inner.chain))
+    inner = _plain(next_param, next_modifier or None, raw, rest)
+    return Filter(inner.param, inner.modifier, inner.values, (link,))
+
+
+def _reverse_chain(resource_type: str, name: str, raw: str) -> Filter:
+    parts = name.split(":", 3)
+    if len(parts) != 4 or not is_resource_type(parts[1]):
+        raise bad_request(
+            f"Malformed reverse chain {name!r}: use _has:Type:reference:parameter", name
+        )
+    _, source_type, ref_code, rest = parts
+    ref = _param(source_type, ref_code)
+    if ref.type != "reference" or (ref.targets and resource_type not in ref.targets):
+        raise bad_request(f"{source_type}.{ref_code} does not point at {resource_type}", name)
+    inner = _filter(source_type, rest, raw)
+    return Filter(
+        inner.param, inner.modifier, inner.values, inner.chain, ReverseLink(source_type, ref)
+    )
+
+
+def _result_param(request: SearchRequest, name: str, raw: str, max_count: int) -> None:
+    if name == "_count":
+        if not raw.isdigit():
+            raise bad_request(f"_count must be a non-negative integer, not {raw!r}", "_count")
+        request.count = min(int(raw), max_count)
+    elif name == "_sort":
+        for key in raw.split(","):
+            descending = key.startswith("-")
+            param = get_param(request.resource_type, key.lstrip("-"))
+            if param is None or param.type in ("composite", "special"):
+                raise bad_request(f"Cannot sort by {key!r}", "_sort")
+            request.sort.append(SortKey(param, descending))
+    elif name == "_total":
+        if raw not in ("none", "estimate", "accurate"):
+            raise bad_request("_total takes none, estimate or accurate", "_total")
+        request.total = raw
+    elif name == "_summary":
+        if raw not in ("true", "false", "text", "data", "count"):
+            raise bad_request("_summary takes true, false, text, data or count", "_summary")
+        request.summary = raw
+    elif name == "_elements":
+        request.elements = (request.elements or []) + [e for e in raw.split(",") if e]
+    elif name == "_cursor":
+        request.cursor = raw
+
+
+def _include(resource_type: str, name: str, raw: str, *, iterate: bool) -> Include:
+    reverse = name == "_revinclude"
+    parts = raw.split(":")
+    if parts[0] == "*" and len(parts) == 1:
+        return Include(resource_type, None, None, iterate, reverse)
+    if len(parts) not in (2, 3) or not is_resource_type(parts[0]):
+        raise bad_request(f"{name}={raw!r}: use Type:parameter[:TargetType] or *", name)
+    source, code = parts[0], parts[1]
+    if code == "*":
+        return Include(source, None, parts[2] if len(parts) == 3 else None, iterate, reverse)
+    param = get_param(source, code)
+    if param is None or param.type != "reference":
+        raise bad_request(f"{name}: {source}.{code} is not a reference parameter", name)
+    return Include(source, param, parts[2] if len(parts) == 3 else None, iterate, reverse)

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, parse_qsl
+from urllib.parse import parse_qsl
 
 import orjson
 
 from emr_hub.errors import FhirError, bad_request, fhir_error, operation_outcome
 from emr_hub.fhir import interactions
-from emr_hub.fhir.criteria import parse_criteria
 from emr_hub.fhir.http import parse_if_match
-from emr_hub.fhir.search.basic import RESULT_PARAMS, parse_count, search, searchset
-from emr_hub.fhir.store import FhirStore, Stored, format_instant, identifier_tokens
+from emr_hub.fhir.search.params import split_values
+from emr_hub.fhir.search.searchset import search_bundle
+from emr_hub.fhir.search.values import parse_token_query
+from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.fhir.validation import ID_PATTERN, is_resource_type
 
 if TYPE_CHECKING:
@@ -252,6 +253,17 @@ def _single_match(
     return matches[0] if matches else None
 
 
+def identifier_tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str | None, str]]:
+    """Index rows (param, system, code) for the resource's top-level identifiers."""
+    identifiers = resource.get("identifier")
+    if isinstance(identifiers, dict):
+        identifiers = [identifiers]
+    for identifier in identifiers or ():
+        value = identifier.get("value")
+        if isinstance(value, str):
+            yield "identifier", identifier.get("system"), value
+
+
 def _identifier_index(entries: list[Entry]) -> dict[tuple[str, str | None, str], str]:
     """(type, system, value) → reference for resources the transaction itself creates."""
     index: dict[tuple[str, str | None, str], str] = {}
@@ -279,14 +291,18 @@ def _resolve_conditional(
         f"{resource_type}/{i}"
         for i in interactions.find_matches(store, principal, resource_type, query, where)
     }
-    criteria = parse_criteria(query, where)
-    if len(criteria) == 1 and criteria[0].param == "identifier":
-        for value in criteria[0].values:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if len(pairs) == 1 and pairs[0][0] == "identifier":
+        for text in split_values(pairs[0][1]):
+            try:
+                token = parse_token_query(text)
+            except ValueError as error:
+                raise bad_request(str(error), where) from None
             for (rtype, system, code), target in pending.items():
                 if (
                     rtype == resource_type
-                    and code == value.code
-                    and (value.system is None or value.system == (system or ""))
+                    and code == token.code
+                    and (not token.system_given or token.system == system)
                 ):
                     found.add(target)
     if not found:
@@ -457,16 +473,10 @@ def _read_entry(
 ) -> dict[str, Any]:
     parts = [p for p in entry.url.split("?")[0].split("/") if p]
     if entry.resource_id is None:
-        params = parse_qs(entry.query or "", keep_blank_values=True)
-        count = parse_count(params.get("_count", [None])[0])
-        criteria = "&".join(
-            f"{name}={value}"
-            for name, value in parse_qsl(entry.query or "", keep_blank_values=True)
-            if name not in RESULT_PARAMS
+        query = parse_qsl(entry.query or "", keep_blank_values=True)
+        bundle = search_bundle(
+            store, principal, entry.resource_type, query, base_url, f"{base_url}/{entry.url}"
         )
-        where = f"{entry.where}.request.url"
-        found, complete = search(store, principal, entry.resource_type, criteria, count, where)
-        bundle = searchset(found, complete, base_url, f"{base_url}/{entry.url}")
         return {"resource": bundle, "response": {"status": "200 OK"}}
     if len(parts) == 4 and parts[2] == "_history":
         stored = interactions.vread(

@@ -6,13 +6,15 @@ exactly like the same request sent on its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import jsonpatch
 
 from emr_hub.errors import FhirError, Issue, bad_request, not_found, precondition_failed
-from emr_hub.fhir.criteria import parse_criteria
+from emr_hub.fhir.search.compile import Compiler
+from emr_hub.fhir.search.params import parse_search
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.fhir.validation import check_id, is_resource_type, validate_resource
 
@@ -65,7 +67,16 @@ def find_matches(
     probe, through conditional operations, whether a patient with a given CCCD is known.
     """
     principal.require(resource_type, "s")
-    return store.find(resource_type, parse_criteria(query, expression), limit=limit)
+    try:
+        request = parse_search(resource_type, parse_qsl(query, keep_blank_values=True))
+        if not request.filters:
+            raise bad_request(f"Criteria {query!r} hold no search parameter", expression)
+        select_ids = Compiler(store.base_url).select_ids(request).limit(limit)
+    except FhirError as error:
+        error.issues = [replace(issue, expression=(expression,)) for issue in error.issues]
+        raise
+    store.flush()
+    return list(store.session.scalars(select_ids))
 
 
 def create(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -28,7 +29,8 @@ from emr_hub.fhir.http import (
     version_headers,
     wants_pretty,
 )
-from emr_hub.fhir.search.basic import RESULT_PARAMS, parse_count, search, searchset
+from emr_hub.fhir.search.params import parse_count
+from emr_hub.fhir.search.searchset import search_bundle
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.hub import Hub
 from emr_hub.security.principal import Principal, PrincipalDep
@@ -40,7 +42,7 @@ STARTED = format_instant(datetime.now(UTC))
 
 def in_transaction(hub: Hub, work: Callable[[FhirStore], T]) -> T:
     with hub.db.transaction() as session:
-        store = FhirStore(session)
+        store = FhirStore(session, base_url=hub.settings.fhir_base_url)
         result = work(store)
         store.flush()
         return result
@@ -49,7 +51,7 @@ def in_transaction(hub: Hub, work: Callable[[FhirStore], T]) -> T:
 def in_snapshot(hub: Hub, work: Callable[[FhirStore], T]) -> T:
     """Run a read-only interaction on one consistent snapshot, without taking a write lock."""
     with hub.db.snapshot() as session:
-        return work(FhirStore(session))
+        return work(FhirStore(session, base_url=hub.settings.fhir_base_url))
 
 
 async def read_body(request: Request, hub: Hub) -> Any:
@@ -141,24 +143,46 @@ def type_history(
 def search_type(
     resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
-    """Search by ``_id`` and ``identifier`` (the conditional criteria); full search comes later."""
+    """Search a type from the URL's query (R4 search over the official parameters)."""
+    return _search(request, hub, principal, resource_type, list(request.query_params.multi_items()))
+
+
+@router.post("/{resource_type}/_search")
+async def search_type_post(
+    resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
+    """Search with the parameters in a form body (and any in the URL), as R4 allows."""
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise FhirError(
+            415, [Issue("not-supported", "POST _search takes application/x-www-form-urlencoded")]
+        )
+    raw = await request.body()
+    try:
+        form = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise bad_request("The form body is not UTF-8") from None
+    items = list(request.query_params.multi_items()) + form
+    return await run_in_threadpool(_search, request, hub, principal, resource_type, items)
+
+
+def _search(
+    request: Request,
+    hub: Hub,
+    principal: Principal,
+    resource_type: str,
+    items: list[tuple[str, str]],
+) -> Response:
     interactions.check_type(resource_type)
     principal.require(resource_type, "s")
     pretty = wants_pretty(request)
-    count = parse_count(request.query_params.get("_count"))
-    criteria = "&".join(
-        f"{k}={v}" for k, v in request.query_params.multi_items() if k not in RESULT_PARAMS
-    )
-    found, complete = in_snapshot(
-        hub, lambda store: search(store, principal, resource_type, criteria, count, "query")
-    )
-    bundle = searchset(
-        found,
-        complete,
-        hub.settings.fhir_base_url,
-        str(request.url),
-        request.query_params.get("_summary"),
-        parse_elements(request.query_params.getlist("_elements")),
+    lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
+    base = hub.settings.fhir_base_url
+    bundle = in_snapshot(
+        hub,
+        lambda store: search_bundle(
+            store, principal, resource_type, items, base, str(request.url), lenient=lenient
+        ),
     )
     return fhir_response(bundle, pretty=pretty)
 

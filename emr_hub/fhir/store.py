@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +18,6 @@ from sqlalchemy import Table, and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
-from emr_hub.fhir.criteria import Criterion
 from emr_hub.fhir.search.indexer import INDEX_TABLES, index_rows
 from storage.bulk import write_rows
 from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
@@ -64,17 +63,6 @@ class WriteResult:
     stored: Stored
     created: bool
     changed: bool = True
-
-
-def identifier_tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str | None, str]]:
-    """Index rows (param, system, code) for the resource's top-level identifiers."""
-    identifiers = resource.get("identifier")
-    if isinstance(identifiers, dict):
-        identifiers = [identifiers]
-    for identifier in identifiers or ():
-        value = identifier.get("value")
-        if isinstance(value, str):
-            yield "identifier", identifier.get("system"), value
 
 
 def _strip_volatile_meta(resource: dict[str, Any]) -> dict[str, Any]:
@@ -169,30 +157,6 @@ class FhirStore:
             )
             found.update((t, i) for t, i in rows)
         return found
-
-    def find(self, resource_type: str, criteria: list[Criterion], *, limit: int = 2) -> list[str]:
-        """Ids of live resources of ``resource_type`` matching all criteria (at most ``limit``)."""
-        self.flush()
-        query = select(RESOURCE.c.id).where(
-            RESOURCE.c.resource_type == resource_type, RESOURCE.c.deleted.is_(False)
-        )
-        for criterion in criteria:
-            if criterion.param == "_id":
-                query = query.where(RESOURCE.c.id.in_([v.code for v in criterion.values if v.code]))
-                continue
-            alternatives = []
-            for value in criterion.values:
-                parts = [TOKEN.c.param == criterion.param, TOKEN.c.resource_type == resource_type]
-                if value.code is not None:
-                    parts.append(TOKEN.c.code == value.code)
-                if value.system == "":
-                    parts.append(TOKEN.c.system.is_(None))
-                elif value.system is not None:
-                    parts.append(TOKEN.c.system == value.system)
-                alternatives.append(and_(*parts))
-            matching = select(TOKEN.c.resource_id).where(or_(*alternatives))
-            query = query.where(RESOURCE.c.id.in_(matching))
-        return list(self.session.scalars(query.limit(limit)))
 
     def history(
         self,

@@ -144,8 +144,11 @@ def test_conditional_create(api: Api) -> None:
     assert first.status_code == 201
     assert second.status_code == 200
     assert second.json()["id"] == first.json()["id"]
-    unsupported = api.post("/Patient", body, headers={"If-None-Exist": "name=Tran"})
-    assert unsupported.status_code == 400
+    by_name = api.post("/Patient", body, headers={"If-None-Exist": "name=tran"})  # folds "Trần"
+    assert by_name.status_code == 200 and by_name.json()["id"] == first.json()["id"]
+    unknown = api.post("/Patient", body, headers={"If-None-Exist": "nickname=x"})
+    assert unknown.status_code == 400
+    assert outcome_issue(unknown)["expression"] == ["If-None-Exist"]
 
 
 def test_conditional_update(api: Api) -> None:
@@ -170,7 +173,7 @@ def test_identifier_search(api: Api) -> None:
     assert [e["resource"]["id"] for e in found["entry"]] == [mine["id"]]
     assert api.get("/Patient", params={"identifier": "1"}).json()["total"] == 1
     assert api.get("/Patient", params={"identifier": "urn:x|"}).json()["total"] == 2
-    assert api.get("/Patient", params={"name": "x"}).status_code == 400
+    assert api.get("/Patient", params={"nickname": "x"}).status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -389,6 +392,10 @@ def test_search_total_only_when_complete(api: Api) -> None:
     page = api.get("/Patient", params={"identifier": "urn:page|same", "_count": "2"}).json()
     assert len(page["entry"]) == 2 and "total" not in page
     assert api.get("/Patient", params={"identifier": "urn:page|same"}).json()["total"] == 3
+    accurate = {"identifier": "urn:page|same", "_count": "2", "_total": "accurate"}
+    assert api.get("/Patient", params=accurate).json()["total"] == 3
+    no_total = {"identifier": "urn:page|same", "_total": "none"}
+    assert "total" not in api.get("/Patient", params=no_total).json()
 
 
 @pytest.mark.parametrize("resource_type", ["Resource", "DomainResource", "SubscriptionTopic"])

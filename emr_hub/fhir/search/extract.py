@@ -10,11 +10,13 @@ The compiled subset is the one the R4 definitions use: path steps, choice elemen
 and ``x.as(T)``, ``ofType(T)``, ``where(resolve() is T)``, ``where(field = 'literal')`` (and
 other small ``where`` criteria), ``extension('url')``, ``first()``, ``exists()``, ``empty()``,
 ``not()``, ``[n]``, ``=``, ``!=``, ``and``, ``or`` and ``|``. Collections are flattened at every
-step, as in FHIRPath. Two readings differ from a strict FHIRPath engine, as in other FHIR
-servers: ``as`` filters a collection of any size (the R4 definitions apply it to
+step, as in FHIRPath, and ``as`` / ``ofType`` follow FHIRPath's type hierarchy (a canonical
+is a uri, an Age a Quantity). Two readings differ from a strict FHIRPath engine, as in other
+FHIR servers: ``as`` filters a collection of any size (the R4 definitions apply it to
 ``Observation.component.value``, which FHIRPath would call an error), and ``resolve() is T``
 is decided from the reference alone: the type it names (``T/id``, or an absolute URL ending in
-``T/id``, either with ``/_history/v``), else its ``type`` element.
+``T/id``, either with ``/_history/v``), else its ``type`` element (``#contained``,
+``urn:uuid:`` and conditional references name none). A union (``|``) drops repeated values.
 
 Expressions outside that subset fall back to the fhirpathpy interpreter (a dev dependency;
 without it such parameters index nothing), logged once at debug level; see
@@ -323,10 +325,6 @@ _Types = frozenset[str]
 
 def _identity(items: list[Element]) -> list[Element]:
     return items
-
-
-def _empty(items: list[Element]) -> list[Element]:
-    return []
 
 
 def _compile(node: tuple, types: _Types) -> tuple[_Step, _Types]:

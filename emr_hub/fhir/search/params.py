@@ -82,7 +82,7 @@ class SearchRequest:
     filters: list[Filter] = field(default_factory=list)
     sort: list[SortKey] = field(default_factory=list)
     count: int = 50
-    total: str = "accurate"
+    total: str | None = None  # None: stated only when the first page holds every match
     summary: str | None = None
     elements: list[str] | None = None
     includes: list[Include] = field(default_factory=list)
@@ -208,11 +208,17 @@ def _reverse_chain(resource_type: str, name: str, raw: str) -> Filter:
     )
 
 
+def parse_count(raw: str | None, default: int = 50, maximum: int = 1000) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise bad_request(f"_count must be a non-negative integer, not {raw!r}", "_count")
+    return min(int(raw), maximum)
+
+
 def _result_param(request: SearchRequest, name: str, raw: str, max_count: int) -> None:
     if name == "_count":
-        if not raw.isdigit():
-            raise bad_request(f"_count must be a non-negative integer, not {raw!r}", "_count")
-        request.count = min(int(raw), max_count)
+        request.count = parse_count(raw, maximum=max_count)
     elif name == "_sort":
         for key in raw.split(","):
             descending = key.startswith("-")

@@ -499,9 +499,9 @@ def uri_rows(element: Element) -> list[str]:
 LOCAL_ZONE: Final = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
 """The hub's time zone, for dates and times written without one (R4: "Where both search
 parameters and resource element date times do not have time zones, the servers local time
-zone should be assumed"). Vietnam keeps +07:00 all year (no daylight saving since 1975); a
-fixed offset rather than the tz database keeps the index independent of tzdata and reads old
-birth dates from the south (+08:00 from 1959 to 1975) the way they are used today."""
+zone should be assumed"). Vietnam keeps +07:00 all year; a fixed offset rather than the tz
+database keeps the index independent of tzdata, and reads old birth dates the way they are
+used today (the tz database gives Asia/Ho_Chi_Minh +08:00 for most of 1955-1975)."""
 
 DATE_MIN: Final = datetime(1, 1, 1, tzinfo=UTC)
 """The low end of a range open at its start (a Period without ``start``)."""
@@ -622,8 +622,8 @@ def date_ranges(element: Element) -> list[DateRange]:
     * date / dateTime / instant: the year, month, day, minute, second or fraction written
       (``2020`` is 2020-01-01T00:00 to 2021-01-01T00:00 local time; ``…T10:00:05.123+07:00``
       is one millisecond); without a time zone, in :data:`LOCAL_ZONE`. An instant covers its
-      last digit like a dateTime (R4 calls it "an interval with an effective width of 0"; at
-      the precision written the two readings differ by less than that digit);
+      last digit like a dateTime, as in the oracle (R4 calls an instant "an interval with an
+      effective width of 0"; the two readings differ only within that last digit);
     * Period: from the start's low to the end's high (the end at its own precision); a
       missing start is :data:`DATE_MIN`, a missing end :data:`DATE_MAX`;
     * Timing: from the earliest to the latest of its ``event`` values and

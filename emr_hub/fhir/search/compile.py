@@ -1,0 +1,370 @@
+"""Compile a :class:`SearchRequest` into SQL over the index tables. No I/O.
+
+Every filter becomes an ``EXISTS`` on the index table of its parameter type, correlated with
+the resource being searched; ORs are ORs inside one ``EXISTS`` (a value matches), ANDs are
+separate ``EXISTS``. Chains follow ``search_reference`` to the target and apply the inner
+filter there; ``_has`` follows it backwards. The prefix semantics mirror
+:mod:`emr_hub.fhir.search.values` (``date_matches``, ``number_matches``) on the ``low`` /
+``high`` columns. Every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from emr_hub.errors import bad_request
+from emr_hub.fhir.search import values as v
+from emr_hub.fhir.search.indexer import DATE, QUANTITY, REFERENCE, STRING, TABLE_OF_TYPE, TOKEN, URI
+from emr_hub.fhir.search.params import Filter, SearchRequest, SortKey
+from storage.tables import ResourceRow
+
+RESOURCE = ResourceRow.__table__
+
+
+def _bad(flt: Filter, message: str) -> Exception:
+    return bad_request(message, flt.param.code)
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class Compiler:
+    """Builds the conditions of one search; ``base_url`` makes absolute local URLs local."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url
+
+    # ------------------------------------------------------------------ entry
+    def select_ids(self, request: SearchRequest) -> Select[Any]:
+        resource = RESOURCE.alias("r")
+        query = select(resource.c.id).where(
+            resource.c.resource_type == request.resource_type, resource.c.deleted.is_(False)
+        )
+        for flt in request.filters:
+            query = query.where(self.condition(flt, request.resource_type, resource))
+        return query
+
+    def condition(
+        self, flt: Filter, resource_type: str, resource: FromClause
+    ) -> ColumnElement[bool]:
+        if flt.reverse is not None:
+            return self._reverse(flt, resource_type, resource)
+        if flt.chain:
+            return self._chained(flt, resource_type, resource)
+        return self._plain(flt, resource_type, resource.c.id, resource)
+
+    # ------------------------------------------------------------ chains, _has
+    def _chained(
+        self, flt: Filter, resource_type: str, resource: FromClause
+    ) -> ColumnElement[bool]:
+        link, rest = flt.chain[0], flt.chain[1:]
+        target = RESOURCE.alias()
+        inner = Filter(flt.param, flt.modifier, flt.values, rest)
+        ref = REFERENCE.alias()
+        targets = (
+            select(target.c.id)
+            .where(target.c.resource_type == link.target, target.c.deleted.is_(False))
+            .where(self.condition(inner, link.target, target))
+        )
+        return exists().where(
+            ref.c.resource_type == resource_type,
+            ref.c.resource_id == resource.c.id,
+            ref.c.param == link.param.code,
+            ref.c.target_type == link.target,
+            ref.c.target_id.in_(targets),
+        )
+
+    def _reverse(
+        self, flt: Filter, resource_type: str, resource: FromClause
+    ) -> ColumnElement[bool]:
+        assert flt.reverse is not None
+        source = RESOURCE.alias()
+        ref = REFERENCE.alias()
+        inner = Filter(flt.param, flt.modifier, flt.values, flt.chain)
+        return exists().where(
+            ref.c.resource_type == flt.reverse.source_type,
+            ref.c.param == flt.reverse.param.code,
+            ref.c.target_type == resource_type,
+            ref.c.target_id == resource.c.id,
+            source.c.resource_type == flt.reverse.source_type,
+            source.c.id == ref.c.resource_id,
+            source.c.deleted.is_(False),
+            self.condition(inner, flt.reverse.source_type, source),
+        )
+
+    # ------------------------------------------------------------------ plain
+    def _plain(
+        self,
+        flt: Filter,
+        resource_type: str,
+        owner_id: KeyedColumnElement[Any],
+        resource: FromClause,
+    ) -> ColumnElement[bool]:
+        code = flt.param.code
+        if code == "_id":
+            return self._id(flt, resource)
+        if code == "_lastUpdated":
+            return self._last_updated(flt, resource)
+        kind = flt.param.type
+        if flt.modifier == "text" and kind == "token":
+            table = STRING.alias()
+            matches = [
+                table.c.normalized.like(
+                    _like_prefix(self._string(flt, x).normalized) + "%", escape="\\"
+                )
+                for x in flt.values
+            ]
+            return self._exists(table, resource_type, owner_id, f"{code}:text", or_(*matches))
+        table = TABLE_OF_TYPE[kind].alias()
+        if flt.modifier == "missing":
+            present = self._exists(table, resource_type, owner_id, code, true())
+            return not_(present) if flt.values[0] == "true" else present
+        build: Callable[[FromClause, Filter, str], ColumnElement[bool]] = getattr(
+            self, f"_{kind}_match"
+        )
+        matches = or_(*(build(table, flt, value) for value in flt.values))
+        if flt.modifier == "not":
+            return not_(self._exists(table, resource_type, owner_id, code, matches))
+        return self._exists(table, resource_type, owner_id, code, matches)
+
+    @staticmethod
+    def _exists(
+        table: FromClause,
+        resource_type: str,
+        owner_id: KeyedColumnElement[Any],
+        param: str,
+        match: Any,
+    ) -> ColumnElement[bool]:
+        return exists().where(
+            table.c.resource_type == resource_type,
+            table.c.resource_id == owner_id,
+            table.c.param == param,
+            match,
+        )
+
+    def _id(self, flt: Filter, resource: FromClause) -> ColumnElement[bool]:
+        if flt.modifier == "missing":
+            return false() if flt.values[0] == "true" else true()
+        ids = [x for x in flt.values]
+        condition = resource.c.id.in_(ids)
+        return not_(condition) if flt.modifier == "not" else condition
+
+    def _last_updated(self, flt: Filter, resource: FromClause) -> ColumnElement[bool]:
+        alternatives = []
+        for text in flt.values:
+            prefix, query = self._date(flt, text)
+            # an instant is a point: it covers its own millisecond
+            low = resource.c.last_updated
+            alternatives.append(_date_condition(prefix, query, low, low, point=True))
+        return or_(*alternatives)
+
+    # ------------------------------------------------------------ value kinds
+    def _string(self, flt: Filter, text: str) -> v.StringRow:
+        try:
+            return v.parse_string_query(text, exact=flt.modifier == "exact")
+        except ValueError as error:
+            raise _bad(flt, str(error)) from None
+
+    def _date(self, flt: Filter, text: str) -> tuple[str, v.DateRange]:
+        try:
+            prefix, query = v.parse_date_query(text)
+        except ValueError as error:
+            raise _bad(flt, str(error)) from None
+        if prefix == "ap":
+            query = v.approximate_range(query)
+        return prefix, query
+
+    def _token_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        try:
+            query = v.parse_token_query(text)
+        except ValueError as error:
+            raise _bad(flt, str(error)) from None
+        parts = []
+        if query.code is not None:
+            parts.append(table.c.code == query.code)
+        if query.system_given:
+            parts.append(
+                table.c.system.is_(None) if query.system is None else table.c.system == query.system
+            )
+        return and_(*parts) if parts else true()
+
+    def _string_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        query = self._string(flt, text)
+        if flt.modifier == "exact":
+            return table.c.exact == query.exact
+        if flt.modifier == "contains":
+            return table.c.normalized.like("%" + _like_prefix(query.normalized) + "%", escape="\\")
+        return table.c.normalized.like(_like_prefix(query.normalized) + "%", escape="\\")
+
+    def _reference_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        if flt.modifier == "identifier":
+            try:
+                token = v.parse_token_query(text)
+            except ValueError as error:
+                raise _bad(flt, str(error)) from None
+            parts = [table.c.identifier_value == token.code] if token.code is not None else []
+            if token.system_given:
+                parts.append(
+                    table.c.identifier_system.is_(None)
+                    if token.system is None
+                    else table.c.identifier_system == token.system
+                )
+            return and_(*parts)
+        try:
+            query = v.parse_reference_query(text, self.base_url)
+        except ValueError as error:
+            raise _bad(flt, str(error)) from None
+        if query.target_id is None:
+            return table.c.url == query.url
+        parts = [table.c.target_id == query.target_id]
+        wanted_type = query.target_type or (
+            flt.modifier if flt.modifier and flt.modifier[0].isupper() else None
+        )
+        if wanted_type:
+            parts.append(table.c.target_type == wanted_type)
+        return and_(*parts)
+
+    def _date_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        prefix, query = self._date(flt, text)
+        return _date_condition(prefix, query, table.c.low, table.c.high)
+
+    def _number_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        try:
+            query = v.parse_number_query(text)
+        except ValueError as error:
+            raise _bad(flt, str(error)) from None
+        return _number_condition(query, table)
+
+    def _quantity_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        try:
+            query = v.parse_quantity_query(text)
+        except ValueError as error:
+            raise _bad(flt, str(error)) from None
+        parts = [_number_condition(query, table)]
+        if query.system is not None:
+            parts.append(table.c.system == query.system)
+        if query.code is not None:
+            parts.append(table.c.code == query.code)
+        return and_(*parts)
+
+    def _uri_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        if flt.modifier == "below":
+            base = text.rstrip("/")
+            return or_(
+                table.c.value == base, table.c.value.like(_like_prefix(base) + "/%", escape="\\")
+            )
+        if flt.modifier == "above":
+            # the stored uri is the query or one of its path ancestors
+            ancestors = [text]
+            while "/" in ancestors[-1].rstrip("/").split("://", 1)[-1]:
+                ancestors.append(ancestors[-1].rstrip("/").rsplit("/", 1)[0])
+            return table.c.value.in_(ancestors)
+        return table.c.value == text
+
+    # -------------------------------------------------------------------- sort
+    def sort_expression(
+        self, key: SortKey, resource_type: str, resource: FromClause
+    ) -> ColumnElement[Any]:
+        """A correlated scalar: the lowest value ascending, the highest descending (nulls last)."""
+        code = key.param.code
+        if code == "_id":
+            return resource.c.id
+        if code == "_lastUpdated":
+            return resource.c.last_updated
+        table = TABLE_OF_TYPE[key.param.type].alias()
+        column = {
+            "token": "code",
+            "string": "normalized",
+            "reference": "target_id",
+            "date": "high" if key.descending else "low",
+            "number": "value",
+            "quantity": "value",
+            "uri": "value",
+        }[key.param.type]
+        pick = func.max if key.descending else func.min
+        return (
+            select(pick(table.c[column]))
+            .where(
+                table.c.resource_type == resource_type,
+                table.c.resource_id == resource.c.id,
+                table.c.param == code,
+            )
+            .scalar_subquery()
+        )
+
+
+def _date_condition(
+    prefix: str, query: v.DateRange, low: Any, high: Any, *, point: bool = False
+) -> ColumnElement[bool]:
+    """The rows of ``values.date_matches`` as SQL on a value range ``[low, high)``.
+
+    For a point (an instant such as ``_lastUpdated``) ``high`` is ``low`` itself and the
+    half-open comparisons become ``low < q.high`` and so on.
+    """
+    q_low, q_high = literal(query.low), literal(query.high)
+    if point:
+        inside = and_(low >= q_low, low < q_high)
+        return {
+            "eq": inside,
+            "ap": inside,
+            "ne": not_(inside),
+            "gt": low >= q_high,
+            "sa": low >= q_high,
+            "lt": low < q_low,
+            "eb": low < q_low,
+            "ge": low >= q_low,
+            "le": low < q_high,
+        }[prefix]
+    return {
+        "eq": and_(low >= q_low, high <= q_high),
+        "ne": or_(low < q_low, high > q_high),
+        "gt": high > q_high,
+        "lt": low < q_low,
+        "ge": or_(high > q_high, low >= q_low),
+        "le": or_(low < q_low, high <= q_high),
+        "sa": low >= q_high,
+        "eb": high <= q_low,
+        "ap": and_(low < q_high, high > q_low),
+    }[prefix]
+
+
+def _number_condition(
+    query: v.NumberQuery | v.QuantityQuery, table: FromClause
+) -> ColumnElement[bool]:
+    """The rows of ``values.number_matches`` on the closed interval ``[low, high]``."""
+    low, high, n = table.c.low, table.c.high, query.number
+    if query.prefix in ("eq", "ne"):
+        inside = and_(low >= query.low, high < query.high)
+        return inside if query.prefix == "eq" else not_(inside)
+    if query.prefix == "ap":
+        wide_low, wide_high = v.approximate_numbers(query)
+        return and_(low < wide_high, high >= wide_low)
+    return {
+        "gt": high > n,
+        "lt": low < n,
+        "ge": high >= n,
+        "le": low <= n,
+        "sa": low > n,
+        "eb": high < n,
+    }[query.prefix]
+
+
+__all__ = ["DATE", "QUANTITY", "STRING", "TOKEN", "URI", "Compiler"]

@@ -1,0 +1,80 @@
+"""The searchset Bundle of a search: matches, included resources, links and total."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from emr_hub.errors import Issue, operation_outcome
+from emr_hub.fhir.elements import apply_elements, apply_summary
+from emr_hub.fhir.search.params import SearchRequest, parse_search
+from emr_hub.fhir.search.service import SearchResult, run_search
+from emr_hub.fhir.store import FhirStore
+
+if TYPE_CHECKING:
+    from emr_hub.security.principal import Principal
+
+
+def search_bundle(
+    store: FhirStore,
+    principal: Principal,
+    resource_type: str,
+    query: list[tuple[str, str]],
+    base_url: str,
+    self_url: str,
+    *,
+    lenient: bool = False,
+) -> dict[str, Any]:
+    """Parse, run and render one search: what GET/POST on a type and bundle GETs share."""
+    request = parse_search(resource_type, query, lenient=lenient)
+    result = run_search(store, principal, request, base_url)
+    return searchset(request, result, base_url, self_url, query)
+
+
+def searchset(
+    request: SearchRequest,
+    result: SearchResult,
+    base_url: str,
+    self_url: str,
+    query: list[tuple[str, str]],
+) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if result.total is not None and request.total != "none":
+        bundle["total"] = result.total
+    links = [{"relation": "self", "url": self_url}]
+    if result.next_cursor:
+        kept = [(k, v) for k, v in query if k != "_cursor"]
+        links.append(
+            {
+                "relation": "next",
+                "url": f"{base_url}/{request.resource_type}?"
+                + urlencode([*kept, ("_cursor", result.next_cursor)]),
+            }
+        )
+    bundle["link"] = links
+    if request.summary == "count":
+        return bundle
+    entries: list[dict[str, Any]] = []
+    for mode, found in (("match", result.matches), ("include", result.included)):
+        for stored in found:
+            resource = apply_elements(
+                apply_summary(stored.content or {}, request.summary), request.elements
+            )
+            entries.append(
+                {
+                    "fullUrl": f"{base_url}/{stored.resource_type}/{stored.id}",
+                    "resource": resource,
+                    "search": {"mode": mode},
+                }
+            )
+    if request.ignored:
+        warning = Issue(
+            "not-supported",
+            f"Ignored unknown search parameters: {', '.join(request.ignored)}",
+            tuple(request.ignored),
+            severity="warning",
+        )
+        entries.append({"resource": operation_outcome([warning]), "search": {"mode": "outcome"}})
+    if entries:
+        bundle["entry"] = entries
+    return bundle

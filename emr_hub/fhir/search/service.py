@@ -1,0 +1,206 @@
+"""Run a compiled search: ordering, keyset paging, totals, _include and _revinclude.
+
+Paging is by keyset, not offset: the ``next`` link carries the sort values and id of the
+last entry of the page, and the next page starts strictly after them. A write between two
+pages therefore neither repeats nor skips an entry that was there all along.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, false, func, or_, select
+
+from emr_hub.errors import bad_request
+from emr_hub.fhir.search.compile import RESOURCE, Compiler
+from emr_hub.fhir.search.indexer import REFERENCE
+from emr_hub.fhir.search.params import Include, SearchRequest
+from emr_hub.fhir.search.registry import params_for
+from emr_hub.fhir.store import FhirStore, Stored, _aware
+
+if TYPE_CHECKING:
+    from emr_hub.security.principal import Principal
+
+MAX_INCLUDED = 1000
+ITERATE_DEPTH = 3
+
+
+@dataclass
+class SearchResult:
+    matches: list[Stored]
+    included: list[Stored]
+    total: int | None
+    next_cursor: str | None
+
+
+def run_search(
+    store: FhirStore, principal: Principal, request: SearchRequest, base_url: str | None
+) -> SearchResult:
+    principal.require(request.resource_type, "s")
+    compiler = Compiler(base_url)
+    resource = RESOURCE.alias("r")
+    where = [resource.c.resource_type == request.resource_type, resource.c.deleted.is_(False)]
+    where += [compiler.condition(f, request.resource_type, resource) for f in request.filters]
+    keys: list[tuple[ColumnElement[Any], bool]] = [
+        (compiler.sort_expression(k, request.resource_type, resource), k.descending)
+        for k in request.sort
+    ]
+    keys.append((resource.c.id, False))
+    page_where = list(where)
+    if request.cursor:
+        page_where.append(_after(keys, _decode_cursor(request.cursor, len(keys))))
+    order = [
+        item
+        for expr, desc in keys
+        for item in ((expr.is_(None)), expr.desc() if desc else expr.asc())
+    ]
+    query = (
+        select(
+            resource.c.id,
+            resource.c.version_id,
+            resource.c.last_updated,
+            resource.c.content,
+            *(expr for expr, _ in keys[:-1]),
+        )
+        .where(*page_where)
+        .order_by(*order)
+        .limit(request.count + 1)
+    )
+    store.flush()
+    rows = store.session.execute(query).all() if request.count > 0 else []
+    page = rows[: request.count]
+    matches = [Stored(request.resource_type, r[0], r[1], _aware(r[2]), False, r[3]) for r in page]
+    next_cursor = None
+    if len(rows) > request.count and page:
+        last = page[-1]
+        next_cursor = _encode_cursor([*last[4:], last[0]])
+    total = None
+    if request.total != "none":
+        if request.cursor is None and len(rows) <= request.count:
+            total = len(rows)
+        elif request.total == "accurate":
+            count_query = select(func.count()).select_from(resource).where(*where)
+            total = store.session.execute(count_query).scalar_one()
+    included = _includes(store, principal, request, matches) if request.includes and matches else []
+    return SearchResult(matches, included, total, next_cursor)
+
+
+# ------------------------------------------------------------------- keyset
+def _after(keys: list[tuple[ColumnElement[Any], bool]], values: list[Any]) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the order of ``keys`` (nulls last on every key)."""
+    alternatives = []
+    for i, (expr, descending) in enumerate(keys):
+        equal_before = [_equal(keys[j][0], values[j]) for j in range(i)]
+        value = values[i]
+        if value is None:
+            beyond: ColumnElement[bool] = false()  # nothing sorts after null on this key
+        elif descending:
+            beyond = or_(expr < value, expr.is_(None))
+        else:
+            beyond = or_(expr > value, expr.is_(None))
+        alternatives.append(and_(*equal_before, beyond))
+    return or_(*alternatives)
+
+
+def _equal(expr: ColumnElement[Any], value: Any) -> ColumnElement[bool]:
+    return expr.is_(None) if value is None else expr == value
+
+
+def _encode_cursor(values: list[Any]) -> str:
+    def tag(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return {"dt": _aware(value).isoformat()}
+        if isinstance(value, Decimal | float):
+            return {"dec": str(value)}
+        return value
+
+    raw = orjson.dumps([tag(value) for value in values])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(text: str, size: int) -> list[Any]:
+    def untag(value: Any) -> Any:
+        if isinstance(value, dict) and "dt" in value:
+            return datetime.fromisoformat(value["dt"])
+        if isinstance(value, dict) and "dec" in value:
+            return Decimal(value["dec"])
+        return value
+
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not isinstance(values, list) or len(values) != size:
+            raise ValueError("wrong shape")
+        return [untag(value) for value in values]
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise bad_request(
+            "Malformed or outdated _cursor; start the search again", "_cursor"
+        ) from None
+
+
+# ----------------------------------------------------------------- includes
+def _includes(
+    store: FhirStore, principal: Principal, request: SearchRequest, matches: list[Stored]
+) -> list[Stored]:
+    seen = {(m.resource_type, m.id) for m in matches}
+    found: list[Stored] = []
+    frontier = list(seen)
+    for depth in range(ITERATE_DEPTH):
+        wave: list[tuple[str, str]] = []
+        for include in request.includes:
+            if depth > 0 and not include.iterate:
+                continue
+            for key in _follow(store, include, frontier):
+                if key not in seen:
+                    seen.add(key)
+                    wave.append(key)
+        if not wave:
+            break
+        for resource_type, resource_id in wave[: MAX_INCLUDED - len(found)]:
+            if not principal.allows(resource_type, "r"):
+                continue
+            current = store.current(resource_type, resource_id)
+            if current is not None and not current.deleted:
+                found.append(current)
+        frontier = wave
+        if len(found) >= MAX_INCLUDED:
+            break
+    return found
+
+
+def _follow(
+    store: FhirStore, include: Include, frontier: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    ref = REFERENCE
+    if include.reverse:
+        targets = [(t, i) for t, i in frontier]
+        if not targets:
+            return []
+        params = [include.param.code] if include.param else _reference_params(include.source_type)
+        query = select(ref.c.resource_type, ref.c.resource_id).where(
+            ref.c.resource_type == include.source_type,
+            ref.c.param.in_(params),
+            or_(*(and_(ref.c.target_type == t, ref.c.target_id == i) for t, i in targets)),
+        )
+    else:
+        sources = [i for t, i in frontier if t == include.source_type]
+        if not sources:
+            return []
+        params = [include.param.code] if include.param else _reference_params(include.source_type)
+        query = select(ref.c.target_type, ref.c.target_id).where(
+            ref.c.resource_type == include.source_type,
+            ref.c.resource_id.in_(sources),
+            ref.c.param.in_(params),
+            ref.c.target_id.is_not(None),
+        )
+        if include.target:
+            query = query.where(ref.c.target_type == include.target)
+    return [(t, i) for t, i in store.session.execute(query.distinct()) if t and i]
+
+
+def _reference_params(resource_type: str) -> list[str]:
+    return [code for code, p in params_for(resource_type).items() if p.type == "reference"]

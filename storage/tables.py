@@ -164,6 +164,7 @@ class SearchQuantityRow(SQLModel, table=True):
     high: Decimal = Field(sa_column=Column(Numeric, nullable=False))
     system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     code: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    unit: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
     __table_args__ = (
         Index("ix_quantity_lookup", "resource_type", "param", "code", "value"),

@@ -32,7 +32,15 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from emr_hub.errors import bad_request
 from emr_hub.fhir.search import values as v
 from emr_hub.fhir.search.indexer import DATE, QUANTITY, REFERENCE, STRING, TABLE_OF_TYPE, TOKEN, URI
-from emr_hub.fhir.search.params import Filter, SearchRequest, SortKey
+from emr_hub.fhir.search.params import (
+    AnyOf,
+    Chain,
+    Condition,
+    Filter,
+    Reverse,
+    SearchRequest,
+    SortKey,
+)
 from storage.tables import ResourceRow
 
 RESOURCE = ResourceRow.__table__
@@ -49,8 +57,9 @@ def _like_prefix(text: str) -> str:
 class Compiler:
     """Builds the conditions of one search; ``base_url`` makes absolute local URLs local."""
 
-    def __init__(self, base_url: str | None = None) -> None:
+    def __init__(self, base_url: str | None = None, dialect: str = "sqlite") -> None:
         self.base_url = base_url
+        self.dialect = dialect
 
     # ------------------------------------------------------------------ entry
     def select_ids(self, request: SearchRequest) -> Select[Any]:
@@ -63,51 +72,51 @@ class Compiler:
         return query
 
     def condition(
-        self, flt: Filter, resource_type: str, resource: FromClause
+        self, cond: Condition, resource_type: str, resource: FromClause
     ) -> ColumnElement[bool]:
-        if flt.reverse is not None:
-            return self._reverse(flt, resource_type, resource)
-        if flt.chain:
-            return self._chained(flt, resource_type, resource)
-        return self._plain(flt, resource_type, resource.c.id, resource)
+        if isinstance(cond, Filter):
+            return self._plain(cond, resource_type, resource.c.id, resource)
+        if isinstance(cond, AnyOf):
+            return or_(
+                *(self.condition(option, resource_type, resource) for option in cond.options)
+            )
+        if isinstance(cond, Chain):
+            return self._chained(cond, resource_type, resource)
+        return self._reverse(cond, resource_type, resource)
 
     # ------------------------------------------------------------ chains, _has
     def _chained(
-        self, flt: Filter, resource_type: str, resource: FromClause
+        self, chain: Chain, resource_type: str, resource: FromClause
     ) -> ColumnElement[bool]:
-        link, rest = flt.chain[0], flt.chain[1:]
         target = RESOURCE.alias()
-        inner = Filter(flt.param, flt.modifier, flt.values, rest)
         ref = REFERENCE.alias()
         targets = (
             select(target.c.id)
-            .where(target.c.resource_type == link.target, target.c.deleted.is_(False))
-            .where(self.condition(inner, link.target, target))
+            .where(target.c.resource_type == chain.target, target.c.deleted.is_(False))
+            .where(self.condition(chain.inner, chain.target, target))
         )
         return exists().where(
             ref.c.resource_type == resource_type,
             ref.c.resource_id == resource.c.id,
-            ref.c.param == link.param.code,
-            ref.c.target_type == link.target,
+            ref.c.param == chain.param.code,
+            ref.c.target_type == chain.target,
             ref.c.target_id.in_(targets),
         )
 
     def _reverse(
-        self, flt: Filter, resource_type: str, resource: FromClause
+        self, reverse: Reverse, resource_type: str, resource: FromClause
     ) -> ColumnElement[bool]:
-        assert flt.reverse is not None
         source = RESOURCE.alias()
         ref = REFERENCE.alias()
-        inner = Filter(flt.param, flt.modifier, flt.values, flt.chain)
         return exists().where(
-            ref.c.resource_type == flt.reverse.source_type,
-            ref.c.param == flt.reverse.param.code,
+            ref.c.resource_type == reverse.source_type,
+            ref.c.param == reverse.param.code,
             ref.c.target_type == resource_type,
             ref.c.target_id == resource.c.id,
-            source.c.resource_type == flt.reverse.source_type,
+            source.c.resource_type == reverse.source_type,
             source.c.id == ref.c.resource_id,
             source.c.deleted.is_(False),
-            self.condition(inner, flt.reverse.source_type, source),
+            self.condition(reverse.inner, reverse.source_type, source),
         )
 
     # ------------------------------------------------------------------ plain
@@ -261,8 +270,10 @@ class Compiler:
         parts = [_number_condition(query, table)]
         if query.system is not None:
             parts.append(table.c.system == query.system)
-        if query.code is not None:
-            parts.append(table.c.code == query.code)
+            if query.code is not None:
+                parts.append(table.c.code == query.code)
+        elif query.code is not None:  # number||code: the code or the human unit (R4)
+            parts.append(or_(table.c.code == query.code, table.c.unit == query.code))
         return and_(*parts)
 
     def _uri_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
@@ -290,18 +301,20 @@ class Compiler:
         if code == "_lastUpdated":
             return resource.c.last_updated
         table = TABLE_OF_TYPE[key.param.type].alias()
-        column = {
-            "token": "code",
-            "string": "normalized",
-            "reference": "target_id",
-            "date": "high" if key.descending else "low",
-            "number": "value",
-            "quantity": "value",
-            "uri": "value",
-        }[key.param.type]
+        kind = key.param.type
+        value: ColumnElement[Any]
+        if kind == "reference":
+            local = table.c.target_type.concat("/").concat(table.c.target_id)
+            value = func.coalesce(local, table.c.url)
+        elif kind in ("date", "number", "quantity"):
+            value = table.c.high if key.descending else table.c.low
+        else:
+            value = table.c[{"token": "code", "string": "normalized", "uri": "value"}[kind]]
+        if kind in ("token", "string", "reference", "uri") and self.dialect == "postgresql":
+            value = value.collate("C")  # code-point order, the same on both databases
         pick = func.max if key.descending else func.min
         return (
-            select(pick(table.c[column]))
+            select(pick(value))
             .where(
                 table.c.resource_type == resource_type,
                 table.c.resource_id == resource.c.id,

@@ -14,6 +14,7 @@ from sqlalchemy import Table
 from emr_hub.fhir.search.extract import extract_all
 from emr_hub.fhir.search.registry import params_for
 from emr_hub.fhir.search.values import (
+    TEXT_ONLY,
     DateRange,
     QuantityRow,
     ReferenceRow,
@@ -70,8 +71,8 @@ def index_rows(
             rows.extend(rows_for(param.type, element, base_url))
         seen: set[Any] = set()
         for row in rows:
-            if row in seen:
-                continue
+            if row in seen or (isinstance(row, TokenRow) and row.code == TEXT_ONLY):
+                continue  # text-only codings serve :text alone, from the string table
             seen.add(row)
             out[table].append(owner | _columns(row))
         if param.type == "token":
@@ -103,6 +104,7 @@ def _columns(row: Any) -> dict[str, Any]:
             "low": row.low,
             "high": row.high,
             "system": row.system,
-            "code": row.code if row.code is not None else row.unit,
+            "code": row.code,
+            "unit": row.unit,
         }
     return {"value": row}  # uri

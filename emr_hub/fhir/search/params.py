@@ -36,29 +36,39 @@ _SPLIT = re.compile(r"(?<!\\),")
 
 @dataclass(frozen=True)
 class Filter:
-    """One ``name[:modifier]=v1,v2`` condition: a match on any value (OR)."""
+    """``name[:modifier]=v1,v2`` on the searched type itself: a match on any value (OR)."""
 
     param: SearchParam
     modifier: str | None
     values: tuple[str, ...]
-    chain: tuple[Link, ...] = ()  # for chained params: the references followed, outermost first
-    reverse: ReverseLink | None = None
 
 
 @dataclass(frozen=True)
-class Link:
-    """One step of a chain: follow ``param`` (a reference) to resources of ``target``."""
+class Chain:
+    """``ref.inner``: ``param`` (a reference) points at a ``target`` resource matching ``inner``."""
 
     param: SearchParam
     target: str
+    inner: Condition
 
 
 @dataclass(frozen=True)
-class ReverseLink:
-    """``_has:Type:refparam``: resources of ``Type`` whose ``refparam`` points back here."""
+class Reverse:
+    """``_has:Source:ref:inner``: a ``source_type`` resource whose ``param`` points here matches."""
 
     source_type: str
     param: SearchParam
+    inner: Condition
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """Alternatives: a chain through a reference that may point at several types."""
+
+    options: tuple[Condition, ...]
+
+
+Condition = Filter | Chain | Reverse | AnyOf
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ class Include:
 @dataclass
 class SearchRequest:
     resource_type: str
-    filters: list[Filter] = field(default_factory=list)
+    filters: list[Condition] = field(default_factory=list)
     sort: list[SortKey] = field(default_factory=list)
     count: int = 50
     total: str | None = None  # None: stated only when the first page holds every match
@@ -133,14 +143,16 @@ def _param(resource_type: str, code: str) -> SearchParam:
     return param
 
 
-def _filter(resource_type: str, name: str, raw: str) -> Filter:
+def _filter(resource_type: str, name: str, raw: str, depth: int = 0) -> Condition:
+    if depth > MAX_CHAIN:
+        raise bad_request(f"Chains are limited to {MAX_CHAIN} links", name, code="too-costly")
     if name.startswith("_has:"):
-        return _reverse_chain(resource_type, name, raw)
+        return _reverse_chain(resource_type, name, raw, depth)
     head, dot, rest = name.partition(".")
     code, _, modifier = head.partition(":")
     param = _param(resource_type, code)
     if dot:
-        return _chain(resource_type, param, modifier or None, rest, raw, depth=1)
+        return _chain(param, modifier or None, rest, raw, depth)
     return _plain(param, modifier or None, raw, name)
 
 
@@ -167,32 +179,22 @@ def _plain(param: SearchParam, modifier: str | None, raw: str, name: str) -> Fil
     return Filter(param, modifier, values)
 
 
-def _chain(
-    resource_type: str, param: SearchParam, modifier: str | None, rest: str, raw: str, depth: int
-) -> Filter:
+def _chain(param: SearchParam, modifier: str | None, rest: str, raw: str, depth: int) -> Condition:
+    """``param[:Type].rest``: through every target type that defines the next parameter."""
     if param.type != "reference":
         raise bad_request(f"{param.code} is not a reference; it cannot be chained", param.code)
-    if depth > MAX_CHAIN:
-        raise bad_request(f"Chains are limited to {MAX_CHAIN} links", param.code, code="too-costly")
-    targets = [modifier] if modifier else list(param.targets)
-    if len(targets) != 1:
+    next_code = rest.split(".", 1)[0].split(":", 1)[0]
+    candidates = [modifier] if modifier else list(param.targets)
+    targets = [t for t in candidates if next_code.startswith("_has") or get_param(t, next_code)]
+    if not targets:
         raise bad_request(
-            f"Chain through {param.code} is ambiguous: name the target type ({param.code}:Type.…)",
-            param.code,
+            f"No resource {param.code} points at has a parameter {next_code!r}", param.code
         )
-    target = targets[0]
-    link = Link(param, target)
-    head, dot, tail = rest.partition(".")
-    code, _, next_modifier = head.partition(":")
-    next_param = _param(target, code)
-    if dot:
-        inner = _chain(target, next_param, next_modifier or None, tail, raw, depth + 1)
-        return Filter(inner.param, inner.modifier, inner.values, (link, *inner.chain))
-    inner = _plain(next_param, next_modifier or None, raw, rest)
-    return Filter(inner.param, inner.modifier, inner.values, (link,))
+    options = tuple(Chain(param, t, _filter(t, rest, raw, depth + 1)) for t in targets)
+    return options[0] if len(options) == 1 else AnyOf(options)
 
 
-def _reverse_chain(resource_type: str, name: str, raw: str) -> Filter:
+def _reverse_chain(resource_type: str, name: str, raw: str, depth: int) -> Reverse:
     parts = name.split(":", 3)
     if len(parts) != 4 or not is_resource_type(parts[1]):
         raise bad_request(
@@ -202,10 +204,7 @@ def _reverse_chain(resource_type: str, name: str, raw: str) -> Filter:
     ref = _param(source_type, ref_code)
     if ref.type != "reference" or (ref.targets and resource_type not in ref.targets):
         raise bad_request(f"{source_type}.{ref_code} does not point at {resource_type}", name)
-    inner = _filter(source_type, rest, raw)
-    return Filter(
-        inner.param, inner.modifier, inner.values, inner.chain, ReverseLink(source_type, ref)
-    )
+    return Reverse(source_type, ref, _filter(source_type, rest, raw, depth + 1))
 
 
 def parse_count(raw: str | None, default: int = 50, maximum: int = 1000) -> int:

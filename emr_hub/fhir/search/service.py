@@ -42,7 +42,7 @@ def run_search(
     store: FhirStore, principal: Principal, request: SearchRequest, base_url: str | None
 ) -> SearchResult:
     principal.require(request.resource_type, "s")
-    compiler = Compiler(base_url)
+    compiler = Compiler(base_url, store.session.get_bind().dialect.name)
     resource = RESOURCE.alias("r")
     where = [resource.c.resource_type == request.resource_type, resource.c.deleted.is_(False)]
     where += [compiler.condition(f, request.resource_type, resource) for f in request.filters]

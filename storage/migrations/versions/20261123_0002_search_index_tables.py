@@ -40,6 +40,7 @@ def upgrade() -> None:
     sa.Column('high', sa.Numeric(), nullable=False),
     sa.Column('system', sa.Text(), nullable=True),
     sa.Column('code', sa.Text(), nullable=True),
+    sa.Column('unit', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('seq')
     )
     with op.batch_alter_table('search_quantity', schema=None) as batch_op:

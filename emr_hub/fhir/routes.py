@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -29,9 +29,12 @@ from emr_hub.fhir.http import (
     version_headers,
     wants_pretty,
 )
-from emr_hub.fhir.search.params import parse_count
+from emr_hub.fhir.operations.everything import everything, everything_bundle
+from emr_hub.fhir.search.compartment import in_patient_compartment
+from emr_hub.fhir.search.params import Condition, parse_count
 from emr_hub.fhir.search.searchset import search_bundle
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
+from emr_hub.fhir.validation import is_resource_type
 from emr_hub.hub import Hub
 from emr_hub.security.principal import Principal, PrincipalDep
 
@@ -172,6 +175,7 @@ def _search(
     principal: Principal,
     resource_type: str,
     items: list[tuple[str, str]],
+    scope: Condition | None = None,
 ) -> Response:
     interactions.check_type(resource_type)
     principal.require(resource_type, "s")
@@ -181,7 +185,14 @@ def _search(
     bundle = in_snapshot(
         hub,
         lambda store: search_bundle(
-            store, principal, resource_type, items, base, str(request.url), lenient=lenient
+            store,
+            principal,
+            resource_type,
+            items,
+            base,
+            str(request.url),
+            lenient=lenient,
+            scope=scope,
         ),
     )
     return fhir_response(bundle, pretty=pretty)
@@ -274,6 +285,54 @@ def vread(
         hub, lambda store: interactions.vread(store, principal, resource_type, resource_id, version)
     )
     return render_resource(request, stored, hub)
+
+
+@router.get("/Patient/{patient_id}/$everything")
+def patient_everything(
+    patient_id: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
+    """The patient's record: the compartment and what it points at, paged by ``_count``."""
+    pretty = wants_pretty(request)
+    params = request.query_params
+    types = {t for v in params.getlist("_type") for t in v.split(",") if t} or None
+    for unknown in (types or set()) - {t for t in types or () if is_resource_type(t)}:
+        raise bad_request(f"Unknown resource type {unknown!r} in _type", "_type")
+    since = _instant(params.get("_since"), "_since")
+    count = parse_count(params.get("_count"), default=100)
+    base = hub.settings.fhir_base_url
+    page = in_snapshot(
+        hub,
+        lambda store: everything(
+            store,
+            principal,
+            patient_id,
+            since=since,
+            types=types,
+            count=count,
+            cursor=params.get("_cursor"),
+        ),
+    )
+    next_url = None
+    if page.next_cursor:
+        kept = [(k, v) for k, v in params.multi_items() if k != "_cursor"]
+        next_url = f"{base}/Patient/{patient_id}/$everything?" + urlencode(
+            [*kept, ("_cursor", page.next_cursor)]
+        )
+    return fhir_response(everything_bundle(page, base, str(request.url), next_url), pretty=pretty)
+
+
+@router.get("/Patient/{patient_id}/{resource_type}")
+def patient_compartment_search(
+    patient_id: str, resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
+) -> Response:
+    """Search ``resource_type`` inside Patient/<id>'s compartment (R4 compartment search)."""
+    interactions.check_type(resource_type)
+    membership = in_patient_compartment(resource_type, patient_id)
+    if membership is None:
+        raise bad_request(f"{resource_type} is not in the Patient compartment", "url")
+    return _search(
+        request, hub, principal, resource_type, list(request.query_params.multi_items()), membership
+    )
 
 
 @router.put("/{resource_type}/{resource_id}")

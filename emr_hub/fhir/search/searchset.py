@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from emr_hub.errors import Issue, operation_outcome
 from emr_hub.fhir.elements import apply_elements, apply_summary
-from emr_hub.fhir.search.params import SearchRequest, parse_search
+from emr_hub.fhir.search.params import Condition, SearchRequest, parse_search
 from emr_hub.fhir.search.service import SearchResult, run_search
 from emr_hub.fhir.store import FhirStore
 
@@ -24,9 +24,14 @@ def search_bundle(
     self_url: str,
     *,
     lenient: bool = False,
+    scope: Condition | None = None,
 ) -> dict[str, Any]:
-    """Parse, run and render one search: what GET/POST on a type and bundle GETs share."""
+    """Parse, run and render one search: what GET/POST on a type and bundle GETs share.
+
+    ``scope`` is an extra condition every match must meet (a compartment)."""
     request = parse_search(resource_type, query, lenient=lenient)
+    if scope is not None:
+        request.filters.append(scope)
     result = run_search(store, principal, request, base_url)
     return searchset(request, result, base_url, self_url, query)
 

@@ -1,4 +1,5 @@
-"""The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, import."""
+"""The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, import,
+reindex."""
 
 from __future__ import annotations
 
@@ -199,3 +200,63 @@ def import_command(paths: tuple[Path, ...]) -> None:
     )
     if report.failures:
         sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="TYPE",
+    help="Only resources of this type (repeatable); default every type.",
+)
+@click.option(
+    "--batch",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Resources per transaction.",
+)
+def reindex(types: tuple[str, ...], batch: int) -> None:
+    """Rebuild the search index of every live resource from its stored body."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from emr_hub.fhir.search.reindex import count_resources
+    from emr_hub.fhir.search.reindex import reindex as rebuild
+    from emr_hub.fhir.validation import R4_RESOURCE_TYPES
+
+    unknown = sorted(set(types) - R4_RESOURCE_TYPES)
+    if unknown:
+        raise click.BadParameter(
+            f"not R4 resource types: {', '.join(unknown)}", param_hint="'--type'"
+        )
+    wanted = list(types) or None
+    hub = _hub()
+    started = time.perf_counter()
+    try:
+        total = count_resources(hub, wanted)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=not sys.stderr.isatty(),
+        ) as progress:
+            task = progress.add_task("reindexing", total=total)
+            done = rebuild(
+                hub,
+                resource_types=wanted,
+                batch=batch,
+                progress=lambda n: progress.advance(task, n),
+            )
+    finally:
+        hub.close()
+    elapsed = time.perf_counter() - started
+    rate = done / elapsed if elapsed else 0.0
+    click.echo(f"reindexed {done} resources in {elapsed:.1f} s ({rate:.0f}/s)")

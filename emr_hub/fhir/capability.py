@@ -1,11 +1,26 @@
-"""The CapabilityStatement at ``/fhir/metadata``: only what the hub really does."""
+"""The CapabilityStatement at ``/fhir/metadata``: only what the hub really does.
+
+The search parameters listed for a type are the ones the search really answers: those of the
+R4 registry (:func:`params_for`) with a FHIRPath expression and a type the index has a table for
+(composites, and ``_content`` / ``_text`` / ``_query``, which have no expression, are left out),
+``_id`` and ``_lastUpdated`` (answered by the ``resource`` table) among them. When fhirpathpy is
+not installed, the few parameters whose expression the compiled extractors cannot handle index
+nothing, so they are left out too. ``searchInclude`` lists the type's own reference parameters
+(``Type:param``, and ``*``); ``searchRevInclude`` the reference parameters of every type that
+may point at it. Built once per process: it is served on every ``/metadata``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from collections import defaultdict
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from emr_hub import __version__
+from emr_hub.fhir.search.indexer import TABLE_OF_TYPE
+from emr_hub.fhir.search.registry import SearchParam, param_by_url, params_for
 from emr_hub.fhir.validation import R4_RESOURCE_TYPES
 
 INTERACTIONS = [
@@ -19,27 +34,92 @@ INTERACTIONS = [
     "create",
     "search-type",
 ]
+# the Resource-level parameters every type answers, stated once at the rest level too
+COMMON_PARAMS = ("_id", "_lastUpdated", "_tag", "_profile", "_security")
+_RESOURCE_PARAM_URL = "http://hl7.org/fhir/SearchParameter/Resource-{}"
+
+
+def _interpreter_available() -> bool:
+    return importlib.util.find_spec("fhirpathpy") is not None
+
+
+@cache
+def _unindexed() -> frozenset[tuple[str, str]]:
+    """(type, code) of the parameters that index nothing in this installation."""
+    if _interpreter_available():
+        return frozenset()
+    from emr_hub.fhir.search.extract import fallback_params
+
+    return frozenset(fallback_params())
+
+
+@cache
+def supported_params(resource_type: str) -> tuple[SearchParam, ...]:
+    """The search parameters of ``resource_type`` the hub answers, by code."""
+    skip = _unindexed()
+    return tuple(
+        param
+        for code, param in sorted(params_for(resource_type).items())
+        if param.expression and param.type in TABLE_OF_TYPE and (resource_type, code) not in skip
+    )
+
+
+@cache
+def _rev_includes() -> Mapping[str, tuple[str, ...]]:
+    """Target type -> the ``Source:param`` values of the reference parameters that may point
+    at it (a parameter without stated targets may point at any type)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for source in R4_RESOURCE_TYPES:
+        for param in supported_params(source):
+            if param.type != "reference":
+                continue
+            for target in param.targets or R4_RESOURCE_TYPES:
+                found[target].add(f"{source}:{param.code}")
+    return {target: tuple(sorted(values)) for target, values in found.items()}
+
+
+def _search_param(param: SearchParam) -> dict[str, Any]:
+    entry = {"name": param.code, "type": param.type}
+    if param.url:
+        entry["definition"] = param.url
+    return entry
+
+
+def _resource(resource_type: str) -> dict[str, Any]:
+    params = supported_params(resource_type)
+    entry: dict[str, Any] = {
+        "type": resource_type,
+        "interaction": [{"code": code} for code in INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "searchInclude": [
+            "*",
+            *(f"{resource_type}:{p.code}" for p in params if p.type == "reference"),
+        ],
+    }
+    rev_includes = _rev_includes().get(resource_type)
+    if rev_includes:
+        entry["searchRevInclude"] = list(rev_includes)
+    entry["searchParam"] = [_search_param(p) for p in params]
+    return entry
+
+
+def _common_params() -> list[dict[str, Any]]:
+    entries = []
+    for code in COMMON_PARAMS:
+        param = param_by_url(_RESOURCE_PARAM_URL.format(code.removeprefix("_")))
+        assert param is not None and param.code == code, code
+        entries.append(_search_param(param))
+    return entries
 
 
 @cache
 def capability_statement(base_url: str, published: str) -> dict[str, Any]:
-    resources = [
-        {
-            "type": resource_type,
-            "interaction": [{"code": code} for code in INTERACTIONS],
-            "versioning": "versioned-update",
-            "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": True,
-            "conditionalUpdate": True,
-            "conditionalDelete": "single",
-            "searchParam": [
-                {"name": "_id", "type": "token"},
-                {"name": "identifier", "type": "token"},
-            ],
-        }
-        for resource_type in sorted(R4_RESOURCE_TYPES)
-    ]
+    resources = [_resource(resource_type) for resource_type in sorted(R4_RESOURCE_TYPES)]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -75,6 +155,7 @@ def capability_statement(base_url: str, published: str) -> dict[str, Any]:
                     {"code": "batch"},
                     {"code": "history-system"},
                 ],
+                "searchParam": _common_params(),
             }
         ],
     }

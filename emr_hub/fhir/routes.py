@@ -32,7 +32,7 @@ from emr_hub.fhir.http import (
 from emr_hub.fhir.operations.everything import everything, everything_bundle
 from emr_hub.fhir.search.compartment import in_patient_compartment
 from emr_hub.fhir.search.params import Condition, parse_count
-from emr_hub.fhir.search.searchset import search_bundle
+from emr_hub.fhir.search.searchset import search_bundle, system_search_bundle
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.fhir.validation import is_resource_type
 from emr_hub.hub import Hub
@@ -124,6 +124,28 @@ async def transaction_or_batch(request: Request, hub: HubDep, principal: Princip
         lambda store: process_bundle(store, principal, bundle, base, representation=representation),
     )
     return fhir_response(result, 200, pretty=pretty)
+
+
+@router.get("")
+def system_search(request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
+    """Search across types: ``_type`` names them; the other parameters apply to each."""
+    pretty = wants_pretty(request)
+    types = [t for v in request.query_params.getlist("_type") for t in v.split(",") if t]
+    if not types:
+        raise bad_request("A system-level search needs _type (one or more resource types)", "_type")
+    for resource_type in types:
+        if not is_resource_type(resource_type):
+            raise bad_request(f"Unknown resource type {resource_type!r} in _type", "_type")
+    items = list(request.query_params.multi_items())
+    lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
+    base = hub.settings.fhir_base_url
+    bundle = in_snapshot(
+        hub,
+        lambda store: system_search_bundle(
+            store, principal, types, items, base, str(request.url), lenient=lenient
+        ),
+    )
+    return fhir_response(bundle, pretty=pretty)
 
 
 @router.get("/_history")

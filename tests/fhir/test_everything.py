@@ -76,3 +76,17 @@ def test_compartment_search(api: Api) -> None:
     starts = [e["resource"]["period"]["start"] for e in newest_first.json()["entry"]]
     assert starts == sorted(starts, reverse=True)
     assert api.get(f"/{patient}/Organization").status_code == 400  # not in the compartment
+
+
+def test_system_search_over_several_types(api: Api) -> None:
+    mapping = load(api)
+    wanted = {r for r in mapping.values() if r.split("/")[0] in ("Encounter", "Condition")}
+    entries = all_pages(api, "", {"_type": "Encounter,Condition", "_count": "4"})
+    found = [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries]
+    assert len(found) == len(set(found)) and set(found) == wanted
+    tagged = api.get(
+        "", params={"_type": "Patient,Encounter", "_lastUpdated": "ge2000-01-01"}
+    ).json()
+    assert {e["resource"]["resourceType"] for e in tagged["entry"]} == {"Patient", "Encounter"}
+    assert api.get("", params={"name": "x"}).status_code == 400  # no _type
+    assert api.get("", params={"_type": "Patient,Encounter", "family": "x"}).status_code == 400

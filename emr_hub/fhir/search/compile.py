@@ -292,7 +292,7 @@ class Compiler:
 
     # -------------------------------------------------------------------- sort
     def sort_expression(
-        self, key: SortKey, resource_type: str, resource: FromClause
+        self, key: SortKey, resource_type: str | ColumnElement[str], resource: FromClause
     ) -> ColumnElement[Any]:
         """A correlated scalar: the lowest value ascending, the highest descending (nulls last)."""
         code = key.param.code

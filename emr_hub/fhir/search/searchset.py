@@ -36,12 +36,29 @@ def search_bundle(
     return searchset(request, result, base_url, self_url, query)
 
 
+def system_search_bundle(
+    store: FhirStore,
+    principal: Principal,
+    resource_types: list[str],
+    query: list[tuple[str, str]],
+    base_url: str,
+    self_url: str,
+    *,
+    lenient: bool = False,
+) -> dict[str, Any]:
+    """``GET /fhir?_type=A,B&...``: the same parameters over several types, paged together."""
+    requests = [parse_search(t, query, lenient=lenient) for t in resource_types]
+    result = run_search(store, principal, requests[0], base_url, also=requests[1:])
+    return searchset(requests[0], result, base_url, self_url, query, link_path="")
+
+
 def searchset(
     request: SearchRequest,
     result: SearchResult,
     base_url: str,
     self_url: str,
     query: list[tuple[str, str]],
+    link_path: str | None = None,
 ) -> dict[str, Any]:
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if result.total is not None and request.total != "none":
@@ -52,7 +69,8 @@ def searchset(
         links.append(
             {
                 "relation": "next",
-                "url": f"{base_url}/{request.resource_type}?"
+                "url": f"{base_url}/{request.resource_type if link_path is None else link_path}"
+                + "?"
                 + urlencode([*kept, ("_cursor", result.next_cursor)]),
             }
         )

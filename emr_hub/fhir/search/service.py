@@ -39,18 +39,33 @@ class SearchResult:
 
 
 def run_search(
-    store: FhirStore, principal: Principal, request: SearchRequest, base_url: str | None
+    store: FhirStore,
+    principal: Principal,
+    request: SearchRequest,
+    base_url: str | None,
+    *,
+    also: list[SearchRequest] | None = None,
 ) -> SearchResult:
-    principal.require(request.resource_type, "s")
+    """Run ``request``; with ``also``, the same search over more types (system-level search),
+    ordered and paged together. The first request's result parameters apply to all."""
+    requests = [request, *(also or [])]
+    for each in requests:
+        principal.require(each.resource_type, "s")
     compiler = Compiler(base_url, store.session.get_bind().dialect.name)
     resource = RESOURCE.alias("r")
-    where = [resource.c.resource_type == request.resource_type, resource.c.deleted.is_(False)]
-    where += [compiler.condition(f, request.resource_type, resource) for f in request.filters]
+    per_type = [
+        and_(
+            resource.c.resource_type == each.resource_type,
+            *(compiler.condition(f, each.resource_type, resource) for f in each.filters),
+        )
+        for each in requests
+    ]
+    where = [resource.c.deleted.is_(False), or_(*per_type)]
     keys: list[tuple[ColumnElement[Any], bool]] = [
-        (compiler.sort_expression(k, request.resource_type, resource), k.descending)
+        (compiler.sort_expression(k, resource.c.resource_type, resource), k.descending)
         for k in request.sort
     ]
-    keys.append((resource.c.id, False))
+    keys += [(resource.c.resource_type, False), (resource.c.id, False)]
     page_where = list(where)
     if request.cursor:
         page_where.append(_after(keys, _decode_cursor(request.cursor, len(keys))))
@@ -61,11 +76,12 @@ def run_search(
     ]
     query = (
         select(
+            resource.c.resource_type,
             resource.c.id,
             resource.c.version_id,
             resource.c.last_updated,
             resource.c.content,
-            *(expr for expr, _ in keys[:-1]),
+            *(expr for expr, _ in keys[:-2]),
         )
         .where(*page_where)
         .order_by(*order)
@@ -74,11 +90,11 @@ def run_search(
     store.flush()
     rows = store.session.execute(query).all() if request.count > 0 else []
     page = rows[: request.count]
-    matches = [Stored(request.resource_type, r[0], r[1], _aware(r[2]), False, r[3]) for r in page]
+    matches = [Stored(r[0], r[1], r[2], _aware(r[3]), False, r[4]) for r in page]
     next_cursor = None
     if len(rows) > request.count and page:
         last = page[-1]
-        next_cursor = _encode_cursor([*last[4:], last[0]])
+        next_cursor = _encode_cursor([*last[5:], last[0], last[1]])
     total = None
     if request.total != "none":
         if request.cursor is None and len(rows) <= request.count:

@@ -427,3 +427,26 @@ def test_concurrent_writers_lose_no_update(api: Api) -> None:
     assert [e["resource"]["meta"]["versionId"] for e in history] == [
         str(v) for v in range(10, 0, -1)
     ]
+
+
+@pytest.mark.parametrize("sort", [None, "-_lastUpdated", "family"])
+def test_search_paging_survives_writes_between_pages(api: Api, sort: str | None) -> None:
+    """Keyset paging: entries present throughout appear exactly once, whatever is written."""
+    ident = {"system": "urn:paging", "value": "v"}
+    before = {
+        create(api, patient(identifier=[ident], name=[{"family": f"F{i}"}]))["id"] for i in range(7)
+    }
+    params = {"identifier": "urn:paging|v", "_count": "2"}
+    if sort:
+        params["_sort"] = sort
+    bundle = api.get("/Patient", params=params).json()
+    seen = [e["resource"]["id"] for e in bundle["entry"]]
+    writes = 0
+    while nxt := next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None):
+        create(api, patient(identifier=[ident], name=[{"family": "F0"}]))  # a write between pages
+        writes += 1
+        bundle = api.client.get(nxt, headers=api.headers()).json()
+        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+    assert writes >= 3
+    assert len(seen) == len(set(seen))  # nothing repeated
+    assert before <= set(seen)  # nothing that was there all along skipped

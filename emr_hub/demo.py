@@ -90,7 +90,7 @@ def load_demo(hub: Hub) -> dict[str, str]:
     """Write the demo resources and clients; returns the secrets of clients created now."""
     secrets: dict[str, str] = {}
     with hub.db.transaction() as session:
-        store = FhirStore(session)
+        store = FhirStore(session, base_url=hub.settings.fhir_base_url)
         for hospital in sorted(HOSPITALS, key=lambda h: h.part_of is not None):
             interactions.update(
                 store, OPERATOR, "Organization", hospital.client_id, organization(hospital)

@@ -70,7 +70,7 @@ def import_file(hub: Hub, path: Path, report: ImportReport, advance: Callable[[i
     size = count_items(path)
     try:
         with hub.db.transaction() as session:
-            store = FhirStore(session)
+            store = FhirStore(session, base_url=hub.settings.fhir_base_url)
             if (
                 isinstance(data, dict)
                 and data.get("resourceType") == "Bundle"
@@ -110,7 +110,7 @@ def _import_ndjson(
 
     def write(items: list[tuple[int, Any]]) -> None:
         with hub.db.transaction() as session:
-            store = FhirStore(session)
+            store = FhirStore(session, base_url=hub.settings.fhir_base_url)
             for number, resource in items:
                 savepoint = session.begin_nested()
                 try:

@@ -154,6 +154,7 @@ def capability_statement(base_url: str, published: str) -> dict[str, Any]:
                     {"code": "transaction"},
                     {"code": "batch"},
                     {"code": "history-system"},
+                    {"code": "search-system"},  # GET /fhir?_type=A,B
                 ],
                 "searchParam": _common_params(),
             }

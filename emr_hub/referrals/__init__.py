@@ -1,0 +1,1 @@
+"""Hospital network and closed-loop referrals."""

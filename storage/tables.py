@@ -187,6 +187,34 @@ class SearchUriRow(SQLModel, table=True):
     )
 
 
+class SearchCompositeRow(SQLModel, table=True):
+    """Composite values: a token (``system``, ``code``) paired with a second value of the same
+    element, in the columns of its kind (token, quantity, date range or string)."""
+
+    __tablename__ = "search_composite"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    code: str = Field(sa_column=Column(Text, nullable=False))
+    second_system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    second_code: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    second_unit: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    num_low: Decimal | None = Field(default=None, sa_column=Column(Numeric, nullable=True))
+    num_high: Decimal | None = Field(default=None, sa_column=Column(Numeric, nullable=True))
+    date_low: datetime | None = _tz_column(nullable=True)
+    date_high: datetime | None = _tz_column(nullable=True)
+    text_normalized: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    text_exact: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+    __table_args__ = (
+        Index("ix_composite_lookup", "resource_type", "param", "code", "system"),
+        Index("ix_composite_owner", "resource_type", "resource_id"),
+    )
+
+
 class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox_message"
 

@@ -31,7 +31,17 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 
 from emr_hub.errors import bad_request
 from emr_hub.fhir.search import values as v
-from emr_hub.fhir.search.indexer import DATE, QUANTITY, REFERENCE, STRING, TABLE_OF_TYPE, TOKEN, URI
+from emr_hub.fhir.search.composite import composite_parts
+from emr_hub.fhir.search.indexer import (
+    COMPOSITE,
+    DATE,
+    QUANTITY,
+    REFERENCE,
+    STRING,
+    TABLE_OF_TYPE,
+    TOKEN,
+    URI,
+)
 from emr_hub.fhir.search.params import (
     AnyOf,
     Chain,
@@ -142,7 +152,7 @@ class Compiler:
                 for x in flt.values
             ]
             return self._exists(table, resource_type, owner_id, f"{code}:text", or_(*matches))
-        table = TABLE_OF_TYPE[kind].alias()
+        table = (COMPOSITE if kind == "composite" else TABLE_OF_TYPE[kind]).alias()
         if flt.modifier == "missing":
             present = self._exists(table, resource_type, owner_id, code, true())
             return not_(present) if flt.values[0] == "true" else present
@@ -276,6 +286,48 @@ class Compiler:
             parts.append(or_(table.c.code == query.code, table.c.unit == query.code))
         return and_(*parts)
 
+    def _composite_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
+        """``token$value``: both parts on the same element (the same row)."""
+        parts = composite_parts(flt.param)
+        assert parts is not None  # the parser refuses unsupported composites
+        first_text, dollar, second_text = text.partition("$")
+        if not dollar or not first_text or not second_text:
+            raise _bad(flt, f"A composite value is 'token$value', not {text!r}")
+        first = self._token_match(table, flt, first_text)
+        kind = parts[1].type
+        if kind == "token":
+            try:
+                token = v.parse_token_query(second_text)
+            except ValueError as error:
+                raise _bad(flt, str(error)) from None
+            second = [table.c.second_code == token.code] if token.code is not None else []
+            if token.system_given:
+                system = table.c.second_system
+                second.append(system.is_(None) if token.system is None else system == token.system)
+            return and_(first, *second)
+        if kind == "quantity":
+            try:
+                query = v.parse_quantity_query(second_text)
+            except ValueError as error:
+                raise _bad(flt, str(error)) from None
+            condition = _number_condition(query, table, low=table.c.num_low, high=table.c.num_high)
+            units = []
+            if query.system is not None:
+                units.append(table.c.second_system == query.system)
+                if query.code is not None:
+                    units.append(table.c.second_code == query.code)
+            elif query.code is not None:
+                units.append(
+                    or_(table.c.second_code == query.code, table.c.second_unit == query.code)
+                )
+            return and_(first, condition, *units)
+        if kind == "date":
+            prefix, query = self._date(flt, second_text)
+            return and_(first, _date_condition(prefix, query, table.c.date_low, table.c.date_high))
+        string = self._string(flt, second_text)
+        like = _like_prefix(string.normalized) + "%"
+        return and_(first, table.c.text_normalized.like(like, escape="\\"))
+
     def _uri_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
         if flt.modifier == "below":
             base = text.rstrip("/")
@@ -360,10 +412,16 @@ def _date_condition(
 
 
 def _number_condition(
-    query: v.NumberQuery | v.QuantityQuery, table: FromClause
+    query: v.NumberQuery | v.QuantityQuery,
+    table: FromClause,
+    *,
+    low: Any = None,
+    high: Any = None,
 ) -> ColumnElement[bool]:
     """The rows of ``values.number_matches`` on the closed interval ``[low, high]``."""
-    low, high, n = table.c.low, table.c.high, query.number
+    low = table.c.low if low is None else low
+    high = table.c.high if high is None else high
+    n = query.number
     if query.prefix in ("eq", "ne"):
         inside = and_(low >= query.low, high < query.high)
         return inside if query.prefix == "eq" else not_(inside)

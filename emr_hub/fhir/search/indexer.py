@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Table
 
+from emr_hub.fhir.search.composite import composite_rows
 from emr_hub.fhir.search.extract import extract_all
 from emr_hub.fhir.search.registry import params_for
 from emr_hub.fhir.search.values import (
@@ -24,6 +25,7 @@ from emr_hub.fhir.search.values import (
     token_text_rows,
 )
 from storage.tables import (
+    SearchCompositeRow,
     SearchDateRow,
     SearchQuantityRow,
     SearchReferenceRow,
@@ -38,7 +40,8 @@ REFERENCE: Table = SearchReferenceRow.__table__  # type: ignore[assignment]
 DATE: Table = SearchDateRow.__table__  # type: ignore[assignment]
 QUANTITY: Table = SearchQuantityRow.__table__  # type: ignore[assignment]
 URI: Table = SearchUriRow.__table__  # type: ignore[assignment]
-INDEX_TABLES: tuple[Table, ...] = (TOKEN, STRING, REFERENCE, DATE, QUANTITY, URI)
+COMPOSITE: Table = SearchCompositeRow.__table__  # type: ignore[assignment]
+INDEX_TABLES: tuple[Table, ...] = (TOKEN, STRING, REFERENCE, DATE, QUANTITY, URI, COMPOSITE)
 TABLE_OF_TYPE = {
     "token": TOKEN,
     "string": STRING,
@@ -80,6 +83,8 @@ def index_rows(
             text_owner = owner | {"param": f"{code}:text"}
             for text in dict.fromkeys(texts):
                 out[STRING].append(text_owner | _columns(text))
+    owner = {"resource_type": resource_type, "resource_id": resource_id}
+    out[COMPOSITE].extend(owner | row for row in composite_rows(resource))
     return out
 
 

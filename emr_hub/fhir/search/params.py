@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from emr_hub.errors import bad_request
+from emr_hub.fhir.search.composite import composite_parts
 from emr_hub.fhir.search.registry import SearchParam, get_param
 from emr_hub.fhir.validation import is_resource_type
 
@@ -167,9 +168,12 @@ def _plain(param: SearchParam, modifier: str | None, raw: str, name: str) -> Fil
             raise bad_request(
                 f"Modifier :{modifier} does not apply to {param.type} parameter {param.code}", name
             )
-    if param.type == "composite":
+    if param.type == "composite" and composite_parts(param) is None:
         raise bad_request(
-            f"Composite parameter {param.code} is not supported yet", name, code="not-supported"
+            f"Composite parameter {param.code} (not a token paired with one value) is not "
+            "supported",
+            name,
+            code="not-supported",
         )
     values = split_values(raw)
     if modifier == "missing" and raw not in ("true", "false"):

@@ -1,8 +1,9 @@
 """The CapabilityStatement at ``/fhir/metadata``: only what the hub really does.
 
 The search parameters listed for a type are the ones the search really answers: those of the
-R4 registry (:func:`params_for`) with a FHIRPath expression and a type the index has a table for
-(composites, and ``_content`` / ``_text`` / ``_query``, which have no expression, are left out),
+R4 registry (:func:`params_for`) with a FHIRPath expression and a type the index has a table for,
+and the composites of the supported shape (a token paired with one value; ``_content`` /
+``_text`` / ``_query``, which have no expression, and the other composites are left out),
 ``_id`` and ``_lastUpdated`` (answered by the ``resource`` table) among them. When fhirpathpy is
 not installed, the few parameters whose expression the compiled extractors cannot handle index
 nothing, so they are left out too. ``searchInclude`` lists the type's own reference parameters
@@ -19,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from emr_hub import __version__
+from emr_hub.fhir.search.composite import composite_parts
 from emr_hub.fhir.search.indexer import TABLE_OF_TYPE
 from emr_hub.fhir.search.registry import SearchParam, param_by_url, params_for
 from emr_hub.fhir.validation import R4_RESOURCE_TYPES
@@ -60,7 +62,9 @@ def supported_params(resource_type: str) -> tuple[SearchParam, ...]:
     return tuple(
         param
         for code, param in sorted(params_for(resource_type).items())
-        if param.expression and param.type in TABLE_OF_TYPE and (resource_type, code) not in skip
+        if param.expression
+        and (param.type in TABLE_OF_TYPE or composite_parts(param) is not None)
+        and (resource_type, code) not in skip
     )
 
 

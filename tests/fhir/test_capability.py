@@ -13,6 +13,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from emr_hub.fhir import capability
 from emr_hub.fhir.capability import capability_statement, supported_params
 from emr_hub.fhir.search.compile import Compiler
+from emr_hub.fhir.search.composite import composite_parts
 from emr_hub.fhir.search.params import parse_search
 from emr_hub.fhir.search.registry import params_for
 from emr_hub.fhir.validation import R4_RESOURCE_TYPES
@@ -74,10 +75,13 @@ def test_observation_parameters(statement: dict[str, Any]) -> None:
     assert params["value-quantity"]["definition"] == (
         "http://hl7.org/fhir/SearchParameter/Observation-value-quantity"
     )
-    # composites are not answered (the search rejects them): not stated
-    assert "code-value-quantity" not in params
-    assert "combo-code-value-quantity" not in params
-    assert "component-code-value-quantity" not in params
+    # composites of a token and one value are answered and stated
+    for name in (
+        "code-value-quantity",
+        "combo-code-value-quantity",
+        "component-code-value-quantity",
+    ):
+        assert params[name]["type"] == "composite"
 
 
 def test_exactly_the_answerable_parameters_of_every_type(statement: dict[str, Any]) -> None:
@@ -88,7 +92,8 @@ def test_exactly_the_answerable_parameters_of_every_type(statement: dict[str, An
         answerable = {
             code
             for code, param in registry.items()
-            if param.expression and param.type not in ("composite", "special")
+            if param.expression
+            and (param.type not in ("composite", "special") or composite_parts(param) is not None)
         }
         if capability._interpreter_available():
             assert set(stated) == answerable, resource_type
@@ -97,7 +102,7 @@ def test_exactly_the_answerable_parameters_of_every_type(statement: dict[str, An
         assert {"_id", "_lastUpdated"} <= set(stated), resource_type
         assert not {"_content", "_text", "_query"} & set(stated)
         for name, param in stated.items():
-            assert param["type"] == registry[name].type != "composite"
+            assert param["type"] == registry[name].type
             assert param["definition"] == registry[name].url
         assert [p["name"] for p in entry["searchParam"]] == sorted(stated)
 
@@ -107,7 +112,12 @@ def test_every_stated_parameter_parses_and_compiles(statement: dict[str, Any]) -
     for entry in statement["rest"][0]["resource"]:
         resource_type = entry["type"]
         for param in entry["searchParam"]:
-            value = SAMPLE_VALUES[param["type"]]
+            if param["type"] == "composite":
+                parts = composite_parts(params_for(resource_type)[param["name"]])
+                assert parts is not None
+                value = f"{SAMPLE_VALUES['token']}${SAMPLE_VALUES[parts[1].type]}"
+            else:
+                value = SAMPLE_VALUES[param["type"]]
             request = parse_search(resource_type, [(param["name"], value)])
             compiler.select_ids(request).compile()
         for include in entry["searchInclude"]:

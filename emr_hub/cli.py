@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,6 +17,25 @@ from emr_hub.logs import configure_logging
 
 def _hub(*, migrate: bool = True) -> Hub:
     return Hub.from_settings(get_settings(), migrate=migrate)
+
+
+def progress_bar() -> Any:
+    """The progress bar of long CLI jobs (import, reindex); it vanishes when not on a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=not sys.stderr.isatty(),
+    )
 
 
 @click.group()
@@ -161,13 +181,6 @@ def token(client_id: str, scope: str | None) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def import_command(paths: tuple[Path, ...]) -> None:
     """Bulk load Bundle files (one transaction each) and NDJSON files."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from emr_hub.importer import ImportReport, count_items, expand, import_file
 
@@ -177,13 +190,7 @@ def import_command(paths: tuple[Path, ...]) -> None:
     started = time.perf_counter()
     try:
         total = sum(count_items(p) for p in files)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            transient=not sys.stderr.isatty(),
-        ) as progress:
+        with progress_bar() as progress:
             task = progress.add_task("importing", total=total)
             for path in files:
                 progress.update(task, description=path.name[:32])
@@ -219,13 +226,6 @@ def import_command(paths: tuple[Path, ...]) -> None:
 )
 def reindex(types: tuple[str, ...], batch: int) -> None:
     """Rebuild the search index of every live resource from its stored body."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from emr_hub.fhir.search.reindex import count_resources
     from emr_hub.fhir.search.reindex import reindex as rebuild
@@ -241,13 +241,7 @@ def reindex(types: tuple[str, ...], batch: int) -> None:
     started = time.perf_counter()
     try:
         total = count_resources(hub, wanted)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            transient=not sys.stderr.isatty(),
-        ) as progress:
+        with progress_bar() as progress:
             task = progress.add_task("reindexing", total=total)
             done = rebuild(
                 hub,

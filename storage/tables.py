@@ -81,7 +81,8 @@ class SearchTokenRow(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_token_lookup", "resource_type", "param", "code", "system"),
-        Index("ix_token_owner", "resource_type", "resource_id"),
+        # covering: checking a candidate's other token conditions reads the index only
+        Index("ix_token_owner", "resource_type", "resource_id", "param", "system", "code"),
     )
 
 
@@ -146,7 +147,13 @@ class SearchDateRow(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_date_lookup", "resource_type", "param", "low", "high"),
-        Index("ix_date_owner", "resource_type", "resource_id"),
+        Index(
+            "ix_date_owner",
+            "resource_type",
+            "resource_id",
+            "param",
+            postgresql_include=["low", "high"],
+        ),
     )
 
 

@@ -137,6 +137,37 @@ class FhirStore:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         return stored
 
+    def load_many(
+        self, keys: Iterable[tuple[str, str]], *, since: datetime | None = None
+    ) -> list[Stored]:
+        """The live resources among ``keys`` (type, id), in the order given: one query per type
+        and 500 ids, instead of one per resource."""
+        self.flush()
+        wanted = list(dict.fromkeys(keys))
+        by_type: dict[str, list[str]] = defaultdict(list)
+        for resource_type, resource_id in wanted:
+            by_type[resource_type].append(resource_id)
+        found: dict[tuple[str, str], Stored] = {}
+        for resource_type, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                query = select(
+                    RESOURCE.c.id,
+                    RESOURCE.c.version_id,
+                    RESOURCE.c.last_updated,
+                    RESOURCE.c.content,
+                ).where(
+                    RESOURCE.c.resource_type == resource_type,
+                    RESOURCE.c.id.in_(ids[start : start + 500]),
+                    RESOURCE.c.deleted.is_(False),
+                )
+                if since is not None:
+                    query = query.where(RESOURCE.c.last_updated >= since)
+                for rid, version, updated, content in self.session.execute(query):
+                    found[(resource_type, rid)] = Stored(
+                        resource_type, rid, version, _aware(updated), False, content
+                    )
+        return [found[key] for key in wanted if key in found]
+
     def exists(self, references: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of the (type, id) pairs name a live resource."""
         wanted = set(references)

@@ -10,17 +10,16 @@ stays right while others write. ``_since`` keeps resources changed since an inst
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, select
 
 from emr_hub.errors import bad_request
 from emr_hub.fhir.search.compartment import patient_compartment
 from emr_hub.fhir.search.indexer import REFERENCE
-from emr_hub.fhir.store import RESOURCE, FhirStore, Stored, _aware
+from emr_hub.fhir.store import FhirStore, Stored
 
 if TYPE_CHECKING:
     from emr_hub.security.principal import Principal
@@ -47,7 +46,7 @@ def everything(
     principal.require("Patient", "r")
     store.read("Patient", patient_id)  # 404 / 410 for an unknown or deleted patient
     members = _members(store, patient_id)
-    members |= _referenced(store, members)
+    members |= _referenced(store, patient_id, members)
     wanted = sorted(
         key
         for key in members
@@ -63,7 +62,7 @@ def everything(
     while position < len(wanted) and len(entries) < count:
         chunk = wanted[position : position + count]
         position += len(chunk)
-        entries.extend(_load(store, chunk, since)[: count - len(entries)])
+        entries.extend(store.load_many(chunk, since=since)[: count - len(entries)])
     next_cursor = None
     if len(entries) == count:
         last = (entries[-1].resource_type, entries[-1].id)
@@ -84,46 +83,31 @@ def _members(store: FhirStore, patient_id: str) -> set[tuple[str, str]]:
     return members
 
 
-def _referenced(store: FhirStore, members: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Resources the members point at, outside any patient compartment (one level)."""
-    found: set[tuple[str, str]] = set()
-    by_type: dict[str, list[str]] = {}
-    for resource_type, resource_id in members:
-        by_type.setdefault(resource_type, []).append(resource_id)
-    for resource_type, ids in by_type.items():
-        for start in range(0, len(ids), 500):
-            rows = store.session.execute(
-                select(REFERENCE.c.target_type, REFERENCE.c.target_id)
-                .where(
-                    REFERENCE.c.resource_type == resource_type,
-                    REFERENCE.c.resource_id.in_(ids[start : start + 500]),
-                    REFERENCE.c.target_id.is_not(None),
-                    REFERENCE.c.target_type != "Patient",
-                )
-                .distinct()
-            )
-            found.update((t, i) for t, i in rows if t and (t, i) not in members)
-    return found
-
-
-def _load(
-    store: FhirStore, keys: Iterable[tuple[str, str]], since: datetime | None
-) -> list[Stored]:
-    keys = list(keys)
-    if not keys:
-        return []
-    condition = or_(*(and_(RESOURCE.c.resource_type == t, RESOURCE.c.id == i) for t, i in keys))
-    query = select(
-        RESOURCE.c.resource_type,
-        RESOURCE.c.id,
-        RESOURCE.c.version_id,
-        RESOURCE.c.last_updated,
-        RESOURCE.c.content,
-    ).where(condition, RESOURCE.c.deleted.is_(False))
-    if since is not None:
-        query = query.where(RESOURCE.c.last_updated >= since)
-    rows = store.session.execute(query.order_by(RESOURCE.c.resource_type, RESOURCE.c.id))
-    return [Stored(t, i, v, _aware(u), False, c) for t, i, v, u, c in rows]
+def _referenced(
+    store: FhirStore, patient_id: str, members: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Resources the members point at, outside the compartment, in one self-join of the
+    reference index (the members are the resources pointing at the patient)."""
+    via, out = REFERENCE.alias("via"), REFERENCE.alias("out")
+    rows = store.session.execute(
+        select(via.c.resource_type, via.c.resource_id, out.c.target_type, out.c.target_id)
+        .join(
+            out,
+            and_(
+                out.c.resource_type == via.c.resource_type,
+                out.c.resource_id == via.c.resource_id,
+            ),
+        )
+        .where(
+            via.c.target_type == "Patient",
+            via.c.target_id == patient_id,
+            out.c.target_type != "Patient",
+            out.c.target_id.is_not(None),
+        )
+        .distinct()
+    )
+    found = {(t, i) for source_type, source_id, t, i in rows if (source_type, source_id) in members}
+    return {key for key in found if key[0]} - members
 
 
 def _encode(key: tuple[str, str]) -> str:

@@ -176,12 +176,8 @@ def _includes(
                     wave.append(key)
         if not wave:
             break
-        for resource_type, resource_id in wave[: MAX_INCLUDED - len(found)]:
-            if not principal.allows(resource_type, "r"):
-                continue
-            current = store.current(resource_type, resource_id)
-            if current is not None and not current.deleted:
-                found.append(current)
+        readable = [key for key in wave if principal.allows(key[0], "r")]
+        found.extend(store.load_many(readable[: MAX_INCLUDED - len(found)]))
         frontier = wave
         if len(found) >= MAX_INCLUDED:
             break

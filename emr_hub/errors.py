@@ -83,7 +83,3 @@ def unauthorized(message: str) -> FhirError:
 
 def forbidden(message: str) -> FhirError:
     return fhir_error(403, "forbidden", message)
-
-
-def not_supported(message: str, status: int = 400) -> FhirError:
-    return fhir_error(status, "not-supported", message)

@@ -46,6 +46,7 @@ from emr_hub.tasks import (
     in_process,
     worker_hub,
 )
+from storage.db import as_utc
 from storage.tables import OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,6 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored here is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- writing
@@ -144,7 +140,7 @@ def next_attempt_at(session: Session) -> datetime | None:
         col(OutboxMessage.failed_at).is_(None),
     )
     soonest = session.scalar(statement)
-    return _aware(soonest) if soonest is not None else None
+    return as_utc(soonest) if soonest is not None else None
 
 
 # --------------------------------------------------------------------------- handlers
@@ -166,10 +162,6 @@ def handler(topic: str) -> Callable[[Handler], Handler]:
         return function
 
     return register
-
-
-def registered_topics() -> list[str]:
-    return sorted(_HANDLERS)
 
 
 _clients: dict[int, httpx.Client] = {}

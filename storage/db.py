@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 _AFTER_COMMIT = "emr_hub.after_commit"
 READ_ONLY = "emr_hub_read_only"
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Everything stored is UTC; SQLite hands back naive datetimes, PostgreSQL local ones."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _json_dumps(value: Any) -> str:

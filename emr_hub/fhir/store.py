@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
 from emr_hub.fhir.search.indexer import INDEX_TABLES, index_rows
 from storage.bulk import write_rows
+from storage.db import as_utc
 from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
 
 RESOURCE = ResourceRow.__table__
@@ -105,7 +106,7 @@ class FhirStore:
         row = self.session.execute(query).first()
         if row is None:
             return None
-        return Stored(resource_type, resource_id, row[0], _aware(row[1]), row[2], row[3])
+        return Stored(resource_type, resource_id, row[0], as_utc(row[1]), row[2], row[3])
 
     def read(self, resource_type: str, resource_id: str) -> Stored:
         stored = self.current(resource_type, resource_id)
@@ -131,7 +132,7 @@ class FhirStore:
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
         stored = Stored(
-            resource_type, resource_id, version_id, _aware(row[0]), row[1], row[2], row[3]
+            resource_type, resource_id, version_id, as_utc(row[0]), row[1], row[2], row[3]
         )
         if stored.deleted:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
@@ -164,30 +165,9 @@ class FhirStore:
                     query = query.where(RESOURCE.c.last_updated >= since)
                 for rid, version, updated, content in self.session.execute(query):
                     found[(resource_type, rid)] = Stored(
-                        resource_type, rid, version, _aware(updated), False, content
+                        resource_type, rid, version, as_utc(updated), False, content
                     )
         return [found[key] for key in wanted if key in found]
-
-    def exists(self, references: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of the (type, id) pairs name a live resource."""
-        wanted = set(references)
-        if not wanted:
-            return set()
-        self.flush()
-        found: set[tuple[str, str]] = set()
-        items = list(wanted)
-        for start in range(0, len(items), 500):
-            chunk = items[start : start + 500]
-            condition = or_(
-                *(and_(RESOURCE.c.resource_type == t, RESOURCE.c.id == i) for t, i in chunk)
-            )
-            rows = self.session.execute(
-                select(RESOURCE.c.resource_type, RESOURCE.c.id).where(
-                    condition, RESOURCE.c.deleted.is_(False)
-                )
-            )
-            found.update((t, i) for t, i in rows)
-        return found
 
     def history(
         self,
@@ -219,7 +199,7 @@ class FhirStore:
         if before_seq is not None:
             query = query.where(HISTORY.c.seq < before_seq)
         rows = self.session.execute(query.order_by(HISTORY.c.seq.desc()).limit(count + 1)).all()
-        page = [Stored(r[1], r[2], r[3], _aware(r[4]), r[5], r[6], r[7]) for r in rows[:count]]
+        page = [Stored(r[1], r[2], r[3], as_utc(r[4]), r[5], r[6], r[7]) for r in rows[:count]]
         cursor = rows[count - 1][0] if len(rows) > count else None
         return page, cursor
 
@@ -392,8 +372,3 @@ def _check_if_match(current: Stored | None, if_match: int | None, reference: str
         raise precondition_failed(
             f"If-Match version {if_match} is stale: {reference} is at version {current.version_id}"
         )
-
-
-def _aware(moment: datetime) -> datetime:
-    """Everything we store is UTC; SQLite hands back naive datetimes, PostgreSQL local ones."""
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

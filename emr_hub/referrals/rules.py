@@ -79,7 +79,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from emr_hub.errors import FhirError, Issue
+from emr_hub.errors import FhirError, Issue, unprocessable
 from emr_hub.fhir.search.values import LOCAL_ZONE, DateRange, date_ranges
 
 # ------------------------------------------------------------------------------ coding systems
@@ -297,9 +297,9 @@ def check_direction(
     not. ``disease_list`` defaults to the configured Annex I list."""
     performer = "ServiceRequest.performer"
     if receiver.reference == sender.reference:
-        raise _unprocessable(f"{sender.reference} cannot refer a patient to itself", performer)
+        raise unprocessable(f"{sender.reference} cannot refer a patient to itself", performer)
     if not receiver.accepts_referrals:
-        raise _unprocessable(f"{receiver.reference} does not accept referrals", performer)
+        raise unprocessable(f"{receiver.reference} does not accept referrals", performer)
     if sender.is_partner_of(receiver) or receiver.level - sender.level <= 1:
         return
     if reason in (SkipReason.EMERGENCY, SkipReason.PATIENT_REQUEST):
@@ -314,12 +314,12 @@ def check_direction(
     )
     if reason is SkipReason.DISEASE_LIST:
         shown = ", ".join(diagnoses) if diagnoses else "none given"
-        raise _unprocessable(
+        raise unprocessable(
             f"{skipping} for a disease on the direct-to-specialised list (Circular 01/2025 "
             f"Annex I): none of the ICD-10 diagnoses is on it ({shown})",
             "ServiceRequest.reasonCode",
         )
-    raise _unprocessable(
+    raise unprocessable(
         f"{skipping} without a reason: mark an emergency with priority 'stat', the patient's own "
         f"request with extension {REFERRAL_REASON_EXTENSION} (MA_LYDO_CT 3 or MA_LOAI_RV 5), or "
         "give an ICD-10 reasonCode on the direct-to-specialised list (Circular 01/2025 Annex I)",
@@ -597,7 +597,3 @@ def _range_of(value: Any) -> DateRange | None:
 
 def _issue(message: str, expression: str) -> Issue:
     return Issue("business-rule", f"Referral occurrencePeriod {message}", (expression,))
-
-
-def _unprocessable(message: str, expression: str) -> FhirError:
-    return FhirError(422, [Issue("business-rule", message, (expression,))])

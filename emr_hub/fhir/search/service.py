@@ -21,7 +21,8 @@ from emr_hub.fhir.search.compile import RESOURCE, Compiler
 from emr_hub.fhir.search.indexer import REFERENCE
 from emr_hub.fhir.search.params import Include, SearchRequest
 from emr_hub.fhir.search.registry import params_for
-from emr_hub.fhir.store import FhirStore, Stored, _aware
+from emr_hub.fhir.store import FhirStore, Stored
+from storage.db import as_utc
 
 if TYPE_CHECKING:
     from emr_hub.security.principal import Principal
@@ -90,7 +91,7 @@ def run_search(
     store.flush()
     rows = store.session.execute(query).all() if request.count > 0 else []
     page = rows[: request.count]
-    matches = [Stored(r[0], r[1], r[2], _aware(r[3]), False, r[4]) for r in page]
+    matches = [Stored(r[0], r[1], r[2], as_utc(r[3]), False, r[4]) for r in page]
     next_cursor = None
     if len(rows) > request.count and page:
         last = page[-1]
@@ -130,7 +131,7 @@ def _equal(expr: ColumnElement[Any], value: Any) -> ColumnElement[bool]:
 def _encode_cursor(values: list[Any]) -> str:
     def tag(value: Any) -> Any:
         if isinstance(value, datetime):
-            return {"dt": _aware(value).isoformat()}
+            return {"dt": as_utc(value).isoformat()}
         if isinstance(value, Decimal | float):
             return {"dec": str(value)}
         return value

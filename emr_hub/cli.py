@@ -41,7 +41,10 @@ def progress_bar() -> Any:
 @click.group()
 def main() -> None:
     """emr_hub: FHIR R4 interchange hub for a network of hospitals."""
+    from emr_hub.referrals.enforcement import install as install_referral_rules
+
     configure_logging()
+    install_referral_rules()
 
 
 @main.command()

@@ -19,6 +19,7 @@ from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.hub import Hub
 from emr_hub.logs import install_access_log
+from emr_hub.referrals.enforcement import install as install_referral_rules
 from emr_hub.security.routes import router as auth_router
 from emr_hub.tasks import configure_celery, in_process, start_relay_thread
 
@@ -46,6 +47,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
             if owned:
                 app.state.hub.close()
 
+    install_referral_rules()
     app = FastAPI(
         title="emr_hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 import jsonpatch
 
 from emr_hub.errors import FhirError, Issue, bad_request, not_found, precondition_failed
+from emr_hub.fhir import hooks
 from emr_hub.fhir.search.compile import Compiler
 from emr_hub.fhir.search.params import parse_search
 from emr_hub.fhir.store import FhirStore, Stored
@@ -105,6 +106,8 @@ def create(
                 store.read(resource_type, matches[0]),
                 "matched an existing resource; nothing created",
             )
+    if hooks.has_hooks(resource_type):
+        resource = hooks.before_write(store, principal, None, resource)
     return Result(201, store.create(resource, resource_id=assigned_id))
 
 
@@ -135,6 +138,10 @@ def update(
             f"The resource id {body_id!r} does not match the URL's id {resource_id!r}",
             f"{where or resource_type}.id",
         )
+    if hooks.has_hooks(resource_type):
+        current = store.current(resource_type, resource_id, for_update=True)
+        live = current if current is not None and not current.deleted else None
+        resource = hooks.before_write(store, principal, live, resource)
     outcome = store.update(resource_type, resource_id, resource, if_match=if_match)
     if outcome.created:
         principal.require(resource_type, "c")
@@ -162,6 +169,8 @@ def conditional_update(
     if not matches:
         resource = validate_resource(body, expected_type=resource_type, where=where)
         principal.require(resource_type, "c")
+        if hooks.has_hooks(resource_type):
+            resource = hooks.before_write(store, principal, None, resource)
         return Result(201, store.create(resource, resource_id=resource.get("id"), method="PUT"))
     target = matches[0]
     if isinstance(body, dict) and body.get("id") not in (None, target):

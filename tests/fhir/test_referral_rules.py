@@ -1,0 +1,113 @@
+"""The referral rules enforced on writes over the API: direction, validity, Task roles.
+
+Three hospitals, each with its own client (so its own Organization): a BAN_DAU district
+facility, a CO_BAN provincial hospital and a CHUYEN_SAU central one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from emr_hub.hub import Hub
+from tests.fhir.conftest import Api, outcome_issue, token_for
+
+LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
+REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
+
+
+@pytest.fixture
+def network(hub: Hub, api: Api) -> dict[str, str]:
+    tokens = {}
+    for org, level in (("district", "BAN_DAU"), ("general", "CO_BAN"), ("central", "CHUYEN_SAU")):
+        organization = {
+            "resourceType": "Organization",
+            "id": org,
+            "name": org,
+            "type": [{"coding": [{"system": LEVEL, "code": level}]}],
+        }
+        assert api.put(f"/Organization/{org}", organization).status_code == 201
+        tokens[org] = token_for(hub, "system/*.cruds", client_id=org)
+    return tokens
+
+
+def referral(sender: str, receiver: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "category": [REFERRAL],
+        "subject": {"reference": "Patient/p1"},
+        "requester": {"reference": f"Organization/{sender}"},
+        "performer": [{"reference": f"Organization/{receiver}"}],
+        "authoredOn": "2025-04-25T09:00:00+07:00",
+        "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "J18.9"}]}],
+        **extra,
+    }
+
+
+def task(
+    sr_id: str, sender: str, receiver: str, status: str = "requested", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Task",
+        "status": status,
+        "intent": "order",
+        "focus": {"reference": f"ServiceRequest/{sr_id}"},
+        "for": {"reference": "Patient/p1"},
+        "requester": {"reference": f"Organization/{sender}"},
+        "owner": {"reference": f"Organization/{receiver}"},
+        **extra,
+    }
+
+
+def test_direction_and_validity(api: Api, network: dict[str, str]) -> None:
+    ok = api.post("/ServiceRequest", referral("district", "general"), token=network["district"])
+    assert ok.status_code == 201, ok.text
+    period = ok.json()["occurrencePeriod"]
+    # signed Friday 25 April 2025; the signing day does not count: 28, 29 April (30/4, 1/5 and
+    # 2/5 are off), 5-9 May, 12-14 May make ten working days, ending on 14 May
+    assert period["start"].startswith("2025-04-25") and period["end"].startswith("2025-05-14")
+    skip = api.post("/ServiceRequest", referral("district", "central"), token=network["district"])
+    assert skip.status_code == 422
+    assert outcome_issue(skip)["expression"][0].startswith("ServiceRequest.performer")
+    emergency = referral("district", "central", priority="stat")
+    assert api.post("/ServiceRequest", emergency, token=network["district"]).status_code == 201
+    unknown = api.post(
+        "/ServiceRequest", referral("district", "nowhere"), token=network["district"]
+    )
+    assert unknown.status_code == 422
+    too_long = referral("district", "general", occurrencePeriod={"end": "2026-01-01"})
+    assert api.post("/ServiceRequest", too_long, token=network["district"]).status_code == 422
+
+
+def test_task_state_machine_and_roles(api: Api, network: dict[str, str]) -> None:
+    district, general = network["district"], network["general"]
+    sr = api.post("/ServiceRequest", referral("district", "general"), token=district).json()["id"]
+    created = api.post("/Task", task(sr, "district", "general"), token=district)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    path = f"/Task/{task_id}"
+    assert api.post("/Task", task(sr, "district", "general"), token=general).status_code == 403
+
+    def move(status: str, token: str, **extra: Any) -> Any:
+        return api.put(
+            path, {**task(sr, "district", "general", status, **extra), "id": task_id}, token=token
+        )
+
+    assert move("completed", general).status_code == 409  # requested → completed is not a step
+    assert move("accepted", district).status_code == 403  # only the owner accepts
+    assert move("accepted", general).status_code == 200
+    assert move("in-progress", general).status_code == 200
+    no_output = move("completed", general)
+    assert no_output.status_code == 422
+    output = [
+        {
+            "type": {"text": "discharge summary"},
+            "valueReference": {"reference": "DocumentReference/d1"},
+        }
+    ]
+    assert move("completed", general, output=output).status_code == 200
+    assert move("accepted", general).status_code == 409  # completed is final
+    assert api.get(path).json()["status"] == "completed"

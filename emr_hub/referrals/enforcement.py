@@ -8,6 +8,8 @@
   the requester's hospital and moves only along the state machine, each step by the hospital
   whose role it is (:mod:`emr_hub.referrals.workflow`). The hospital is the caller's
   Organization (the API client's); the command-line operator is not checked.
+* An Encounter using an Appointment (``Encounter.appointment``) marks it fulfilled; a second
+  use is refused (:mod:`emr_hub.referrals.appointments`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from emr_hub.fhir import hooks
 from emr_hub.fhir.search.indexer import REFERENCE
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.referrals import rules, workflow
+from emr_hub.referrals.appointments import use_appointments
 from emr_hub.security.principal import OPERATOR, Principal
 
 REFERRAL_CATEGORY = ("http://snomed.info/sct", "3457005")
@@ -31,6 +34,7 @@ def install() -> None:
     """Register the checks (idempotent)."""
     hooks.register("ServiceRequest", check_service_request)
     hooks.register("Task", check_task)
+    hooks.register("Encounter", use_appointments)
 
 
 def is_referral(service_request: dict[str, Any]) -> bool:

@@ -111,3 +111,39 @@ def test_task_state_machine_and_roles(api: Api, network: dict[str, str]) -> None
     assert move("completed", general, output=output).status_code == 200
     assert move("accepted", general).status_code == 409  # completed is final
     assert api.get(path).json()["status"] == "completed"
+
+
+def test_re_exam_appointment_is_single_use(api: Api) -> None:
+    appointment = {
+        "resourceType": "Appointment",
+        "status": "booked",
+        "identifier": [{"system": "urn:emr-hub:reexam-slip:DM001", "value": "GH-0001"}],
+        "start": "2025-06-02T08:00:00+07:00",
+        "end": "2025-06-02T09:00:00+07:00",
+        "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}],
+    }
+    appointment_id = api.post("/Appointment", appointment).json()["id"]
+    visit = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p1"},
+        "appointment": [{"reference": f"Appointment/{appointment_id}"}],
+    }
+    first = api.post("/Encounter", visit)
+    assert first.status_code == 201, first.text
+    assert api.get(f"/Appointment/{appointment_id}").json()["status"] == "fulfilled"
+    again = api.put(f"/Encounter/{first.json()['id']}", {**first.json(), "status": "finished"})
+    assert again.status_code == 200  # the same visit, re-posted: still its one use
+    second = api.post("/Encounter", visit)
+    assert second.status_code == 409
+    assert outcome_issue(second)["expression"] == ["Encounter.appointment[0]"]
+    encounters = api.get(
+        "/Encounter", params={"appointment": f"Appointment/{appointment_id}"}
+    ).json()
+    assert encounters["total"] == 1  # the refused visit wrote nothing
+    cancelled = api.post("/Appointment", {**appointment, "status": "cancelled"}).json()["id"]
+    refused = api.post(
+        "/Encounter", {**visit, "appointment": [{"reference": f"Appointment/{cancelled}"}]}
+    )
+    assert refused.status_code == 409

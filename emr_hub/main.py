@@ -20,6 +20,7 @@ from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.hub import Hub
 from emr_hub.logs import install_access_log
 from emr_hub.referrals.enforcement import install as install_referral_rules
+from emr_hub.referrals.routes import router as referral_router
 from emr_hub.security.routes import router as auth_router
 from emr_hub.tasks import configure_celery, in_process, start_relay_thread
 
@@ -55,6 +56,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
         app.state.hub = hub
     app.include_router(auth_router)
     install_operations_routes(app)
+    app.include_router(referral_router)  # before the FHIR router: see referrals.routes
     app.include_router(fhir_router)
     install_error_handlers(app)
     install_access_log(app)

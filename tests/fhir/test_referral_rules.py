@@ -147,3 +147,83 @@ def test_re_exam_appointment_is_single_use(api: Api) -> None:
         "/Encounter", {**visit, "appointment": [{"reference": f"Appointment/{cancelled}"}]}
     )
     assert refused.status_code == 409
+
+
+def test_referral_history_in_order_with_tasks_outputs_and_appointments(
+    hub: Hub, api: Api, network: dict[str, str]
+) -> None:
+    district, general = network["district"], network["general"]
+    cccd = {"system": "http://fhir.hl7.org.vn/core/sid/cccd", "value": "027185000123"}
+    patient = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [cccd],
+        "birthDate": "1985-04-12",
+    }
+    assert api.put("/Patient/p1", patient).status_code == 201
+    first = api.post("/ServiceRequest", referral("district", "general"), token=district).json()[
+        "id"
+    ]
+    later = referral("general", "district", authoredOn="2025-05-20T09:00:00+07:00")
+    second = api.post("/ServiceRequest", later, token=general).json()["id"]
+    task_id = api.post("/Task", task(first, "district", "general"), token=district).json()["id"]
+    summary = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "subject": {"reference": "Patient/p1"},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "S+G7lXQgcXXhuqM="}}],
+    }
+    summary_id = api.post("/DocumentReference", summary).json()["id"]
+    output = [
+        {
+            "type": {"text": "summary"},
+            "valueReference": {"reference": f"DocumentReference/{summary_id}"},
+        }
+    ]
+    for status, extra in (("accepted", {}), ("in-progress", {}), ("completed", {"output": output})):
+        moved = api.put(
+            f"/Task/{task_id}",
+            {**task(first, "district", "general", status, **extra), "id": task_id},
+            token=general,
+        )
+        assert moved.status_code == 200, moved.text
+    slip = {
+        "resourceType": "Appointment",
+        "status": "booked",
+        "basedOn": [{"reference": f"ServiceRequest/{first}"}],
+        "start": "2025-06-02T08:00:00+07:00",
+        "end": "2025-06-02T09:00:00+07:00",
+        "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}],
+    }
+    slip_id = api.post("/Appointment", slip).json()["id"]
+
+    history = api.get("/Patient/p1/$referral-history").json()
+    entries = [
+        (e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+        for e in history["entry"]
+    ]
+    referrals = [i for t, i, mode in entries if mode == "match"]
+    assert referrals == [first, second]  # oldest first
+    assert history["total"] == 2
+    block = entries[: entries.index(("ServiceRequest", second, "match"))]
+    assert ("Task", task_id, "include") in block
+    assert ("Appointment", slip_id, "include") in block
+    assert ("DocumentReference", summary_id, "include") in block
+    assert {("Organization", "district", "include"), ("Organization", "general", "include")} <= set(
+        block
+    )
+    by_cccd = api.get(
+        "/Patient/$referral-history",
+        params={"identifier": "http://fhir.hl7.org.vn/core/sid/cccd|027185000123"},
+    )
+    assert by_cccd.json()["entry"] == history["entry"]
+    assert (
+        api.get("/Patient/$referral-history", params={"identifier": "x|000000000000"}).status_code
+        == 400
+    )
+    assert api.get("/Patient/nobody/$referral-history").status_code == 404
+    patients_only = token_for(hub, "system/Patient.rs")
+    narrow = api.get("/Patient/p1/$referral-history", token=patients_only).json()
+    assert "entry" not in narrow or all(
+        e["resource"]["resourceType"] == "Patient" for e in narrow["entry"]
+    )

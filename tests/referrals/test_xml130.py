@@ -635,10 +635,20 @@ def test_transaction_puts_each_resource_at_its_id() -> None:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_importing_again_through_the_hub_changes_nothing(hub: Any) -> None:
+    from emr_hub.demo import HOSPITALS, organization
+    from emr_hub.fhir import interactions
     from emr_hub.fhir.bundle import process_bundle
     from emr_hub.fhir.store import FhirStore
+    from emr_hub.referrals.enforcement import install
     from emr_hub.security.principal import OPERATOR
 
+    install()  # the referral rules apply to imports as to any write: the hospitals must exist
+    with hub.db.transaction() as session:
+        store = FhirStore(session, base_url="http://hub.test/fhir")
+        for hospital in sorted(HOSPITALS, key=lambda h: h.part_of is not None):
+            org = organization(hospital)
+            interactions.update(store, OPERATOR, "Organization", org["id"], org)
+        store.flush()
     referral = import13(letter())
     appointment = import14(slip(), referral_ref=f"ServiceRequest/{referral.service_request['id']}")
     outcomes = []

@@ -259,6 +259,15 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 
 # -------------------------------------------------------------------------- server
+def ensure_bench_client(executable: str, env: dict[str, str]) -> None:
+    """Register the benchmark's API client; a reused database already has it."""
+    try:
+        run_cli(executable, ["client", "add", "bench", *BENCH_ORGANIZATION], env)
+    except RuntimeError as exc:
+        if "exists" not in str(exc):
+            raise
+
+
 def emr_hub_executable() -> str:
     for candidate in (Path(sys.prefix) / "bin" / "emr-hub", REPO / ".venv" / "bin" / "emr-hub"):
         if candidate.exists():
@@ -566,11 +575,7 @@ def run_ingest(
     try:
         try:
             server.wait_ready(args.startup_timeout)
-            try:
-                run_cli(executable, ["client", "add", "bench", *BENCH_ORGANIZATION], env)
-            except RuntimeError as exc:  # a reused database keeps the client of an earlier run
-                if "exists" not in str(exc):
-                    raise
+            ensure_bench_client(executable, env)
             token = run_cli(executable, ["token", "bench"], env).splitlines()[-1].strip()
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             log(f"server log:\n{server.log_tail()}")

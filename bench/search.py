@@ -48,7 +48,6 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 from bench.generate import CCCD, LOINC, Generator, PatientCopy
 from bench.ingest import (
-    BENCH_ORGANIZATION,
     DEFAULT_DATA,
     Server,
     _admin_connect,
@@ -59,6 +58,7 @@ from bench.ingest import (
     _with_database,
     database_kind,
     emr_hub_executable,
+    ensure_bench_client,
     fhir_client,
     free_port,
     fresh_database,
@@ -677,11 +677,7 @@ def run(
     stack.callback(server.stop)
     try:
         server.wait_ready(args.startup_timeout)
-        try:
-            run_cli(executable, ["client", "add", "bench", *BENCH_ORGANIZATION], env)
-        except RuntimeError as exc:  # a kept database has the client of an earlier run
-            if "exists" not in str(exc):
-                raise
+        ensure_bench_client(executable, env)
         api = Api(base, executable, env, max(args.load_clients, args.clients))
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         log(f"server log:\n{server.log_tail()}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from emr_hub.errors import FhirError, fhir_error, unprocessable
+from emr_hub.errors import fhir_error, unprocessable
 from emr_hub.fhir.search.indexer import REFERENCE
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.security.principal import Principal
@@ -34,21 +34,20 @@ def use_appointments(
             raise unprocessable(f"{text} is not known to the hub", where)
         users = _encounters_using(store, appointment_id) - {encounter_id}
         if users:
-            raise conflict_at(
-                f"{text} was already used by Encounter/{sorted(users)[0]}: it is single use", where
+            raise fhir_error(
+                409,
+                "conflict",
+                f"{text} was already used by Encounter/{sorted(users)[0]}: it is single use",
+                where,
             )
         status = appointment.content.get("status")
         if status in UNUSABLE:
-            raise conflict_at(f"{text} is {status} and cannot be used", where)
+            raise fhir_error(409, "conflict", f"{text} is {status} and cannot be used", where)
         if status != "fulfilled":
             store.update(
                 "Appointment", appointment_id, {**appointment.content, "status": "fulfilled"}
             )
     return resource
-
-
-def conflict_at(message: str, where: str) -> FhirError:
-    return fhir_error(409, "conflict", message, where)
 
 
 def _encounters_using(store: FhirStore, appointment_id: str) -> set[str]:

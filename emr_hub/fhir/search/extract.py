@@ -465,19 +465,24 @@ def _walker(path: tuple[tuple[str, str], ...]) -> _Step:
     return step
 
 
+def _take(out: list[Element], node: Any, keys: tuple[tuple[str, str], ...]) -> None:
+    """Append the values of ``node`` under each of ``keys`` (arrays flattened), typed."""
+    for key, fhir_type in keys:
+        value = node.get(key)
+        if value is None:
+            continue
+        if type(value) is list:
+            for v in value:
+                _append(out, fhir_type, v)
+        else:
+            _append(out, fhir_type, value)
+
+
 def _choice_keys(keys: tuple[tuple[str, str], ...]) -> _Step:
     def step(items: list[Element]) -> list[Element]:
         out: list[Element] = []
         for _, node in items:
-            for key, fhir_type in keys:
-                value = node.get(key)
-                if value is None:
-                    continue
-                if type(value) is list:
-                    for v in value:
-                        _append(out, fhir_type, v)
-                else:
-                    _append(out, fhir_type, value)
+            _take(out, node, keys)
         return out
 
     return step
@@ -487,15 +492,7 @@ def _dispatch(table: dict[str, tuple[tuple[str, str], ...]]) -> _Step:
     def step(items: list[Element]) -> list[Element]:
         out: list[Element] = []
         for item_type, node in items:
-            for key, fhir_type in table.get(item_type, ()):
-                value = node.get(key)
-                if value is None:
-                    continue
-                if type(value) is list:
-                    for v in value:
-                        _append(out, fhir_type, v)
-                else:
-                    _append(out, fhir_type, value)
+            _take(out, node, table.get(item_type, ()))
         return out
 
     return step

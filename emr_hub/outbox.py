@@ -95,13 +95,15 @@ def add_message(
     payload: dict[str, Any],
     *,
     key: str | None = None,
+    subject: str | None = None,
 ) -> str:
     """Store a message in the caller's transaction and kick the relay after its commit.
 
     ``key`` becomes the message id, hence the idempotency key the receiver sees; pass one
     derived from the write (e.g. ``f"wallet:{patient_id}:{version}"``, at most 36
     characters) to make re-enqueueing the same fact a primary-key conflict rather than a
-    second message. Returns the message id.
+    second message. ``subject`` names what the message belongs to (``Subscription/<id>``),
+    for :func:`messages_about`. Returns the message id.
     """
     if key is not None and not 0 < len(key) <= 36:
         raise ValueError("an outbox message key is 1 to 36 characters long")
@@ -115,6 +117,7 @@ def add_message(
             created_at=now,
             available_at=now,
             attempts=0,
+            subject=subject,
         )
     )
     if not session.info.get(_KICKED):
@@ -131,6 +134,17 @@ def pending_count(session: Session) -> int:
         .where(col(OutboxMessage.delivered_at).is_(None), col(OutboxMessage.failed_at).is_(None))
     )
     return int(session.scalar(statement) or 0)
+
+
+def messages_about(session: Session, subject: str, *, limit: int) -> list[OutboxMessage]:
+    """The newest ``limit`` messages of ``subject``, newest first (a delivery log)."""
+    statement = (
+        select(OutboxMessage)
+        .where(col(OutboxMessage.subject) == subject)
+        .order_by(col(OutboxMessage.created_at).desc(), col(OutboxMessage.id).desc())
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
 
 
 def next_attempt_at(session: Session) -> datetime | None:
@@ -180,35 +194,57 @@ def _http_client() -> httpx.Client:
         return client
 
 
-@handler("http.post")
-def http_post(_hub: Hub, message_id: str, payload: dict[str, Any]) -> None:
-    """POST ``payload["body"]`` as JSON to ``payload["url"]``; any 2xx is delivered.
+RESERVED_HEADERS = frozenset(
+    {"idempotency-key", "content-type", "content-length", "host", "transfer-encoding", "connection"}
+)
+"""Headers the hub sets itself; a caller's headers of these names are ignored."""
 
-    Payload keys: ``url`` (http or https only), ``body`` (any JSON value), optional
-    ``headers`` and ``content_type`` (default ``application/json``). The message id is sent
-    as ``Idempotency-Key`` and cannot be overridden by ``headers``. Redirects are not
-    followed. Timeouts: 5 s to connect, 10 s for each read, write or pool wait; the
-    response body is not read.
+
+def send_http(
+    message_id: str,
+    method: str,
+    url: str,
+    body: bytes | None,
+    *,
+    content_type: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Send one request for an outbox message; any 2xx is delivered, anything else retried.
+
+    The message id is sent as ``Idempotency-Key``. Redirects are not followed. Timeouts: 5 s
+    to connect, 10 s for each read, write or pool wait; the response body is not read.
     """
-    url = payload["url"]
     if not isinstance(url, str) or urlsplit(url).scheme.lower() not in {"http", "https"}:
-        raise ValueError("outbox http.post only sends to http:// or https:// URLs")
-    content_type = payload.get("content_type")
-    headers: dict[str, str] = {}
-    for name, value in dict(payload.get("headers") or {}).items():
-        lowered = str(name).lower()
-        if lowered == "content-type":
-            content_type = content_type or value
-        elif lowered != "idempotency-key":
-            headers[str(name)] = str(value)
-    headers["Content-Type"] = str(content_type or "application/json")
-    headers["Idempotency-Key"] = message_id
-    body = orjson.dumps(payload.get("body"))
-    with _http_client().stream("POST", url, content=body, headers=headers) as response:
+        raise ValueError("the outbox only sends to http:// or https:// URLs")
+    sent = {k: v for k, v in (headers or {}).items() if k.lower() not in RESERVED_HEADERS}
+    if content_type:
+        sent["Content-Type"] = content_type
+    sent["Idempotency-Key"] = message_id
+    with _http_client().stream(method, url, content=body, headers=sent) as response:
         status = response.status_code
     if not 200 <= status < 300:
         # Status only: a response body may echo personal data into last_error.
         raise DeliveryError(f"receiver answered HTTP {status}")
+
+
+@handler("http.post")
+def http_post(_hub: Hub, message_id: str, payload: dict[str, Any]) -> None:
+    """POST ``payload["body"]`` as JSON to ``payload["url"]`` (see :func:`send_http`).
+
+    Payload keys: ``url`` (http or https only), ``body`` (any JSON value), optional
+    ``headers`` and ``content_type`` (default ``application/json``; a ``Content-Type`` in
+    ``headers`` is used when ``content_type`` is not given).
+    """
+    headers = {str(k): str(v) for k, v in dict(payload.get("headers") or {}).items()}
+    given_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    send_http(
+        message_id,
+        "POST",
+        payload["url"],
+        orjson.dumps(payload.get("body")),
+        content_type=str(payload.get("content_type") or given_type or "application/json"),
+        headers=headers,
+    )
 
 
 # --------------------------------------------------------------------------- relaying

@@ -2,7 +2,9 @@
 
 One request (or one task) is one transaction: :meth:`Database.transaction` commits on
 success and rolls back on any error; application code never commits. Work owed after the
-commit (sending Celery jobs) is registered with :func:`after_commit` and dropped on rollback.
+commit (sending Celery jobs) is registered with :func:`after_commit` and dropped on rollback;
+work that must land in the same transaction once the unit of work is done (matching the
+writes against subscriptions) is registered with :func:`before_commit`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 _AFTER_COMMIT = "emr_hub.after_commit"
+_BEFORE_COMMIT = "emr_hub.before_commit"
 READ_ONLY = "emr_hub_read_only"
 
 
@@ -100,10 +103,13 @@ class Database:
         session = self._sessions()
         try:
             yield session
+            for callback in session.info.pop(_BEFORE_COMMIT, []):
+                callback()
             session.commit()
         except BaseException:
             session.rollback()
             session.info.pop(_AFTER_COMMIT, None)
+            session.info.pop(_BEFORE_COMMIT, None)
             raise
         finally:
             callbacks = session.info.pop(_AFTER_COMMIT, [])
@@ -140,3 +146,11 @@ class Database:
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run ``callback`` once the session's transaction has committed; never on rollback."""
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def before_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` inside the transaction, after the unit of work and before the commit.
+
+    An exception it raises rolls the whole transaction back, like one raised by the work.
+    """
+    session.info.setdefault(_BEFORE_COMMIT, []).append(callback)

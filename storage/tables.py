@@ -6,7 +6,10 @@
 * ``search_token``, ``search_string``, ``search_reference``, ``search_date``,
   ``search_quantity`` (numbers too) and ``search_uri`` hold the search index rows of each
   resource, one row per value, written in the same transaction as the resource.
-* ``outbox_message`` is the transactional outbox relayed by Celery.
+* ``outbox_message`` is the transactional outbox relayed by Celery; its ``subject`` names what
+  a message belongs to (``Subscription/<id>``), so a subscriber can read its delivery log.
+* ``subscription_route`` lists the active Subscriptions by the resource type of their criteria,
+  so a write finds the Subscriptions it may trigger with one indexed query.
 * ``api_client`` and ``signing_key`` back the OAuth2 token endpoint.
 """
 
@@ -234,6 +237,20 @@ class OutboxMessage(SQLModel, table=True):
     delivered_at: datetime | None = _tz_column(nullable=True, index=True)
     failed_at: datetime | None = _tz_column(nullable=True)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    subject: str | None = Field(default=None, max_length=128, nullable=True)
+
+    __table_args__ = (Index("ix_outbox_subject", "subject", "created_at"),)
+
+
+class SubscriptionRoute(SQLModel, table=True):
+    """One row per active Subscription: the type its criteria search and the criteria."""
+
+    __tablename__ = "subscription_route"
+
+    subscription_id: str = Field(primary_key=True, max_length=64)
+    resource_type: str = Field(max_length=64, index=True)
+    criteria: str = Field(sa_column=Column(Text, nullable=False))
+    ends_at: datetime | None = _tz_column(nullable=True)
 
 
 class ApiClient(SQLModel, table=True):

@@ -7,27 +7,17 @@ subprocesses on Redis + PostgreSQL, including one killed with SIGKILL mid-delive
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from emr_hub.config import Settings, get_settings
+from emr_hub.config import get_settings
 from emr_hub.hub import Hub
 from emr_hub.outbox import (
     BACKOFF_CAP,
@@ -40,105 +30,14 @@ from emr_hub.outbox import (
 from emr_hub.tasks import celery_app, configure_celery, start_relay_thread
 from storage.tables import OutboxMessage
 from tests.conftest import free_port, make_settings
+from tests.processes import Worker, wait_for
+from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 LATER = timedelta(minutes=15)  # past any backoff (10 min cap + jitter)
 
 
 # --------------------------------------------------------------------------- receiver
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: Any
-    status: int
-
-    @property
-    def key(self) -> str:
-        return self.headers.get("idempotency-key", "")
-
-
-class Receiver:
-    """An HTTP endpoint that records every POST and answers ``status`` (200 by default).
-
-    It dedups nothing: tests assert exactly-once on :meth:`accepted_keys`. With
-    ``hold_after = n`` the requests after the n-th are held open (receiver stalled, counted
-    in ``held``) until :meth:`release`, so a test can kill the sender in the middle of a delivery.
-    """
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.hold_after: int | None = None
-        self.held = 0
-        self._released = threading.Event()
-        self._lock = threading.Lock()
-        self._requests: list[Received] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                with receiver._lock:
-                    status = receiver.status
-                    held = (
-                        receiver.hold_after is not None
-                        and len(receiver._requests) >= receiver.hold_after
-                    )
-                    receiver._requests.append(
-                        Received(
-                            path=self.path,
-                            headers={k.lower(): v for k, v in self.headers.items()},
-                            body=json.loads(raw) if raw else None,
-                            status=status,
-                        )
-                    )
-                    receiver.held += held
-                try:
-                    if held:
-                        receiver._released.wait(30)
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                finally:
-                    with receiver._lock:
-                        receiver.held -= held
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    @property
-    def requests(self) -> list[Received]:
-        with self._lock:
-            return list(self._requests)
-
-    def accepted_keys(self) -> list[str]:
-        """Idempotency keys of the requests answered with a 2xx."""
-        return [r.key for r in self.requests if 200 <= r.status < 300]
-
-    def url(self, path: str = "/hook") -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}{path}"
-
-    def release(self) -> None:
-        self._released.set()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.release()
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
@@ -181,17 +80,6 @@ def rows(hub: Hub) -> dict[str, OutboxMessage]:
 
 def post(receiver: Receiver, n: int = 0, **extra: Any) -> dict[str, Any]:
     return {"url": receiver.url(f"/hook/{n}"), "body": {"n": n}, **extra}
-
-
-def wait_for(
-    condition: Callable[[], bool], seconds: float, what: str, log: Path | None = None
-) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            pytest.fail(f"timed out after {seconds} s waiting for {what}\n{tail}")
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- in process
@@ -293,8 +181,8 @@ def test_gives_up_after_max_attempts(inprocess_hub: Hub, receiver: Receiver) -> 
 
 UNDELIVERABLE = [
     ("no.such.topic", {"anything": 1}, "PermanentDeliveryError: no handler for outbox topic"),
-    ("http.post", {"url": "file:///etc/passwd", "body": {}}, "ValueError: outbox http.post"),
-    ("http.post", {"url": "gopher://127.0.0.1/", "body": {}}, "ValueError: outbox http.post"),
+    ("http.post", {"url": "file:///etc/passwd", "body": {}}, "ValueError: the outbox only sends"),
+    ("http.post", {"url": "gopher://127.0.0.1/", "body": {}}, "ValueError: the outbox only sends"),
     ("http.post", {"body": {}}, "KeyError: 'url'"),
 ]
 
@@ -411,61 +299,6 @@ def test_publish_failure_after_commit_keeps_the_message_for_the_safety_net(
 
 
 # --------------------------------------------------------------------------- real worker
-
-
-class Worker:
-    """A ``celery worker`` subprocess in a session of its own (so a kill takes its pool)."""
-
-    def __init__(self, settings: Settings, log: Path, *extra: str) -> None:
-        self.name = f"outbox-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.log = log
-        env = {
-            **os.environ,
-            "EMR_HUB_DATABASE_URL": str(settings.database_url),
-            "EMR_HUB_BROKER_URL": str(settings.broker_url),
-            "EMR_HUB_DATA_DIR": str(settings.data_dir),
-            "PYTHONUNBUFFERED": "1",
-        }
-        command = [
-            sys.executable, "-m", "celery", "-A", "emr_hub.tasks", "worker",
-            "-l", "info", "-c", "2", "--pool", "prefork", "-n", self.name,
-            "--without-mingle", "--without-gossip", *extra,
-        ]  # fmt: skip
-        with log.open("ab") as output:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, seconds: float = 30) -> None:
-        def answers() -> bool:
-            if self.process.poll() is not None:
-                pytest.fail(f"worker exited with {self.process.returncode}\n{self.log.read_text()}")
-            replies = celery_app.control.ping(destination=[self.name], timeout=0.3)
-            return any(self.name in reply for reply in replies)
-
-        wait_for(answers, seconds, f"worker {self.name} to answer ping", self.log)
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes, as the OOM killer or a host crash."""
-        self._signal_group(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-        self._signal_group(signal.SIGKILL)  # pool processes left behind, if any
-        self.process.wait(10)
-
-    def _signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)
 
 
 @pytest.fixture

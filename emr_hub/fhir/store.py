@@ -2,7 +2,8 @@
 
 Every method works inside the caller's transaction; nothing here commits. Creates are
 buffered and written with one multi-row INSERT per table at :meth:`FhirStore.flush` (called
-before any read), which is what keeps bulk ingest fast.
+before any read), which is what keeps bulk ingest fast. Every version written is also handed
+to the change hooks of :mod:`emr_hub.fhir.hooks` just before the transaction commits.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
+from emr_hub.fhir import hooks
 from emr_hub.fhir.search.indexer import INDEX_TABLES, index_rows
 from storage.bulk import write_rows
-from storage.db import as_utc
+from storage.db import as_utc, before_commit
 from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
 
 RESOURCE = ResourceRow.__table__
@@ -90,6 +92,7 @@ class FhirStore:
         self._pending_history: list[dict[str, Any]] = []
         self._pending_index: dict[Table, list[dict[str, Any]]] = defaultdict(list)
         self._pending_keys: set[tuple[str, str]] = set()
+        self._changes: list[Stored] = []
         self.is_postgres = session.get_bind().dialect.name == "postgresql"
 
     # ---------------------------------------------------------------- reads
@@ -220,7 +223,7 @@ class FhirStore:
         )
         self._queue_history(resource_type, new_id, 1, False, content, method)
         self._queue_index(resource_type, new_id, content)
-        return Stored(resource_type, new_id, 1, self.moment, False, content, method)
+        return self._changed(Stored(resource_type, new_id, 1, self.moment, False, content, method))
 
     def update(
         self,
@@ -242,10 +245,8 @@ class FhirStore:
         version = current.version_id + 1
         content = self._stamp(resource, resource_id, version)
         self._write_version(resource_type, resource_id, version, False, content, "PUT")
-        return WriteResult(
-            Stored(resource_type, resource_id, version, self.moment, False, content, "PUT"),
-            created=current.deleted,
-        )
+        stored = Stored(resource_type, resource_id, version, self.moment, False, content, "PUT")
+        return WriteResult(self._changed(stored), created=current.deleted)
 
     def delete(
         self, resource_type: str, resource_id: str, *, if_match: int | None = None
@@ -257,7 +258,9 @@ class FhirStore:
             return None
         version = current.version_id + 1
         self._write_version(resource_type, resource_id, version, True, None, "DELETE")
-        return Stored(resource_type, resource_id, version, self.moment, True, None, "DELETE")
+        return self._changed(
+            Stored(resource_type, resource_id, version, self.moment, True, None, "DELETE")
+        )
 
     def flush(self) -> None:
         """Write buffered creates with one multi-row INSERT per table."""
@@ -280,6 +283,22 @@ class FhirStore:
         self._pending_keys.clear()
 
     # -------------------------------------------------------------- helpers
+    def _changed(self, stored: Stored) -> Stored:
+        """Remember a written version for the change hooks, run once before the commit.
+
+        A version whose batch entry is rolled back stays in the list: the hooks compare it with
+        what is stored (see :mod:`emr_hub.subscriptions.matching`).
+        """
+        if not self._changes and hooks.has_change_hooks():
+            before_commit(self.session, self._run_change_hooks)
+        self._changes.append(stored)
+        return stored
+
+    def _run_change_hooks(self) -> None:
+        self.flush()
+        changes, self._changes = self._changes, []
+        hooks.after_changes(self, changes)
+
     @staticmethod
     def _unchanged(current: Stored, resource: dict[str, Any]) -> bool:
         """A live version with the same content: an update would only repeat it (a retry)."""

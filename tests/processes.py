@@ -1,0 +1,86 @@
+"""The hub's own processes started by tests (a Celery worker), and waiting on a condition."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from emr_hub.config import Settings
+from emr_hub.tasks import celery_app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(
+    condition: Callable[[], bool], seconds: float, what: str, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            pytest.fail(f"timed out after {seconds} s waiting for {what}\n{tail}")
+        time.sleep(0.05)
+
+
+class Worker:
+    """A ``celery worker`` subprocess in a session of its own (so a kill takes its pool)."""
+
+    def __init__(self, settings: Settings, log: Path, *extra: str) -> None:
+        self.name = f"outbox-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.log = log
+        env = {
+            **os.environ,
+            "EMR_HUB_DATABASE_URL": str(settings.database_url),
+            "EMR_HUB_BROKER_URL": str(settings.broker_url),
+            "EMR_HUB_DATA_DIR": str(settings.data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+        command = [
+            sys.executable, "-m", "celery", "-A", "emr_hub.tasks", "worker",
+            "-l", "info", "-c", "2", "--pool", "prefork", "-n", self.name,
+            "--without-mingle", "--without-gossip", *extra,
+        ]  # fmt: skip
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, seconds: float = 30) -> None:
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"worker exited with {self.process.returncode}\n{self.log.read_text()}")
+            replies = celery_app.control.ping(destination=[self.name], timeout=0.3)
+            return any(self.name in reply for reply in replies)
+
+        wait_for(answers, seconds, f"worker {self.name} to answer ping", self.log)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes, as the OOM killer or a host crash."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+        self._signal_group(signal.SIGKILL)  # pool processes left behind, if any
+        self.process.wait(10)
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)

@@ -42,9 +42,11 @@ def progress_bar() -> Any:
 def main() -> None:
     """emr_hub: FHIR R4 interchange hub for a network of hospitals."""
     from emr_hub.referrals.enforcement import install as install_referral_rules
+    from emr_hub.subscriptions import install as install_subscriptions
 
     configure_logging()
     install_referral_rules()
+    install_subscriptions(get_settings())
 
 
 @main.command()

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     require_services: bool = False
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    endpoint_allowed_hosts: str = Field(
+        default="127.0.0.1,localhost,::1",
+        description=(
+            "Hosts the hub may send notifications to (Subscription endpoints): comma-separated "
+            "names or IP literals, '*.example.vn' for a domain's subdomains, '*' for any host."
+        ),
+    )
 
     @property
     def effective_database_url(self) -> str:

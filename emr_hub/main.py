@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emr_hub import __version__
-from emr_hub.config import Settings
+from emr_hub.config import Settings, get_settings
 from emr_hub.errors import FhirError, Issue, operation_outcome
 from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
@@ -22,6 +22,8 @@ from emr_hub.logs import install_access_log
 from emr_hub.referrals.enforcement import install as install_referral_rules
 from emr_hub.referrals.routes import router as referral_router
 from emr_hub.security.routes import router as auth_router
+from emr_hub.subscriptions import install as install_subscriptions
+from emr_hub.subscriptions.routes import router as subscription_router
 from emr_hub.tasks import configure_celery, in_process, start_relay_thread
 
 log = logging.getLogger("emr_hub")
@@ -49,6 +51,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
                 app.state.hub.close()
 
     install_referral_rules()
+    install_subscriptions(hub.settings if hub else settings or get_settings())
     app = FastAPI(
         title="emr_hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
@@ -57,6 +60,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     app.include_router(auth_router)
     install_operations_routes(app)
     app.include_router(referral_router)  # before the FHIR router: see referrals.routes
+    app.include_router(subscription_router)
     app.include_router(fhir_router)
     install_error_handlers(app)
     install_access_log(app)

@@ -42,7 +42,7 @@ RELAY_INTERVAL = 10.0
 IN_PROCESS_BROKER = "memory://"
 RELAY_TASK = "emr_hub.relay_outbox"
 
-celery_app = Celery("emr_hub", include=["emr_hub.outbox"])
+celery_app = Celery("emr_hub", include=["emr_hub.outbox", "emr_hub.subscriptions.delivery"])
 
 
 class _State:

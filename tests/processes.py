@@ -84,3 +84,44 @@ class Worker:
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
+
+
+EMR_HUB = str(Path(sys.executable).parent / "emr-hub")
+
+
+class ApiServer:
+    """``emr-hub serve`` as a process of its own (migrates, then serves over real HTTP)."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = log
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [EMR_HUB, "serve", "--port", str(port)],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, seconds: float = 30) -> None:
+        import httpx
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"serve exited with {self.process.returncode}\n{self.log.read_text()}")
+            try:
+                return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, seconds, "emr-hub serve to answer /healthz", self.log)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

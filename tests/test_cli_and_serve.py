@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +12,9 @@ import orjson
 import pytest
 
 from tests.conftest import free_port
+from tests.processes import EMR_HUB, ApiServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
-EMR_HUB = str(Path(sys.executable).parent / "emr-hub")
 
 
 def cli_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
@@ -124,36 +121,12 @@ def server(tmp_path: Path, database_url: str) -> Iterator[tuple[str, dict[str, s
     base = f"http://127.0.0.1:{port}"
     env = cli_env(tmp_path, database_url, EMR_HUB_BASE_URL=base)
     run(["demo"], env)
-    process = subprocess.Popen(
-        [EMR_HUB, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    api = ApiServer(env, port, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"serve exited: {process.stdout.read().decode() if process.stdout else ''}"
-                )
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("serve did not answer /healthz within 30 s")
-            time.sleep(0.1)
+        api.wait_ready()
         yield base, env
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        api.stop()
 
 
 def test_serve_process_over_real_http(server: tuple[str, dict[str, str]]) -> None:

@@ -1,8 +1,17 @@
 """The demo network loaded by ``emr-hub demo`` (and ``make run``): idempotent.
 
-Three hospitals with the contract's fixed client ids, each client tied to its hospital's
-Organization with scope ``system/*.cruds``. Facility codes are demo values, and every demo
-resource carries the ``demo`` tag so nobody mistakes it for a real facility.
+Four facilities with fixed client ids (client id = Organization id, scope ``system/*.cruds``):
+Bạch Mai (CHUYEN_SAU), Bắc Ninh provincial general hospital (CO_BAN), the Từ Sơn health centre
+and a commune health station below it (BAN_DAU). Each has a demo facility code, its level of
+care and its old tuyến, and an Endpoint where it receives notifications. The partnership
+Bắc Ninh general – Bạch Mai is an OrganizationAffiliation. Four patients.
+
+Every demo resource carries :data:`DEMO_TAG`, and the facility codes are invented (``DM...``),
+so nobody mistakes them for real facilities or people.
+
+Idempotent: every resource has a fixed id and fixed content (no "now" anywhere), and the store
+makes no new version for unchanged content, so a second run writes nothing and registers no
+client (secrets are printed when a client is created, never again).
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emr_hub.fhir import interactions
-from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE
+from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.security.clients import ensure_client
@@ -27,6 +36,30 @@ DEMO_TAG = {
 }
 DEMO_SCOPE = "system/*.cruds"
 
+NOTIFICATION_BASE = "http://127.0.0.1:8090/notifications"
+"""Where the demo hospitals listen for notifications: ``<base>/<client id>`` (nothing listens
+there until someone starts a receiver; the hub's Subscriptions point at these addresses)."""
+
+REST_HOOK = {
+    "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+    "code": "hl7-fhir-rest",
+    "display": "HL7 FHIR",
+}
+ANY_PAYLOAD = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type",
+            "code": "any",
+            "display": "Any",
+        }
+    ],
+    "text": "Thông báo chuyển tuyến, kết quả trả về, lịch hẹn (FHIR JSON)",
+}
+PARTNER_ROLE = {
+    "coding": [{"system": "http://hl7.org/fhir/organization-role", "code": "member"}],
+    "text": "Bệnh viện vệ tinh của Bệnh viện Bạch Mai (satellite hospital network)",
+}
+
 
 @dataclass(frozen=True)
 class DemoHospital:
@@ -36,11 +69,28 @@ class DemoHospital:
     level: str
     tuyen: str
     part_of: str | None = None
+    district: str | None = None
+    province: str = "Bắc Ninh"
 
 
 HOSPITALS = (
-    DemoHospital("bach-mai", "Bệnh viện Bạch Mai", "DM001", "CHUYEN_SAU", "TRUNG_UONG"),
-    DemoHospital("bac-ninh-general", "Bệnh viện Đa khoa tỉnh Bắc Ninh", "DM271", "CO_BAN", "TINH"),
+    DemoHospital(
+        "bach-mai",
+        "Bệnh viện Bạch Mai",
+        "DM001",
+        "CHUYEN_SAU",
+        "TRUNG_UONG",
+        district="Đống Đa",
+        province="Hà Nội",
+    ),
+    DemoHospital(
+        "bac-ninh-general",
+        "Bệnh viện Đa khoa tỉnh Bắc Ninh",
+        "DM271",
+        "CO_BAN",
+        "TINH",
+        district="Thành phố Bắc Ninh",
+    ),
     DemoHospital(
         "bac-ninh-district",
         "Trung tâm Y tế thị xã Từ Sơn (Bắc Ninh)",
@@ -48,10 +98,87 @@ HOSPITALS = (
         "BAN_DAU",
         "HUYEN",
         "bac-ninh-general",
+        district="Thị xã Từ Sơn",
+    ),
+    DemoHospital(
+        "bac-ninh-commune",
+        "Trạm Y tế phường Đồng Nguyên (Từ Sơn, Bắc Ninh)",
+        "DM273",
+        "BAN_DAU",
+        "XA",
+        "bac-ninh-district",
+        district="Thị xã Từ Sơn",
     ),
 )
+BY_ID = {hospital.client_id: hospital for hospital in HOSPITALS}
 
-DEMO_PATIENT_ID = "demo-nguyen-thi-lan"
+PARTNERSHIP_ID = "bac-ninh-general-bach-mai"
+PARTNERSHIP = ("bach-mai", "bac-ninh-general")
+"""(organization, participatingOrganization): Bắc Ninh general is in Bạch Mai's satellite
+network (the Bắc Ninh – Bạch Mai pilot pair of directive 133/CĐ-TTg)."""
+
+
+@dataclass(frozen=True)
+class DemoPatient:
+    id: str
+    family: str
+    given: tuple[str, ...]
+    gender: str
+    birth_date: str
+    cccd: str
+    insurance_card: str
+    managing_organization: str
+    address: str
+
+
+PATIENTS = (
+    DemoPatient(
+        "demo-nguyen-thi-lan",
+        "Nguyễn",
+        ("Thị", "Lan"),
+        "female",
+        "1985-04-12",
+        "027185000123",
+        "GD4272712345678",
+        "bac-ninh-district",
+        "Khu phố Đa Hội, phường Châu Khê, thị xã Từ Sơn, tỉnh Bắc Ninh",
+    ),
+    DemoPatient(
+        "demo-ngo-van-toan",
+        "Ngô",
+        ("Văn", "Toàn"),
+        "male",
+        "1958-09-03",
+        "027058004417",
+        "HT3272720456789",
+        "bac-ninh-general",
+        "Phường Vệ An, thành phố Bắc Ninh, tỉnh Bắc Ninh",
+    ),
+    DemoPatient(
+        "demo-do-minh-chau",
+        "Đỗ",
+        ("Minh", "Châu"),
+        "female",
+        "2021-06-21",
+        "027321001286",
+        "TE1272720987654",
+        "bac-ninh-commune",
+        "Phường Đồng Nguyên, thị xã Từ Sơn, tỉnh Bắc Ninh",
+    ),
+    DemoPatient(
+        "demo-pham-quoc-bao",
+        "Phạm",
+        ("Quốc", "Bảo"),
+        "male",
+        "2001-02-14",
+        "001201007731",
+        "SV4010123456789",
+        "bach-mai",
+        "Phường Phương Mai, quận Đống Đa, Hà Nội",
+    ),
+)
+DEMO_PATIENT_ID = PATIENTS[0].id
+CARD_VALID_TO = "2026-12-31"
 
 
 def organization(hospital: DemoHospital) -> dict[str, Any]:
@@ -66,24 +193,102 @@ def organization(hospital: DemoHospital) -> dict[str, Any]:
             {"coding": [{"system": TUYEN_SYSTEM, "code": hospital.tuyen}]},
         ],
         "name": hospital.name,
-        "address": [{"country": "VN"}],
+        "address": [_address(hospital)],
+        "endpoint": [{"reference": f"Endpoint/{endpoint_id(hospital.client_id)}"}],
     }
     if hospital.part_of:
         resource["partOf"] = {"reference": f"Organization/{hospital.part_of}"}
     return resource
 
 
-def demo_patient() -> dict[str, Any]:
+def _address(hospital: DemoHospital) -> dict[str, str]:
+    address = {"state": hospital.province, "country": "VN"}
+    if hospital.district:
+        address["district"] = hospital.district
+    return address
+
+
+def endpoint_id(client_id: str) -> str:
+    return f"{client_id}-notifications"
+
+
+def notification_address(client_id: str) -> str:
+    return f"{NOTIFICATION_BASE}/{client_id}"
+
+
+def endpoint(hospital: DemoHospital) -> dict[str, Any]:
+    """The hospital's notification Endpoint (referral letters, returned results, appointments)."""
+    return {
+        "resourceType": "Endpoint",
+        "id": endpoint_id(hospital.client_id),
+        "meta": {"tag": [DEMO_TAG]},
+        "status": "active",
+        "connectionType": REST_HOOK,
+        "name": f"Thông báo cho {hospital.name}",
+        "managingOrganization": {"reference": f"Organization/{hospital.client_id}"},
+        "payloadType": [ANY_PAYLOAD],
+        "payloadMimeType": ["application/fhir+json"],
+        "address": notification_address(hospital.client_id),
+    }
+
+
+def notification_endpoints() -> list[tuple[str, str]]:
+    """(Organization id, notification address) of every demo hospital, for wiring the demo's
+    Subscriptions."""
+    return [(h.client_id, notification_address(h.client_id)) for h in HOSPITALS]
+
+
+def partnership() -> dict[str, Any]:
+    central, satellite = PARTNERSHIP
+    return {
+        "resourceType": "OrganizationAffiliation",
+        "id": PARTNERSHIP_ID,
+        "meta": {"tag": [DEMO_TAG]},
+        "active": True,
+        "period": {"start": "2025-02-01", "end": "2030-12-31"},
+        "organization": {"reference": f"Organization/{central}"},
+        "participatingOrganization": {"reference": f"Organization/{satellite}"},
+        "code": [PARTNER_ROLE],
+    }
+
+
+def patient(person: DemoPatient) -> dict[str, Any]:
+    given = " ".join(person.given)
     return {
         "resourceType": "Patient",
-        "id": DEMO_PATIENT_ID,
+        "id": person.id,
         "meta": {"tag": [DEMO_TAG]},
-        "identifier": [{"system": CCCD, "value": "027185000123"}],
-        "name": [{"family": "Nguyễn", "given": ["Thị", "Lan"], "text": "Nguyễn Thị Lan"}],
-        "gender": "female",
-        "birthDate": "1985-04-12",
-        "managingOrganization": {"reference": "Organization/bac-ninh-district"},
+        "identifier": [
+            {"system": CCCD, "value": person.cccd},
+            {
+                "system": INSURANCE,
+                "value": person.insurance_card,
+                "period": {"end": CARD_VALID_TO},
+            },
+        ],
+        "name": [
+            {
+                "family": person.family,
+                "given": list(person.given),
+                "text": f"{person.family} {given}",
+            }
+        ],
+        "gender": person.gender,
+        "birthDate": person.birth_date,
+        "address": [{"text": person.address, "country": "VN"}],
+        "managingOrganization": {"reference": f"Organization/{person.managing_organization}"},
     }
+
+
+def network() -> list[dict[str, Any]]:
+    """The hospitals, their Endpoints, the partnership and the patients, in writing order (the
+    partnership before any referral: the referral rules read it)."""
+    return [
+        *(organization(h) for h in HOSPITALS),
+        *(endpoint(h) for h in HOSPITALS),
+        partnership(),
+        *(patient(p) for p in PATIENTS),
+    ]
 
 
 def load_demo(hub: Hub) -> dict[str, str]:
@@ -91,11 +296,8 @@ def load_demo(hub: Hub) -> dict[str, str]:
     secrets: dict[str, str] = {}
     with hub.db.transaction() as session:
         store = FhirStore(session, base_url=hub.settings.fhir_base_url)
-        for hospital in sorted(HOSPITALS, key=lambda h: h.part_of is not None):
-            interactions.update(
-                store, OPERATOR, "Organization", hospital.client_id, organization(hospital)
-            )
-        interactions.update(store, OPERATOR, "Patient", DEMO_PATIENT_ID, demo_patient())
+        for resource in network():
+            interactions.update(store, OPERATOR, resource["resourceType"], resource["id"], resource)
         store.flush()
         for hospital in HOSPITALS:
             secret = ensure_client(

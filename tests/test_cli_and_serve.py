@@ -40,12 +40,12 @@ def run(
 def test_demo_is_idempotent_and_clients_get_tokens(tmp_path: Path, database_url: str) -> None:
     env = cli_env(tmp_path, database_url)
     first = run(["demo"], env)
-    assert first.stdout.count("secret:") == 3
-    for client_id in ("bach-mai", "bac-ninh-general", "bac-ninh-district"):
+    assert first.stdout.count("secret:") == 4
+    for client_id in ("bach-mai", "bac-ninh-general", "bac-ninh-district", "bac-ninh-commune"):
         assert f"client {client_id}" in first.stdout
     second = run(["demo"], env)
     assert "secret:" not in second.stdout
-    assert second.stdout.count("already registered") == 3
+    assert second.stdout.count("already registered") == 4
     token = run(["token", "bach-mai"], env).stdout.strip()
     assert token.count(".") == 2 and "\n" not in token
     narrowed = run(["token", "bach-mai", "--scope", "system/Patient.rs"], env)

@@ -1,0 +1,141 @@
+"""The demo network (``emr-hub demo``): the contract's hospitals, clients and partnership, its
+Endpoints and patients.
+
+The command line itself (secrets printed once, tokens) is tested in ``test_cli_and_serve``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from emr_hub.demo import (
+    DEMO_PATIENT_ID,
+    DEMO_TAG,
+    HOSPITALS,
+    LEVEL_SYSTEM,
+    PATIENTS,
+    TUYEN_SYSTEM,
+    load_demo,
+    notification_endpoints,
+)
+from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE, identifier_problem
+from emr_hub.fhir.store import HISTORY, RESOURCE, FhirStore
+from emr_hub.hub import Hub
+from emr_hub.referrals.enforcement import _partners, install
+from emr_hub.security.clients import get_client
+
+CONTRACT_CLIENTS = ("bach-mai", "bac-ninh-general", "bac-ninh-district")
+EXPECTED_LEVELS = {
+    "bach-mai": ("CHUYEN_SAU", "TRUNG_UONG", None),
+    "bac-ninh-general": ("CO_BAN", "TINH", None),
+    "bac-ninh-district": ("BAN_DAU", "HUYEN", "Organization/bac-ninh-general"),
+    "bac-ninh-commune": ("BAN_DAU", "XA", "Organization/bac-ninh-district"),
+}
+
+
+@pytest.fixture
+def demo(hub: Hub) -> dict[str, str]:
+    """The hub with the demo loaded under the referral rules; the secrets it printed."""
+    install()  # the hub's rules apply, as under `emr-hub demo`
+    return load_demo(hub)
+
+
+def current(hub: Hub, resource_type: str, resource_id: str) -> dict[str, Any]:
+    with hub.db.snapshot() as session:
+        stored = FhirStore(session).current(resource_type, resource_id)
+    assert stored is not None and stored.content is not None, f"{resource_type}/{resource_id}"
+    return stored.content
+
+
+def codes(organization: dict[str, Any], system: str) -> list[str]:
+    return [
+        coding["code"]
+        for concept in organization["type"]
+        for coding in concept["coding"]
+        if coding["system"] == system
+    ]
+
+
+def test_demo_loads_the_contract_network(hub: Hub, demo: dict[str, str]) -> None:
+    assert set(EXPECTED_LEVELS) == {h.client_id for h in HOSPITALS}
+    assert set(demo) == set(EXPECTED_LEVELS)  # a secret for every client, on the first load
+    for org_id, (level, tuyen, part_of) in EXPECTED_LEVELS.items():
+        org = current(hub, "Organization", org_id)
+        assert codes(org, LEVEL_SYSTEM) == [level] and codes(org, TUYEN_SYSTEM) == [tuyen]
+        assert (org.get("partOf") or {}).get("reference") == part_of
+        [facility_code] = [i["value"] for i in org["identifier"] if i["system"] == FACILITY_CODE]
+        assert identifier_problem(FACILITY_CODE, facility_code) is None
+        assert DEMO_TAG in org["meta"]["tag"]
+    with hub.db.snapshot() as session:
+        for org_id in EXPECTED_LEVELS:
+            client = get_client(session, org_id)
+            assert client is not None and client.active
+            assert (client.organization, client.scopes) == (
+                f"Organization/{org_id}",
+                "system/*.cruds",
+            )
+        assert set(CONTRACT_CLIENTS) <= set(EXPECTED_LEVELS)
+
+
+def test_partnership_is_an_affiliation_the_rules_read(hub: Hub, demo: dict[str, str]) -> None:
+    affiliation = current(hub, "OrganizationAffiliation", "bac-ninh-general-bach-mai")
+    assert affiliation["active"] is True
+    assert affiliation["period"]["start"] and affiliation["period"]["end"]
+    assert affiliation["organization"] == {"reference": "Organization/bach-mai"}
+    assert affiliation["participatingOrganization"] == {
+        "reference": "Organization/bac-ninh-general"
+    }
+    with hub.db.snapshot() as session:
+        store = FhirStore(session)
+        assert _partners(store, "bach-mai") == {"Organization/bac-ninh-general"}
+        assert _partners(store, "bac-ninh-general") == {"Organization/bach-mai"}
+
+
+def test_every_hospital_has_a_notification_endpoint(hub: Hub, demo: dict[str, str]) -> None:
+    pairs = notification_endpoints()
+    assert [org_id for org_id, _ in pairs] == [h.client_id for h in HOSPITALS]
+    for org_id, address in pairs:
+        assert address == f"http://127.0.0.1:8090/notifications/{org_id}"
+        [reference] = current(hub, "Organization", org_id)["endpoint"]
+        endpoint = current(hub, *reference["reference"].split("/"))
+        assert endpoint["status"] == "active"
+        assert endpoint["connectionType"]["code"] == "hl7-fhir-rest"
+        assert endpoint["payloadType"] and endpoint["address"] == address
+        assert endpoint["managingOrganization"] == {"reference": f"Organization/{org_id}"}
+
+
+def test_every_patient_has_a_valid_cccd_and_card(hub: Hub, demo: dict[str, str]) -> None:
+    assert len(PATIENTS) >= 3 and PATIENTS[0].id == DEMO_PATIENT_ID
+    for person in PATIENTS:
+        patient = current(hub, "Patient", person.id)
+        by_system = {i["system"]: i["value"] for i in patient["identifier"]}
+        cccd = by_system[CCCD]
+        assert identifier_problem(CCCD, cccd, patient["birthDate"]) is None
+        # the century digit also says the sex: even for men, odd for women
+        assert int(cccd[3]) % 2 == (patient["gender"] == "female")
+        assert identifier_problem(INSURANCE, by_system[INSURANCE]) is None
+        assert patient["name"][0]["family"] and DEMO_TAG in patient["meta"]["tag"]
+
+
+def versions(hub: Hub) -> tuple[list[tuple[str, str, int]], int]:
+    with hub.db.snapshot() as session:
+        rows = session.execute(
+            select(RESOURCE.c.resource_type, RESOURCE.c.id, RESOURCE.c.version_id)
+        ).all()
+        history = session.scalar(select(func.count()).select_from(HISTORY))
+    return sorted((t, i, v) for t, i, v in rows), int(history or 0)
+
+
+def test_loading_again_writes_nothing_and_prints_no_secret(hub: Hub, demo: dict[str, str]) -> None:
+    before = versions(hub)
+    assert load_demo(hub) == {}
+    assert versions(hub) == before
+    every_demo_resource_is_tagged(hub)
+
+
+def every_demo_resource_is_tagged(hub: Hub) -> None:
+    with hub.db.snapshot() as session:
+        contents = session.scalars(select(RESOURCE.c.content)).all()
+    assert contents and all(DEMO_TAG in c["meta"]["tag"] for c in contents)

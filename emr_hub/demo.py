@@ -4,7 +4,8 @@ Four facilities with fixed client ids (client id = Organization id, scope ``syst
 Bạch Mai (CHUYEN_SAU), Bắc Ninh provincial general hospital (CO_BAN), the Từ Sơn health centre
 and a commune health station below it (BAN_DAU). Each has a demo facility code, its level of
 care and its old tuyến, and an Endpoint where it receives notifications. The partnership
-Bắc Ninh general – Bạch Mai is an OrganizationAffiliation. Four patients.
+Bắc Ninh general – Bạch Mai is an OrganizationAffiliation. Four patients, and one finished
+referral chain for the first (:mod:`emr_hub.demo_chain`).
 
 Every demo resource carries :data:`DEMO_TAG`, and the facility codes are invented (``DM...``),
 so nobody mistakes them for real facilities or people.
@@ -19,12 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from emr_hub.fhir import interactions
+from emr_hub.demo_chain import Cast, referral_chain, write_versions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.security.clients import ensure_client
-from emr_hub.security.principal import OPERATOR
 from emr_hub.security.scopes import ScopeSet
 
 LEVEL_SYSTEM = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
@@ -291,13 +291,26 @@ def network() -> list[dict[str, Any]]:
     ]
 
 
+def cast() -> Cast:
+    """Who plays which part in the referral chain."""
+    return Cast(
+        patient_id=DEMO_PATIENT_ID,
+        district=BY_ID["bac-ninh-district"],
+        provincial=BY_ID["bac-ninh-general"],
+        central=BY_ID["bach-mai"],
+        tag=DEMO_TAG,
+    )
+
+
 def load_demo(hub: Hub) -> dict[str, str]:
     """Write the demo resources and clients; returns the secrets of clients created now."""
     secrets: dict[str, str] = {}
     with hub.db.transaction() as session:
         store = FhirStore(session, base_url=hub.settings.fhir_base_url)
         for resource in network():
-            interactions.update(store, OPERATOR, resource["resourceType"], resource["id"], resource)
+            write_versions(store, [resource])
+        for versions in referral_chain(cast()):
+            write_versions(store, versions)
         store.flush()
         for hospital in HOSPITALS:
             secret = ensure_client(

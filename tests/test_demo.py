@@ -1,13 +1,16 @@
 """The demo network (``emr-hub demo``): the contract's hospitals, clients and partnership, its
-Endpoints and patients.
+Endpoints and patients, and the finished referral chain seen through ``$referral-history``.
 
 The command line itself (secrets printed once, tokens) is tested in ``test_cli_and_serve``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from emr_hub.demo import (
@@ -20,11 +23,17 @@ from emr_hub.demo import (
     load_demo,
     notification_endpoints,
 )
+from emr_hub.demo_chain import FIRST_REFERRAL, SECOND_REFERRAL
+from emr_hub.fhir import interactions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE, identifier_problem
 from emr_hub.fhir.store import HISTORY, RESOURCE, FhirStore
 from emr_hub.hub import Hub
+from emr_hub.main import create_app
+from emr_hub.referrals import workflow
 from emr_hub.referrals.enforcement import _partners, install
 from emr_hub.security.clients import get_client
+from emr_hub.security.principal import OPERATOR
+from tests.fhir.conftest import Api, token_for
 
 CONTRACT_CLIENTS = ("bach-mai", "bac-ninh-general", "bac-ninh-district")
 EXPECTED_LEVELS = {
@@ -38,8 +47,15 @@ EXPECTED_LEVELS = {
 @pytest.fixture
 def demo(hub: Hub) -> dict[str, str]:
     """The hub with the demo loaded under the referral rules; the secrets it printed."""
-    install()  # the hub's rules apply, as under `emr-hub demo`
+    install()  # the letters must pass the hub's rules, as under `emr-hub demo`
     return load_demo(hub)
+
+
+@pytest.fixture
+def api(hub: Hub, demo: dict[str, str]) -> Iterator[Api]:
+    """Bạch Mai's client (a demo client, after the demo created it)."""
+    with TestClient(create_app(hub)) as client:
+        yield Api(client, token_for(hub, client_id="bach-mai"))
 
 
 def current(hub: Hub, resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -139,3 +155,73 @@ def every_demo_resource_is_tagged(hub: Hub) -> None:
     with hub.db.snapshot() as session:
         contents = session.scalars(select(RESOURCE.c.content)).all()
     assert contents and all(DEMO_TAG in c["meta"]["tag"] for c in contents)
+
+
+def test_referral_history_shows_the_finished_chain(api: Api) -> None:
+    response = api.get(f"/Patient/{DEMO_PATIENT_ID}/$referral-history")
+    assert response.status_code == 200, response.text
+    history = response.json()
+    assert history["total"] == 2
+    entries = [(e["resource"], e["search"]["mode"]) for e in history["entry"]]
+    assert [r["id"] for r, mode in entries if mode == "match"] == [FIRST_REFERRAL, SECOND_REFERRAL]
+    split = next(i for i, (r, _) in enumerate(entries) if r["id"] == SECOND_REFERRAL)
+    first = {(r["resourceType"], r["id"]): r for r, _ in entries[:split]}
+    second = {(r["resourceType"], r["id"]): r for r, _ in entries[split:]}
+
+    letter = second[("ServiceRequest", SECOND_REFERRAL)]
+    assert letter["basedOn"] == [{"reference": f"ServiceRequest/{FIRST_REFERRAL}"}]
+    for block, sender, receiver in (
+        (first, "bac-ninh-district", "bac-ninh-general"),
+        (second, "bac-ninh-general", "bach-mai"),
+    ):
+        [task] = [r for (kind, _), r in block.items() if kind == "Task"]
+        assert task["status"] == "completed"
+        assert task["requester"]["reference"] == f"Organization/{sender}"
+        assert task["owner"]["reference"] == f"Organization/{receiver}"
+        summaries = [
+            o["valueReference"]["reference"].split("/")
+            for o in task["output"]
+            if o["valueReference"]["reference"].startswith("DocumentReference/")
+        ]
+        assert summaries and all(tuple(s) in block for s in summaries)
+    organizations = {r["id"] for r, _ in entries if r["resourceType"] == "Organization"}
+    assert organizations == {"bac-ninh-district", "bac-ninh-general", "bach-mai"}  # each once
+    [appointment] = [r for (kind, _), r in second.items() if kind == "Appointment"]
+    assert appointment["status"] == "booked"
+    assert appointment["basedOn"] == [{"reference": f"ServiceRequest/{SECOND_REFERRAL}"}]
+    assert appointment["supportingInformation"][0]["reference"].startswith("Encounter/")
+    assert appointment["participant"][0]["actor"] == {"reference": f"Patient/{DEMO_PATIENT_ID}"}
+    assert not any(kind == "Appointment" for kind, _ in first)
+
+
+@pytest.mark.parametrize("letter", [FIRST_REFERRAL, SECOND_REFERRAL])
+def test_each_task_history_is_a_flow_the_hospitals_may_make(api: Api, letter: str) -> None:
+    """requested → accepted → in-progress → completed, each step allowed for the hospital whose
+    role it is (the demo writes as the operator, who is not checked)."""
+    bundle = api.get(f"/Task/{letter}-task/_history").json()
+    steps = sorted(
+        (e["resource"] for e in bundle["entry"]), key=lambda r: int(r["meta"]["versionId"])
+    )
+    assert [s["status"] for s in steps] == ["requested", "accepted", "in-progress", "completed"]
+    requester, owner = steps[0]["requester"]["reference"], steps[0]["owner"]["reference"]
+    workflow.check_creation(steps[0], requester)
+    for before, after in pairwise(steps):
+        workflow.check_transition(before, after, owner)
+    sent = api.get(f"/ServiceRequest/{letter}/_history").json()
+    assert sorted(e["resource"]["status"] for e in sent["entry"]) == ["active", "completed"]
+
+
+def test_loading_again_restores_an_edited_resource_in_one_version(
+    hub: Hub, demo: dict[str, str]
+) -> None:
+    """A demo resource changed since (here a Task moved back) returns to the demo's state with
+    one new version, not a replay of the whole flow."""
+    task_id = f"{FIRST_REFERRAL}-task"
+    finished = current(hub, "Task", task_id)
+    with hub.db.transaction() as session:
+        store = FhirStore(session)
+        interactions.update(store, OPERATOR, "Task", task_id, {**finished, "status": "failed"})
+    load_demo(hub)
+    restored = current(hub, "Task", task_id)
+    assert restored["status"] == "completed"
+    assert int(restored["meta"]["versionId"]) == int(finished["meta"]["versionId"]) + 2

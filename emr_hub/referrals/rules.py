@@ -32,9 +32,10 @@ reason              ServiceRequest                                              
 ==================  ==========================================================  ===============
 emergency           ``priority`` = ``stat``                                     (none)
 patient's request   extension :data:`REFERRAL_REASON_EXTENSION` with            MA_LYDO_CT 3 or
-                    ``valueCoding`` :data:`MA_LYDO_CT_SYSTEM` ``3`` or          MA_LOAI_RV 5
-                    :data:`MA_LOAI_RV_SYSTEM` ``5`` (either; the extension may
-                    repeat; a ``valueCodeableConcept`` is read too)
+                    ``valueCoding`` :data:`MA_LYDO_CT_SYSTEM` ``3``, or         MA_LOAI_RV 5
+                    extension :data:`DISCHARGE_TYPE_EXTENSION` with
+                    :data:`MA_LOAI_RV_SYSTEM` ``5`` (either; as the XML 13
+                    import writes them; a ``valueCodeableConcept`` is read too)
 disease on Annex I  ``reasonCode.coding`` in an ICD-10 system                   MA_BENH_CHINH,
                     (:data:`ICD10_SYSTEMS`) with a code on the list             MA_BENH_KT
 ==================  ==========================================================  ===============
@@ -86,9 +87,16 @@ from emr_hub.fhir.search.values import LOCAL_ZONE, DateRange, date_ranges
 
 LEVEL_SYSTEM: Final = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
 REFERRAL_REASON_EXTENSION: Final = "http://fhir.hl7.org.vn/core/StructureDefinition/referral-reason"
-MA_LYDO_CT_SYSTEM: Final = "http://fhir.hl7.org.vn/core/CodeSystem/ma-lydo-ct"
-MA_LOAI_RV_SYSTEM: Final = "http://fhir.hl7.org.vn/core/CodeSystem/ma-loai-rv"
-PATIENT_REQUEST_CODES: Final = frozenset({(MA_LYDO_CT_SYSTEM, "3"), (MA_LOAI_RV_SYSTEM, "5")})
+DISCHARGE_TYPE_EXTENSION: Final = "http://fhir.hl7.org.vn/core/StructureDefinition/discharge-type"
+MA_LYDO_CT_SYSTEM: Final = "http://fhir.hl7.org.vn/core/CodeSystem/xml130-ma-lydo-ct"
+MA_LOAI_RV_SYSTEM: Final = "http://fhir.hl7.org.vn/core/CodeSystem/xml130-ma-loai-rv"
+PATIENT_REQUEST_CODES: Final = frozenset(
+    {
+        (REFERRAL_REASON_EXTENSION, MA_LYDO_CT_SYSTEM, "3"),
+        (DISCHARGE_TYPE_EXTENSION, MA_LOAI_RV_SYSTEM, "5"),
+    }
+)
+"""(extension, system, code) of the patient's own request, as table 13 carries it."""
 EMERGENCY_PRIORITIES: Final = frozenset({"stat"})
 ICD10_SYSTEMS: Final = frozenset(
     {
@@ -321,7 +329,8 @@ def check_direction(
         )
     raise unprocessable(
         f"{skipping} without a reason: mark an emergency with priority 'stat', the patient's own "
-        f"request with extension {REFERRAL_REASON_EXTENSION} (MA_LYDO_CT 3 or MA_LOAI_RV 5), or "
+        f"request (extension {REFERRAL_REASON_EXTENSION} MA_LYDO_CT 3, or "
+        f"{DISCHARGE_TYPE_EXTENSION} MA_LOAI_RV 5), or "
         "give an ICD-10 reasonCode on the direct-to-specialised list (Circular 01/2025 Annex I)",
         performer,
     )
@@ -340,10 +349,11 @@ def skip_reason_from_service_request(sr: Mapping[str, Any]) -> SkipReason | None
     """The explicitly coded reason: the patient's request (extension) before an emergency
     (``priority`` ``stat``); None otherwise. Diseases are read by :func:`check_direction`."""
     for extension in sr.get("extension") or []:
-        if not isinstance(extension, Mapping) or extension.get("url") != REFERRAL_REASON_EXTENSION:
+        if not isinstance(extension, Mapping):
             continue
+        url = extension.get("url")
         for coding in _codings(extension):
-            if (coding.get("system"), str(coding.get("code"))) in PATIENT_REQUEST_CODES:
+            if (url, coding.get("system"), str(coding.get("code"))) in PATIENT_REQUEST_CODES:
                 return SkipReason.PATIENT_REQUEST
     if sr.get("priority") in EMERGENCY_PRIORITIES:
         return SkipReason.EMERGENCY

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emr_hub.errors import FhirError
-from emr_hub.referrals import rules
+from emr_hub.referrals import rules, xml130
 from emr_hub.referrals.rules import (
+    DISCHARGE_TYPE_EXTENSION,
     MA_LOAI_RV_SYSTEM,
     MA_LYDO_CT_SYSTEM,
     REFERRAL_REASON_EXTENSION,
@@ -187,7 +188,18 @@ def test_direction_uses_the_given_list() -> None:
 
 
 def reason_extension(system: str, code: str) -> dict[str, Any]:
-    return {"url": REFERRAL_REASON_EXTENSION, "valueCoding": {"system": system, "code": code}}
+    """MA_LYDO_CT in the referral-reason extension, MA_LOAI_RV in discharge-type (as XML 13)."""
+    url = DISCHARGE_TYPE_EXTENSION if system == MA_LOAI_RV_SYSTEM else REFERRAL_REASON_EXTENSION
+    return {"url": url, "valueCoding": {"system": system, "code": code}}
+
+
+def test_the_xml13_import_codes_the_patients_request_as_the_rules_read_it() -> None:
+    for url, system, code in (
+        (xml130.EXT_REFERRAL_REASON, xml130.CS_REFERRAL_REASON, "3"),
+        (xml130.EXT_DISCHARGE_TYPE, xml130.CS_DISCHARGE_TYPE, "5"),
+    ):
+        letter = {"extension": [{"url": url, "valueCoding": {"system": system, "code": code}}]}
+        assert skip_reason_from_service_request(letter) is SkipReason.PATIENT_REQUEST
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ Bạch Mai (CHUYEN_SAU), Bắc Ninh provincial general hospital (CO_BAN), the T�
 and a commune health station below it (BAN_DAU). Each has a demo facility code, its level of
 care and its old tuyến, and an Endpoint where it receives notifications. The partnership
 Bắc Ninh general – Bạch Mai is an OrganizationAffiliation. Four patients, and one finished
-referral chain for the first (:mod:`emr_hub.demo_chain`).
+referral chain for the first (:mod:`emr_hub.demo_chain`). Each hospital subscribes its
+Endpoint to the referral Tasks it owns and to those it requested (written after the chain, so
+loading the demo owes no notification; ``scripts/notification_receiver.py`` listens there).
 
 Every demo resource carries :data:`DEMO_TAG`, and the facility codes are invented (``DM...``),
 so nobody mistakes them for real facilities or people.
@@ -233,9 +235,30 @@ def endpoint(hospital: DemoHospital) -> dict[str, Any]:
 
 
 def notification_endpoints() -> list[tuple[str, str]]:
-    """(Organization id, notification address) of every demo hospital, for wiring the demo's
-    Subscriptions."""
+    """(Organization id, notification address) of every demo hospital."""
     return [(h.client_id, notification_address(h.client_id)) for h in HOSPITALS]
+
+
+def subscriptions() -> list[dict[str, Any]]:
+    """Each hospital hears at its Endpoint of the Tasks it owns (a referral addressed to it) and
+    of the Tasks it requested (its referral accepted, rejected, completed), as the full Task."""
+    return [
+        {
+            "resourceType": "Subscription",
+            "id": f"{organization_id}-{role}-tasks",
+            "meta": {"tag": [DEMO_TAG]},
+            "status": "active",
+            "reason": f"Referral Tasks where Organization/{organization_id} is the {role}",
+            "criteria": f"Task?{role}=Organization/{organization_id}",
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": address,
+                "payload": "application/fhir+json",
+            },
+        }
+        for organization_id, address in notification_endpoints()
+        for role in ("owner", "requester")
+    ]
 
 
 def partnership() -> dict[str, Any]:
@@ -321,4 +344,9 @@ def load_demo(hub: Hub) -> dict[str, str]:
             )
             if secret:
                 secrets[hospital.client_id] = secret
+    # A Subscription matches the other writes of its own transaction: subscribe afterwards.
+    with hub.db.transaction() as session:
+        store = FhirStore(session, base_url=hub.settings.fhir_base_url)
+        for subscription in subscriptions():
+            write_versions(store, [subscription])
     return secrets

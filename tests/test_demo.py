@@ -33,6 +33,8 @@ from emr_hub.referrals import workflow
 from emr_hub.referrals.enforcement import _partners, install
 from emr_hub.security.clients import get_client
 from emr_hub.security.principal import OPERATOR
+from emr_hub.subscriptions import install as install_subscriptions
+from storage.tables import OutboxMessage, SubscriptionRoute
 from tests.fhir.conftest import Api, token_for
 
 CONTRACT_CLIENTS = ("bach-mai", "bac-ninh-general", "bac-ninh-district")
@@ -48,6 +50,7 @@ EXPECTED_LEVELS = {
 def demo(hub: Hub) -> dict[str, str]:
     """The hub with the demo loaded under the referral rules; the secrets it printed."""
     install()  # the letters must pass the hub's rules, as under `emr-hub demo`
+    install_subscriptions(hub.settings)
     return load_demo(hub)
 
 
@@ -120,6 +123,34 @@ def test_every_hospital_has_a_notification_endpoint(hub: Hub, demo: dict[str, st
         assert endpoint["connectionType"]["code"] == "hl7-fhir-rest"
         assert endpoint["payloadType"] and endpoint["address"] == address
         assert endpoint["managingOrganization"] == {"reference": f"Organization/{org_id}"}
+
+
+def test_every_endpoint_is_subscribed_to_the_tasks_of_its_hospital(
+    hub: Hub, demo: dict[str, str], api: Api
+) -> None:
+    with hub.db.transaction() as session:
+        routes = {(r.resource_type, r.criteria) for r in session.scalars(select(SubscriptionRoute))}
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+    assert routes == {
+        ("Task", f"Task?{role}=Organization/{h.client_id}")
+        for h in HOSPITALS
+        for role in ("owner", "requester")
+    }
+    sender = token_for(hub, client_id="bac-ninh-general")
+    task = {
+        "resourceType": "Task",
+        "status": "draft",
+        "intent": "proposal",
+        "requester": {"reference": "Organization/bac-ninh-general"},
+        "owner": {"reference": "Organization/bach-mai"},
+    }
+    assert api.post("/Task", task, token=sender).status_code == 201
+    with hub.db.transaction() as session:
+        owed = {m.subject for m in session.scalars(select(OutboxMessage))}
+    assert owed == {
+        "Subscription/bach-mai-owner-tasks",
+        "Subscription/bac-ninh-general-requester-tasks",
+    }
 
 
 def test_every_patient_has_a_valid_cccd_and_card(hub: Hub, demo: dict[str, str]) -> None:

@@ -110,3 +110,14 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[Any]:
     instance = Hub.from_settings(make_settings(tmp_path, database_url), migrate=True)
     yield instance
     instance.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A running HTTP receiver (:class:`tests.receiver.Receiver`) standing in for an endpoint."""
+    from tests.receiver import Receiver
+
+    instance = Receiver()
+    instance.start()
+    yield instance
+    instance.stop()

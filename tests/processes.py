@@ -31,12 +31,45 @@ def wait_for(
         time.sleep(0.05)
 
 
-class Worker:
+class ManagedProcess:
+    """A process of the hub in a session of its own (so a signal reaches its children), logging
+    to a file that a failed wait shows."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children, as the OOM killer or a host crash."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+        self._signal_group(signal.SIGKILL)  # children left behind, if any
+        self.process.wait(10)
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+
+
+class Worker(ManagedProcess):
     """A ``celery worker`` subprocess in a session of its own (so a kill takes its pool)."""
 
     def __init__(self, settings: Settings, log: Path, *extra: str) -> None:
         self.name = f"outbox-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.log = log
         env = {
             **os.environ,
             "EMR_HUB_DATABASE_URL": str(settings.database_url),
@@ -49,15 +82,7 @@ class Worker:
             "-l", "info", "-c", "2", "--pool", "prefork", "-n", self.name,
             "--without-mingle", "--without-gossip", *extra,
         ]  # fmt: skip
-        with log.open("ab") as output:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        super().__init__(command, env, log)
 
     def wait_ready(self, seconds: float = 30) -> None:
         def answers() -> bool:
@@ -68,41 +93,16 @@ class Worker:
 
         wait_for(answers, seconds, f"worker {self.name} to answer ping", self.log)
 
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes, as the OOM killer or a host crash."""
-        self._signal_group(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-        self._signal_group(signal.SIGKILL)  # pool processes left behind, if any
-        self.process.wait(10)
-
-    def _signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)
-
 
 EMR_HUB = str(Path(sys.executable).parent / "emr-hub")
 
 
-class ApiServer:
+class ApiServer(ManagedProcess):
     """``emr-hub serve`` as a process of its own (migrates, then serves over real HTTP)."""
 
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
         self.base = f"http://127.0.0.1:{port}"
-        self.log = log
-        with log.open("ab") as output:
-            self.process = subprocess.Popen(
-                [EMR_HUB, "serve", "--port", str(port)],
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        super().__init__([EMR_HUB, "serve", "--port", str(port)], env, log)
 
     def wait_ready(self, seconds: float = 30) -> None:
         import httpx
@@ -116,12 +116,3 @@ class ApiServer:
                 return False
 
         wait_for(answers, seconds, "emr-hub serve to answer /healthz", self.log)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()

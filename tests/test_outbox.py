@@ -41,14 +41,6 @@ LATER = timedelta(minutes=15)  # past any backoff (10 min cap + jitter)
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    instance = Receiver()
-    instance.start()
-    yield instance
-    instance.stop()
-
-
-@pytest.fixture
 def inprocess_hub(hub: Hub) -> Iterator[Hub]:
     """The migrated hub (SQLite and PostgreSQL), with jobs run in this process by it."""
     assert not hub.settings.broker_url

@@ -8,7 +8,6 @@ asserted on the outbox rows right after the response, never by waiting.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,14 +20,6 @@ from tests.processes import wait_for
 from tests.receiver import Receiver
 
 OWNER = "Organization/hosp-b"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    instance = Receiver()
-    instance.start()
-    yield instance
-    instance.stop()
 
 
 def subscription(endpoint: str, **channel: Any) -> dict[str, Any]:

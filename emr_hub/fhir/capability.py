@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from emr_hub import __version__
+from emr_hub.fhir.operations import Operation, declared
 from emr_hub.fhir.search.composite import composite_parts
 from emr_hub.fhir.search.indexer import TABLE_OF_TYPE
 from emr_hub.fhir.search.registry import SearchParam, param_by_url, params_for
@@ -89,7 +90,7 @@ def _search_param(param: SearchParam) -> dict[str, Any]:
     return entry
 
 
-def _resource(resource_type: str) -> dict[str, Any]:
+def _resource(resource_type: str, operations: tuple[Operation, ...]) -> dict[str, Any]:
     params = supported_params(resource_type)
     entry: dict[str, Any] = {
         "type": resource_type,
@@ -109,6 +110,9 @@ def _resource(resource_type: str) -> dict[str, Any]:
     if rev_includes:
         entry["searchRevInclude"] = list(rev_includes)
     entry["searchParam"] = [_search_param(p) for p in params]
+    own = [o.as_fhir() for o in operations if o.resource_type == resource_type]
+    if own:
+        entry["operation"] = own
     return entry
 
 
@@ -121,10 +125,16 @@ def _common_params() -> list[dict[str, Any]]:
     return entries
 
 
-@cache
 def capability_statement(base_url: str, published: str) -> dict[str, Any]:
-    resources = [_resource(resource_type) for resource_type in sorted(R4_RESOURCE_TYPES)]
-    return {
+    """The statement, with the operations declared so far (features declare theirs when the
+    app installs them)."""
+    return _statement(base_url, published, declared())
+
+
+@cache
+def _statement(base_url: str, published: str, operations: tuple[Operation, ...]) -> dict[str, Any]:
+    resources = [_resource(t, operations) for t in sorted(R4_RESOURCE_TYPES)]
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": published,
@@ -164,3 +174,7 @@ def capability_statement(base_url: str, published: str) -> dict[str, Any]:
             }
         ],
     }
+    system_operations = [o.as_fhir() for o in operations if o.resource_type is None]
+    if system_operations:
+        statement["rest"][0]["operation"] = system_operations
+    return statement

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from emr_hub.errors import unprocessable
-from emr_hub.fhir import hooks
+from emr_hub.fhir import hooks, operations
 from emr_hub.fhir.search.indexer import REFERENCE
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.referrals import rules, workflow
@@ -31,10 +31,18 @@ REFERRAL_CATEGORY = ("http://snomed.info/sct", "3457005")
 
 
 def install() -> None:
-    """Register the checks (idempotent)."""
+    """Register the checks and state the referral operations (idempotent)."""
     hooks.register("ServiceRequest", check_service_request)
     hooks.register("Task", check_task)
     hooks.register("Encounter", use_appointments)
+    operations.declare(
+        "Patient",
+        "referral-history",
+        "urn:emr-hub:operation:referral-history",
+        "Every referral of the patient across the network, oldest first, each with its Tasks, "
+        "the two Organizations, the returned outputs and its Appointments; also "
+        "Patient/$referral-history?identifier=<system>|<value>.",
+    )
 
 
 def is_referral(service_request: dict[str, Any]) -> bool:

@@ -14,7 +14,7 @@ the outbox.
 from __future__ import annotations
 
 from emr_hub.config import Settings
-from emr_hub.fhir import hooks
+from emr_hub.fhir import hooks, operations
 from emr_hub.subscriptions import delivery, hosts
 
 __all__ = ["delivery", "install"]  # importing delivery registers its outbox handler
@@ -27,3 +27,10 @@ def install(settings: Settings) -> None:
     hosts.configure(settings.endpoint_allowed_hosts)
     hooks.register("Subscription", check_subscription)
     hooks.on_changes(match_changes)
+    operations.declare(
+        "Subscription",
+        "delivery-log",
+        "urn:emr-hub:operation:delivery-log",
+        "The notifications sent for the Subscription, newest first: key, focus version, state, "
+        "attempts, last error.",
+    )

@@ -207,8 +207,24 @@ def test_a_valid_capability_statement(statement: dict[str, Any]) -> None:
     assert parsed.fhirVersion == "4.0.1"
 
 
+def test_operations_of_the_core_and_of_installed_features(app_client: Any) -> None:
+    """The app installs the features; /metadata then states their operations on their types."""
+    served = app_client.get("/fhir/metadata").json()
+    operations = {
+        (entry["type"], op["name"])
+        for entry in served["rest"][0]["resource"]
+        for op in entry.get("operation", [])
+    }
+    assert {
+        ("Patient", "everything"),
+        ("Patient", "referral-history"),
+        ("Subscription", "delivery-log"),
+    } <= operations
+    CapabilityStatement.model_validate(served)
+
+
 def test_built_once(statement: dict[str, Any]) -> None:
-    assert capability_statement(BASE, PUBLISHED) is statement
+    assert capability_statement(BASE, PUBLISHED) is capability_statement(BASE, PUBLISHED)
     assert capability_statement("http://other.example/fhir", PUBLISHED) is not statement
 
 

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "synthea-r4"
 FHIR_JSON = "application/fhir+json"
 MAX_FAILURES_SHOWN = 20
-BENCH_ORGANIZATION = ["--organization", "Organization/bench"]
+BENCH_ORGANIZATION = "Organization/bench"
 
 
 # ---------------------------------------------------------------------------- data
@@ -259,13 +259,19 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 
 # -------------------------------------------------------------------------- server
-def ensure_bench_client(executable: str, env: dict[str, str]) -> None:
-    """Register the benchmark's API client; a reused database already has it."""
+def ensure_client(executable: str, env: dict[str, str], client_id: str, organization: str) -> None:
+    """Register an API client of ``organization`` (``Organization/<id>``); a reused database
+    already has it."""
     try:
-        run_cli(executable, ["client", "add", "bench", *BENCH_ORGANIZATION], env)
+        run_cli(executable, ["client", "add", client_id, "--organization", organization], env)
     except RuntimeError as exc:
         if "exists" not in str(exc):
             raise
+
+
+def ensure_bench_client(executable: str, env: dict[str, str]) -> None:
+    """Register the benchmark's API client ``bench``."""
+    ensure_client(executable, env, "bench", BENCH_ORGANIZATION)
 
 
 def emr_hub_executable() -> str:

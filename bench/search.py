@@ -162,15 +162,24 @@ def kept_database(server_url: str, name: str, *, must_exist: bool) -> Iterator[s
 
 # --------------------------------------------------------------------------- client
 class Api:
-    """An httpx client shared by threads, whose token is renewed when it expires."""
+    """An httpx client of one API client (default ``bench``) shared by threads, whose token
+    is renewed when it expires."""
 
-    def __init__(self, base: str, executable: str, env: dict[str, str], connections: int):
-        self.executable, self.env = executable, env
+    def __init__(
+        self,
+        base: str,
+        executable: str,
+        env: dict[str, str],
+        connections: int,
+        client_id: str = "bench",
+    ):
+        self.executable, self.env, self.client_id = executable, env, client_id
         self._lock = threading.Lock()
         self.client = fhir_client(base, self._token(), connections)
 
     def _token(self) -> str:
-        return run_cli(self.executable, ["token", "bench"], self.env).splitlines()[-1].strip()
+        output = run_cli(self.executable, ["token", self.client_id], self.env)
+        return output.splitlines()[-1].strip()
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         sent = self.client.headers["Authorization"]
@@ -325,6 +334,85 @@ def load(
     return result
 
 
+def open_state(url: str, seed: int) -> LoadState:
+    """What the benchmark database holds; refuses a database this script did not load."""
+    state = read_state(url)
+    if state is None:
+        with _connect(url) as conn:
+            existing = conn.execute("SELECT count(*) FROM resource").fetchone()[0]
+        if existing:
+            raise SystemExit(
+                f"the database holds {existing} resources not loaded by this script; "
+                "use an empty or a benchmark database"
+            )
+        state = LoadState(seed)
+    if state.seed != seed:
+        raise SystemExit(f"the database was loaded with --seed {state.seed}, not {seed}")
+    return state
+
+
+def lookup_patients(
+    api: Api, copies: dict[int, PatientCopy], known: dict[int, str], clients: int
+) -> dict[int, str]:
+    """Patient ids of ``copies``: those in ``known`` (loaded by this run), the others found
+    by their CCCD (loaded by an earlier run). A copy not found exactly once is left out."""
+    ids = {i: known[i] for i in copies if i in known}
+    missing = [i for i in copies if i not in ids]
+    if missing:
+        log(f"looking up {len(missing)} patients loaded by an earlier run ...")
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            found = list(pool.map(lambda i: find_patient(api, copies[i].cccd), missing))
+        for i, matches in zip(missing, found, strict=True):
+            if len(matches) == 1:
+                ids[i] = matches[0]
+    return ids
+
+
+@dataclass
+class Running:
+    """A started ``emr-hub serve``, its environment and the ``bench`` client's :class:`Api`."""
+
+    base: str
+    env: dict[str, str]
+    executable: str
+    server: Server
+    api: Api
+
+
+def start_server(
+    args: argparse.Namespace, url: str, stack: contextlib.ExitStack, connections: int
+) -> Running:
+    """``emr-hub serve`` on ``url`` with ``args.workers`` processes (stopped with ``stack``),
+    the ``bench`` client registered."""
+    temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emr_hub_bench_")))
+    port = args.port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = server_env(temp / "data", url, base)
+    executable = emr_hub_executable()
+    log(f"starting emr-hub serve on {base} with {args.workers} worker(s) ...")
+    server = Server(executable, port, args.workers, env, temp / "server.log")
+    stack.callback(server.stop)
+    try:
+        server.wait_ready(args.startup_timeout)
+        ensure_bench_client(executable, env)
+        api = Api(base, executable, env, connections)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        log(f"server log:\n{server.log_tail()}")
+        raise SystemExit(f"could not start the benchmark: {exc}") from exc
+    stack.callback(api.close)
+    return Running(base, env, executable, server, api)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "nproc": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
 # ---------------------------------------------------------------------------- query
 @dataclass(frozen=True)
 class Query:
@@ -448,11 +536,10 @@ def probe(api: Api, query: Query) -> int:
 
 
 # -------------------------------------------------------------------------- explain
-def explain_query(database_url: str, base: str, token: str, query: Query) -> dict[str, Any]:
-    """Run ``query`` through the hub's app in this process, capturing its SQL, then EXPLAIN
-    ANALYZE the statements that took longest."""
-    from sqlalchemy import event
-
+@contextlib.contextmanager
+def in_process_app(database_url: str, base: str) -> Iterator[tuple[Any, Any]]:
+    """``(hub, client)``: the hub's own app in this process on ``database_url``, behind a
+    Starlette TestClient, so that its SQL can be watched (:func:`captured_sql`)."""
     with warnings.catch_warnings():  # some Starlette versions warn about httpx on import
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
@@ -464,40 +551,61 @@ def explain_query(database_url: str, base: str, token: str, query: Query) -> dic
     with tempfile.TemporaryDirectory(prefix="emr_hub_explain_") as temp:
         settings = Settings(data_dir=Path(temp), database_url=database_url, base_url=base)
         hub = Hub.from_settings(settings)
-        captured: list[dict[str, Any]] = []
-
-        def before(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-            conn.info["bench_started"] = time.perf_counter()
-
-        def after(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-            seconds = time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
-            captured.append({"sql": statement, "params": parameters, "ms": seconds * 1000})
-
-        event.listen(hub.db.engine, "before_cursor_execute", before)
-        event.listen(hub.db.engine, "after_cursor_execute", after)
         try:
-            client = TestClient(create_app(hub=hub), base_url="http://127.0.0.1")
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-            client.get(query.path, params=query.params, headers=headers)  # warm
-            captured.clear()
+            yield hub, TestClient(create_app(hub=hub), base_url="http://127.0.0.1")
+        finally:
+            hub.close()
+
+
+@contextlib.contextmanager
+def captured_sql(engine: Any) -> Iterator[list[dict[str, Any]]]:
+    """Every statement ``engine`` runs meanwhile: its SQL, parameters and driver time (ms)."""
+    from sqlalchemy import event
+
+    captured: list[dict[str, Any]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    def after(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seconds = time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
+        captured.append({"sql": statement, "params": parameters, "ms": seconds * 1000})
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield captured
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
+
+
+def is_data_statement(statement: dict[str, Any]) -> bool:
+    """A statement on the resources or the search index (not a token or session check)."""
+    return "search_" in statement["sql"] or "resource" in statement["sql"]
+
+
+def explain_query(database_url: str, base: str, token: str, query: Query) -> dict[str, Any]:
+    """Run ``query`` through the hub's app in this process, capturing its SQL, then EXPLAIN
+    ANALYZE the statements that took longest."""
+    with in_process_app(database_url, base) as (hub, client):
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+        client.get(query.path, params=query.params, headers=headers)  # warm
+        with captured_sql(hub.db.engine) as captured:
             started = time.perf_counter()
             response = client.get(query.path, params=query.params, headers=headers)
             request_ms = (time.perf_counter() - started) * 1000
-            statements = [c for c in captured if "search_" in c["sql"] or "resource" in c["sql"]]
-            event.remove(hub.db.engine, "before_cursor_execute", before)
-            event.remove(hub.db.engine, "after_cursor_execute", after)
-            slowest = sorted(statements, key=lambda c: -c["ms"])[:3]
-            with hub.db.engine.connect() as conn:
-                for statement in slowest:
-                    rows = conn.exec_driver_sql(
-                        "EXPLAIN (ANALYZE, BUFFERS) " + statement["sql"], statement["params"]
-                    ).all()
-                    statement["plan"] = shorten_plan("\n".join(r[0] for r in rows))
-                    statement["sql"] = shorten_sql(statement["sql"])
-                    statement["params"] = shorten_params(statement["params"])
-                    conn.rollback()
-        finally:
-            hub.close()
+        statements = [c for c in captured if is_data_statement(c)]
+        slowest = sorted(statements, key=lambda c: -c["ms"])[:3]
+        with hub.db.engine.connect() as conn:
+            for statement in slowest:
+                rows = conn.exec_driver_sql(
+                    "EXPLAIN (ANALYZE, BUFFERS) " + statement["sql"], statement["params"]
+                ).all()
+                statement["plan"] = shorten_plan("\n".join(r[0] for r in rows))
+                statement["sql"] = shorten_sql(statement["sql"])
+                statement["params"] = shorten_params(statement["params"])
+                conn.rollback()
     return {
         "kind": query.kind,
         "url": f"{query.path}?{httpx.QueryParams(query.params)}",
@@ -666,36 +774,10 @@ def main(argv: list[str] | None = None) -> int:
 def run(
     args: argparse.Namespace, generator: Generator, url: str, stack: contextlib.ExitStack
 ) -> dict[str, Any]:
-    temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emr_hub_bench_")))
-    port = args.port or free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = server_env(temp / "data", url, base)
-    executable = emr_hub_executable()
     load_before = _loadavg()
-    log(f"starting emr-hub serve on {base} with {args.workers} worker(s) ...")
-    server = Server(executable, port, args.workers, env, temp / "server.log")
-    stack.callback(server.stop)
-    try:
-        server.wait_ready(args.startup_timeout)
-        ensure_bench_client(executable, env)
-        api = Api(base, executable, env, max(args.load_clients, args.clients))
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        log(f"server log:\n{server.log_tail()}")
-        raise SystemExit(f"could not start the benchmark: {exc}") from exc
-    stack.callback(api.close)
-
-    state = read_state(url)
-    if state is None:
-        with _connect(url) as conn:
-            existing = conn.execute("SELECT count(*) FROM resource").fetchone()[0]
-        if existing:
-            raise SystemExit(
-                f"the database holds {existing} resources not loaded by this script; "
-                "use an empty or a benchmark database"
-            )
-        state = LoadState(args.seed)
-    if state.seed != args.seed:
-        raise SystemExit(f"the database was loaded with --seed {state.seed}, not {args.seed}")
+    running = start_server(args, url, stack, max(args.load_clients, args.clients))
+    base, server, api = running.base, running.server, running.api
+    state = open_state(url, args.seed)
     before = LoadState(state.seed, state.copies, state.resources, list(state.failed))
     loaded = load(api, generator, state, args.target, args.load_clients, url)
     if loaded.failures:
@@ -714,13 +796,7 @@ def run(
         "clients": args.clients,
         "load_clients": args.load_clients,
         "code": _code_version(),
-        "machine": {
-            "nproc": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "database": url.rsplit("/", 1)[-1],
         "resources": state.resources,
         "patients": state.copies - len(state.failed),
@@ -743,16 +819,8 @@ def run(
     failed = set(state.failed)
     candidates = [i for i in range(state.copies) if i not in failed]
     chosen = sorted(rng.sample(candidates, min(args.sample, len(candidates))))
-    ids = dict(loaded.patient_ids)
     copies = {i: generator.describe(i) for i in chosen}
-    missing = [i for i in chosen if i not in ids]
-    if missing:
-        log(f"looking up {len(missing)} patients loaded by an earlier run ...")
-        with ThreadPoolExecutor(max_workers=args.clients) as pool:
-            found = list(pool.map(lambda i: find_patient(api, copies[i].cccd), missing))
-        for i, matches in zip(missing, found, strict=True):
-            if len(matches) == 1:
-                ids[i] = matches[0]
+    ids = lookup_patients(api, copies, loaded.patient_ids, args.clients)
     patients = [(copies[i], ids[i]) for i in chosen if i in ids and copies[i].observations]
     if not patients:
         raise SystemExit("no loaded patients to query")

@@ -121,3 +121,20 @@ def receiver() -> Iterator[Any]:
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def broker_hub(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Any]:
+    """A migrated PostgreSQL hub whose after-commit jobs this process publishes to Redis."""
+    from emr_hub.config import get_settings
+    from emr_hub.hub import Hub
+    from emr_hub.tasks import configure_celery
+
+    settings = make_settings(tmp_path, postgres_url, broker_url=redis_url)
+    instance = Hub.from_settings(settings, migrate=True)
+    configure_celery(settings, hub=instance)
+    try:
+        yield instance
+    finally:
+        configure_celery(get_settings())
+        instance.close()

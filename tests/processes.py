@@ -13,11 +13,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from emr_hub.config import Settings
+from emr_hub.hub import Hub
 from emr_hub.tasks import celery_app
+from storage.tables import OutboxMessage
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def all_delivered(hub: Hub, count: int) -> Callable[[], bool]:
+    """A condition: the outbox holds ``count`` messages and every one is delivered."""
+
+    def check() -> bool:
+        with hub.db.transaction() as session:
+            found = list(session.scalars(select(OutboxMessage)))
+        return len(found) == count and all(m.delivered_at is not None for m in found)
+
+    return check
 
 
 def wait_for(

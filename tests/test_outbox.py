@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from emr_hub.outbox import (
 from emr_hub.tasks import celery_app, configure_celery, start_relay_thread
 from storage.tables import OutboxMessage
 from tests.conftest import free_port, make_settings
-from tests.processes import Worker, wait_for
+from tests.processes import Worker, all_delivered, wait_for
 from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,27 +291,6 @@ def test_publish_failure_after_commit_keeps_the_message_for_the_safety_net(
 
 
 # --------------------------------------------------------------------------- real worker
-
-
-@pytest.fixture
-def broker_hub(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Hub]:
-    """A migrated PostgreSQL hub whose after-commit jobs this process publishes to Redis."""
-    settings = make_settings(tmp_path, postgres_url, broker_url=redis_url)
-    instance = Hub.from_settings(settings, migrate=True)
-    configure_celery(settings, hub=instance)
-    try:
-        yield instance
-    finally:
-        configure_celery(get_settings())
-        instance.close()
-
-
-def all_delivered(hub: Hub, count: int) -> Callable[[], bool]:
-    def check() -> bool:
-        found = rows(hub)
-        return len(found) == count and all(r.delivered_at is not None for r in found.values())
-
-    return check
 
 
 @pytest.mark.postgres

@@ -22,15 +22,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
 
 from emr_hub.config import get_settings
 from emr_hub.hub import Hub
 from emr_hub.tasks import configure_celery
-from storage.tables import OutboxMessage
 from tests.conftest import free_port, make_settings
 from tests.fhir.conftest import token_for
-from tests.processes import ApiServer, Worker, wait_for
+from tests.processes import ApiServer, Worker, all_delivered, wait_for
 from tests.receiver import Receiver
 
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
@@ -347,7 +345,7 @@ def test_bac_ninh_to_bach_mai_chain_over_http_with_the_worker(stack: Stack) -> N
     first_task = bac_ninh.move_task(first_task, "completed", output=output)
 
     # Every notification owed arrives exactly once, at the hospital it is for.
-    wait_for(_all_delivered(stack.hub, 16), 60, "16 notifications delivered", None)
+    wait_for(all_delivered(stack.hub, 16), 60, "16 notifications delivered", None)
     versions = {"1", "2", "3", "4"}
     expected = {
         "tu-son": {(f"/tu-son/Task/{first_task_id}", v) for v in versions},
@@ -418,12 +416,3 @@ def test_bac_ninh_to_bach_mai_chain_over_http_with_the_worker(stack: Stack) -> N
     again = bach_mai.request("POST", "/Encounter", visit_back)
     assert again.status_code == 409
     assert again.json()["issue"][0]["expression"] == ["Encounter.appointment[0]"]
-
-
-def _all_delivered(hub: Hub, count: int) -> Any:
-    def check() -> bool:
-        with hub.db.transaction() as session:
-            rows = list(session.scalars(select(OutboxMessage)))
-        return len(rows) == count and all(r.delivered_at is not None for r in rows)
-
-    return check

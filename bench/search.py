@@ -521,10 +521,16 @@ def summarise(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
-def run_mix(api: Api, queries: list[Query], clients: int) -> tuple[list[Sample], float]:
+def run_mix(
+    api: Api,
+    queries: list[Query],
+    clients: int,
+    runner: Callable[[Api, Any], Sample] = run_query,
+) -> tuple[list[Sample], float]:
+    """``queries`` from ``clients`` threads, each timed and checked by ``runner``."""
     with ThreadPoolExecutor(max_workers=clients) as pool:
         started = time.perf_counter()
-        samples = list(pool.map(lambda q: run_query(api, q), queries))
+        samples = list(pool.map(lambda q: runner(api, q), queries))
         return samples, time.perf_counter() - started
 
 

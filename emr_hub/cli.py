@@ -1,18 +1,21 @@
 """The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, import,
-reindex."""
+reindex, xml130."""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from emr_hub.config import get_settings
 from emr_hub.hub import Hub
 from emr_hub.logs import configure_logging
+
+if TYPE_CHECKING:
+    from emr_hub.security.principal import Principal
 
 
 def _hub(*, migrate: bool = True) -> Hub:
@@ -259,3 +262,104 @@ def reindex(types: tuple[str, ...], batch: int) -> None:
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed else 0.0
     click.echo(f"reindexed {done} resources in {elapsed:.1f} s ({rate:.0f}/s)")
+
+
+@main.group()
+def xml130() -> None:
+    """Insurance XML tables 13 (referral letters) and 14 (re-exam slips)."""
+
+
+@xml130.command("import")
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--as",
+    "client_id",
+    default=None,
+    metavar="CLIENT_ID",
+    help="Import as this API client's hospital (the referral rules check it); "
+    "default the operator.",
+)
+def xml130_import(paths: tuple[Path, ...], client_id: str | None) -> None:
+    """Import GIAMDINHHS envelopes, each in one transaction; print what each one wrote."""
+    from emr_hub.errors import FhirError
+    from emr_hub.fhir.routes import in_transaction
+    from emr_hub.referrals.xml_exchange import import_tables, read_envelope
+
+    hub = _hub()
+    failed = 0
+    try:
+        principal = _principal_of(hub, client_id)
+        for path in paths:
+            try:
+                tables = read_envelope(path.read_bytes())
+                written = in_transaction(
+                    hub, lambda store, t=tables: import_tables(store, principal, t)
+                )
+            except FhirError as error:
+                failed += 1
+                click.echo(f"{path}: refused ({error.status})", err=True)
+                for issue in error.issues:
+                    where = f" [{', '.join(issue.expression)}]" if issue.expression else ""
+                    click.echo(f"  {issue.diagnostics}{where}", err=True)
+                continue
+            click.echo(f"{path}:")
+            for item in written:
+                click.echo(f"  {item.status} {item.outcome:<9} {item.location}")
+    finally:
+        hub.close()
+    if failed:
+        click.echo(f"{failed} of {len(paths)} files refused; nothing of them was stored", err=True)
+        sys.exit(1)
+
+
+@xml130.command("export")
+@click.argument("reference", metavar="ServiceRequest/ID|Appointment/ID")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write the envelope to this file instead of standard output.",
+)
+def xml130_export(reference: str, output: Path | None) -> None:
+    """Write a referral letter (table 13) or a re-exam slip (table 14) as an envelope."""
+    from emr_hub.errors import FhirError
+    from emr_hub.fhir.routes import in_snapshot
+    from emr_hub.referrals.xml_exchange import export_reexam, export_referral
+    from emr_hub.security.principal import OPERATOR
+
+    resource_type, _, resource_id = reference.partition("/")
+    exporters = {"ServiceRequest": export_referral, "Appointment": export_reexam}
+    exporter = exporters.get(resource_type)
+    if exporter is None or not resource_id:
+        raise click.BadParameter(
+            "give ServiceRequest/ID or Appointment/ID", param_hint="'REFERENCE'"
+        )
+    hub = _hub()
+    try:
+        xml = in_snapshot(hub, lambda store: exporter(store, OPERATOR, resource_id))
+    except FhirError as error:
+        raise click.ClickException(f"{reference}: {error} ({error.status})") from error
+    finally:
+        hub.close()
+    if output is None:
+        click.get_binary_stream("stdout").write(xml)
+    else:
+        output.write_bytes(xml)
+        click.echo(f"wrote {output}", err=True)
+
+
+def _principal_of(hub: Hub, client_id: str | None) -> Principal:
+    """The operator, or the principal of a registered, active client with its full scopes."""
+    from emr_hub.security.clients import client_scopes, get_client
+    from emr_hub.security.principal import OPERATOR, Principal
+
+    if client_id is None:
+        return OPERATOR
+    with hub.db.snapshot() as session:
+        registered = get_client(session, client_id)
+        if registered is None or not registered.active:
+            raise click.ClickException(f"no active client {client_id!r}")
+        return Principal(client_id, registered.organization, client_scopes(registered), "cli")

@@ -112,9 +112,9 @@ MA_THE_BHYT        Patient.identifier (bhyt), one per card; a 12-digit card that
 GT_THE_DEN         the matching card identifier's period.end
 NGAY_VAO, ..._RA   ServiceRequest extension episode-dates
 NGAY_RA            also ServiceRequest.authoredOn, Task.authoredOn, Condition.recordedDate
-                   (else the envelope date given as ``authored``), and the start of
-                   ServiceRequest.occurrencePeriod, the validity: 10 working days, 1 year for
-                   the diseases given as ``long_validity_codes`` (Circular 01/2025)
+                   (else the envelope date given as ``authored``). The validity
+                   (``occurrencePeriod``) is not mapped: the referral rules compute it from
+                   ``authoredOn`` when the letter is stored (:mod:`emr_hub.referrals.rules`)
 DAU_HIEU_LS,       ServiceRequest.note, one per field, each tagged with xml130-section
 CHAN_DOAN_RV,
 QT_BENHLY,
@@ -179,7 +179,7 @@ import contextlib
 import re
 import unicodedata
 import uuid
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -198,6 +198,7 @@ from emr_hub.fhir.identifiers import (
     cccd_problem,
     identifier_problem,
 )
+from emr_hub.referrals import rules
 from emr_hub.referrals.xml130_tables import (
     DISCHARGE_TYPE,
     FILE_KINDS,
@@ -225,8 +226,8 @@ REFERRAL_CODE_SYSTEM = "urn:emr-hub:referral-letter-code:"  # + MA_CSKCB; GIAY_C
 REFERRAL_FILE_SYSTEM = "urn:emr-hub:referral-file:"  # + MA_CSKCB; SO_HOSO
 REEXAM_SLIP_SYSTEM = "urn:emr-hub:reexam-slip:"  # + MA_CSKCB; SO_GIAYHEN_KL
 
-EXT_REFERRAL_REASON = EXT + "referral-reason"
-EXT_DISCHARGE_TYPE = EXT + "discharge-type"
+EXT_REFERRAL_REASON = rules.REFERRAL_REASON_EXTENSION  # the rules read the patient's request
+EXT_DISCHARGE_TYPE = rules.DISCHARGE_TYPE_EXTENSION  # from these two extensions
 EXT_TRANSPORT = EXT + "referral-transport"
 EXT_ESCORT = EXT + "referral-escort"
 EXT_EPISODE = EXT + "episode-dates"
@@ -242,8 +243,8 @@ EXT_OCCUPATION = EXT + "patient-occupation"
 EXT_NATIONALITY = "http://hl7.org/fhir/StructureDefinition/patient-nationality"
 EXT_BIRTH_TIME = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
 
-CS_REFERRAL_REASON = CS + "xml130-ma-lydo-ct"
-CS_DISCHARGE_TYPE = CS + "xml130-ma-loai-rv"
+CS_REFERRAL_REASON = rules.MA_LYDO_CT_SYSTEM
+CS_DISCHARGE_TYPE = rules.MA_LOAI_RV_SYSTEM
 CS_NATIONALITY = CS + "xml130-ma-quoctich"
 CS_ETHNICITY = CS + "xml130-ma-dantoc"
 CS_OCCUPATION = CS + "xml130-ma-nghe-nghiep"
@@ -1049,38 +1050,6 @@ def patient_match_identifiers(table: Table13 | Table14) -> list[tuple[str, str]]
     return pairs
 
 
-def _add_working_days(start: date, count: int, holidays: Collection[date]) -> date:
-    day = start
-    while count > 0:
-        day += timedelta(days=1)
-        if day.weekday() < 5 and day not in holidays:
-            count -= 1
-    return day
-
-
-def referral_valid_until(
-    signed: date,
-    codes: Iterable[str],
-    *,
-    holidays: Collection[date] = (),
-    long_validity_codes: Collection[str] = (),
-) -> date:
-    """The last day a letter signed on ``signed`` is valid (Circular 01/2025, *secondary*).
-
-    10 working days after signing (weekends and ``holidays`` skipped); one year when a
-    diagnosis is in ``long_validity_codes`` (Annex III; ``E11`` covers ``E11.9``). Both lists
-    are the caller's data: the official holiday calendar and annex are not in this module.
-    """
-    for code in codes:
-        for listed in long_validity_codes:
-            if code == listed or ("." not in listed and code.split(".")[0] == listed):
-                try:
-                    return signed.replace(year=signed.year + 1)
-                except ValueError:  # 29 February
-                    return signed.replace(year=signed.year + 1, day=28)
-    return _add_working_days(signed, 10, holidays)
-
-
 def _notes(values: dict[str, str | None]) -> list[dict[str, Any]]:
     return [
         {"extension": [{"url": EXT_SECTION, "valueCode": name}], "text": values[name]}
@@ -1096,8 +1065,6 @@ def table13_to_fhir(
     receiver_org: str,
     patient_ref: str | None,
     authored: date | datetime | None = None,
-    holidays: Collection[date] = (),
-    long_validity_codes: Collection[str] = (),
 ) -> Table13Resources:
     """The referral as FHIR: ServiceRequest, Task, Conditions, and a Patient when
     ``patient_ref`` is None (the caller found no patient by ``patient_match_identifiers``).
@@ -1136,13 +1103,6 @@ def table13_to_fhir(
         )
         for code in codes
     )
-    period = None
-    if signed is not None:
-        signed_day = signed.astimezone(VN_TZ).date() if isinstance(signed, datetime) else signed
-        until = referral_valid_until(
-            signed_day, codes, holidays=holidays, long_validity_codes=long_validity_codes
-        )
-        period = {"start": authored_on, "end": until.isoformat()}
     extensions = [
         _coding_extension(
             EXT_REFERRAL_REASON,
@@ -1184,7 +1144,6 @@ def table13_to_fhir(
             "category": [REFERRAL_CATEGORY],
             "subject": subject,
             "encounter": episode,
-            "occurrencePeriod": period,
             "authoredOn": authored_on,
             "requester": _org_reference(sender_org, table.ma_noi_di),
             "performer": [_org_reference(receiver_org, table.ma_noi_den)],

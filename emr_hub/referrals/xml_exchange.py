@@ -33,9 +33,9 @@ Task is never rewritten (the import does not reset an accepted referral to ``req
 is a ServiceRequest or an Appointment whose status has moved on from the one the import sets
 (``active``, ``booked``): a completed letter or a fulfilled slip stays as it is.
 
-The letter's validity (``occurrencePeriod``) is left to the referral rules, which compute it from
+The letter's validity (``occurrencePeriod``) is computed by the referral rules from
 ``authoredOn`` with the operator's holiday calendar and Annex III list
-(:mod:`emr_hub.referrals.rules`); the mapping's own computation knows neither.
+(:mod:`emr_hub.referrals.rules`) when the ServiceRequest is written.
 
 A re-exam slip is ``basedOn`` the referral of the same episode when the hub has one: the
 referral the episode's Encounter (``identifier`` MA_LK at the slip's hospital) is ``basedOn``,
@@ -242,15 +242,11 @@ class _Importer:
             patient_ref=patient_ref,
             authored=self.envelope.created,
         )
-        # the referral rules compute the validity with the hub's calendar and lists
-        service_request = {
-            k: v for k, v in resources.service_request.items() if k != "occurrencePeriod"
-        }
         written = [Written(matched, "matched", source)] if matched else []
         for resource in (
             *([resources.patient] if resources.patient else []),
             *resources.conditions,
-            service_request,
+            resources.service_request,
             resources.task,
         ):
             written.append(self._write(resource, source))

@@ -377,6 +377,21 @@ def test_refused_envelopes_name_the_place_and_store_nothing(
     assert rows(hub) == before
 
 
+@pytest.mark.parametrize(
+    "reason", [{"MA_LYDO_CT": "3"}, {"MA_LOAI_RV": "5"}], ids=["MA_LYDO_CT 3", "MA_LOAI_RV 5"]
+)
+def test_a_letter_skipping_a_level_at_the_patients_request_is_accepted(
+    api: Api, tokens: dict[str, str], reason: dict[str, str]
+) -> None:
+    skipping = with_fields(ONWARD, MA_CSKCB_DI="DM272", MA_CSKCB="DM272", **reason)
+    response = import_xml(api, envelope(("XML13", skipping)), tokens["bac-ninh-district"])
+    assert response.status_code == 200, response.text
+    letter = stable_id("XML13", "DM272", "1204/2024/GCT", "ServiceRequest")
+    assert api.get(f"/ServiceRequest/{letter}").json()["performer"][0]["reference"] == (
+        "Organization/bach-mai"
+    )
+
+
 def test_only_the_sending_hospital_imports_with_a_token_and_the_scopes(
     hub: Hub, api: Api, tokens: dict[str, str]
 ) -> None:

@@ -227,3 +227,101 @@ def test_referral_history_in_order_with_tasks_outputs_and_appointments(
     assert "entry" not in narrow or all(
         e["resource"]["resourceType"] == "Patient" for e in narrow["entry"]
     )
+
+
+def test_referral_history_groups_the_tasks_and_appointments_of_several_referrals(
+    hub: Hub, api: Api, network: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three letters written out of date order, two Tasks on one letter (the first written
+    moved last), an Appointment based on two letters: each letter's block holds exactly its
+    own resources, Tasks by _lastUpdated, and an Organization only under the first letter."""
+    from emr_hub.referrals import history
+
+    district, general = network["district"], network["general"]
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1985-04-12"}
+    assert api.put("/Patient/p1", patient).status_code == 201
+
+    def letter(sender: str, receiver: str, authored: str, token: str) -> str:
+        body = referral(sender, receiver, authoredOn=authored)
+        created = api.post("/ServiceRequest", body, token=token)
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+    def new_task(sr: str, sender: str, receiver: str, token: str) -> str:
+        created = api.post("/Task", task(sr, sender, receiver), token=token)
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+    def move(task_id: str, sr: str, sender: str, receiver: str, status: str, **extra: Any) -> None:
+        body = {**task(sr, sender, receiver, status, **extra), "id": task_id}
+        moved = api.put(f"/Task/{task_id}", body, token=network[receiver])
+        assert moved.status_code == 200, moved.text
+
+    def slip(*based_on: str) -> str:
+        body = {
+            "resourceType": "Appointment",
+            "status": "booked",
+            "basedOn": [{"reference": f"ServiceRequest/{sr}"} for sr in based_on],
+            "start": "2025-07-01T08:00:00+07:00",
+            "end": "2025-07-01T09:00:00+07:00",
+            "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}],
+        }
+        return str(api.post("/Appointment", body).json()["id"])
+
+    late = letter("general", "central", "2025-06-02T09:00:00+07:00", general)
+    early = letter("district", "general", "2025-04-25T09:00:00+07:00", district)
+    middle = letter("general", "district", "2025-05-12T09:00:00+07:00", general)
+    late_task = new_task(late, "general", "central", general)
+    first_task = new_task(early, "district", "general", district)
+    middle_task = new_task(middle, "general", "district", general)
+    second_task = new_task(early, "district", "general", district)
+    move(first_task, early, "district", "general", "accepted")  # now updated after second_task
+    summary = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "subject": {"reference": "Patient/p1"},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "b2s="}}],
+    }
+    summary_id = api.post("/DocumentReference", summary).json()["id"]
+    output = [
+        {
+            "type": {"text": "summary"},
+            "valueReference": {"reference": f"DocumentReference/{summary_id}"},
+        }
+    ]
+    move(late_task, late, "general", "central", "accepted")
+    move(late_task, late, "general", "central", "in-progress")
+    move(late_task, late, "general", "central", "completed", output=output)
+    middle_slip = slip(middle)
+    shared_slip = slip(early, late)
+
+    expected = [
+        ("ServiceRequest", early, "match"),
+        ("Task", second_task, "include"),
+        ("Task", first_task, "include"),
+        ("Appointment", shared_slip, "include"),
+        ("Organization", "district", "include"),
+        ("Organization", "general", "include"),
+        ("ServiceRequest", middle, "match"),
+        ("Task", middle_task, "include"),
+        ("Appointment", middle_slip, "include"),
+        ("ServiceRequest", late, "match"),
+        ("Task", late_task, "include"),
+        ("Appointment", shared_slip, "include"),
+        ("Organization", "central", "include"),
+        ("DocumentReference", summary_id, "include"),
+    ]
+
+    def entries() -> list[tuple[str, str, str]]:
+        answer = api.get("/Patient/p1/$referral-history")
+        assert answer.status_code == 200, answer.text
+        return [
+            (e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+            for e in answer.json()["entry"]
+        ]
+
+    assert entries() == expected
+    monkeypatch.setattr(history, "CHUNK", 2)  # the letters split over two searches
+    assert entries() == expected
+    monkeypatch.setattr(history, "LIMIT", 1)  # pages of one: the first of each kind only
+    assert entries() == expected[:2] + expected[3:6]

@@ -4,20 +4,33 @@ Every referral ServiceRequest of the patient, oldest first (``authoredOn``), eac
 its Tasks, the Organizations that sent and received it, what came back on the Tasks
 (``Task.output``) and the Appointments based on it. Everything is read through the FHIR
 search and store with the caller's principal, so scopes apply to every resource returned.
+
+Cost: a fixed number of queries whatever the number of referrals. After the patient and the
+referral search, the Tasks of all the referrals come from one search (``focus`` with the
+referrals ORed) and their Appointments from another (``based-on``), :data:`CHUNK` referrals
+per search; the Organizations and outputs of all the referrals from one ``load_many``. The
+results are grouped per referral here, by the same reading of references as the search index
+(:func:`~emr_hub.fhir.search.values.reference_rows`), so the order is the one a search per
+referral gave.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from emr_hub.errors import bad_request
 from emr_hub.fhir.search.params import parse_search
 from emr_hub.fhir.search.service import run_search
+from emr_hub.fhir.search.values import reference_rows
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.security.principal import Principal
 
 REFERRAL = "http://snomed.info/sct|3457005"
 LIMIT = 1000
+"""At most this many referrals, and Tasks and Appointments per referral."""
+CHUNK = 100
+"""Referrals per Task or Appointment search: bounds the OR list of one SQL statement."""
 
 
 def find_patient(store: FhirStore, principal: Principal, identifier: str, base_url: str) -> str:
@@ -42,28 +55,37 @@ def referral_history(
         "ServiceRequest",
         [("subject", f"Patient/{patient_id}"), ("category", REFERRAL), ("_sort", "authored")],
     )
-    out: list[tuple[Stored, str]] = []
-    seen: set[tuple[str, str]] = set()
+    if not referrals:
+        return []
+    ids = [referral.id for referral in referrals]
+    tasks = _per_referral(
+        store, principal, base_url, ("Task", "focus", "focus"), ids, [("_sort", "_lastUpdated")]
+    )
+    appointments = _per_referral(
+        store, principal, base_url, ("Appointment", "based-on", "basedOn"), ids, []
+    )
+    related: dict[str, list[tuple[str, str]]] = {}
     for referral in referrals:
-        ref = f"ServiceRequest/{referral.id}"
-        tasks = _search(
-            store, principal, base_url, "Task", [("focus", ref), ("_sort", "_lastUpdated")]
-        )
-        appointments = _search(store, principal, base_url, "Appointment", [("based-on", ref)])
         content = referral.content or {}
         linked = [content.get("requester"), *(content.get("performer") or [])]
-        for task in tasks:
+        for task in tasks[referral.id]:
             for output in (task.content or {}).get("output") or []:
                 linked.append(output.get("valueReference"))
-        related = [_key(r) for r in linked]
-        included = store.load_many(
-            k for k in related if k and k not in seen and principal.allows(k[0], "r")
-        )
+        keys = (_key(reference) for reference in linked)
+        related[referral.id] = list(dict.fromkeys(k for k in keys if k))
+    wanted = (k for keys in related.values() for k in keys if principal.allows(k[0], "r"))
+    loaded = {(item.resource_type, item.id): item for item in store.load_many(wanted)}
+    out: list[tuple[Stored, str]] = []
+    seen: set[tuple[str, str]] = set()  # included once, under the first referral naming it
+    for referral in referrals:
         out.append((referral, "match"))
-        out += [(t, "include") for t in tasks] + [(a, "include") for a in appointments]
-        for item in included:
-            seen.add((item.resource_type, item.id))
-            out.append((item, "include"))
+        out += [(t, "include") for t in tasks[referral.id]]
+        out += [(a, "include") for a in appointments[referral.id]]
+        for key in related[referral.id]:
+            item = loaded.get(key)
+            if item is not None and key not in seen:
+                seen.add(key)
+                out.append((item, "include"))
     return out
 
 
@@ -97,6 +119,52 @@ def _search(
         return []
     request = parse_search(resource_type, [*query, ("_count", str(LIMIT))])
     return run_search(store, principal, request, base_url).matches
+
+
+def _per_referral(
+    store: FhirStore,
+    principal: Principal,
+    base_url: str,
+    target: tuple[str, str, str],
+    referral_ids: list[str],
+    query: list[tuple[str, str]],
+) -> dict[str, list[Stored]]:
+    """Referral id → the resources of ``target`` (type, search parameter, element) pointing
+    at it, in the search's order: one search per :data:`CHUNK` referrals, every page of it
+    read, so no referral loses its resources to another's."""
+    resource_type, param, element = target
+    groups: dict[str, list[Stored]] = {i: [] for i in referral_ids}
+    if not principal.allows(resource_type, "s"):
+        return groups
+    for start in range(0, len(referral_ids), CHUNK):
+        chunk = referral_ids[start : start + CHUNK]
+        values = ",".join(f"ServiceRequest/{i}" for i in chunk)
+        request = parse_search(resource_type, [(param, values), *query, ("_count", str(LIMIT))])
+        in_chunk = set(chunk)  # one pointing at referrals of two chunks is found twice
+        while True:
+            result = run_search(store, principal, request, base_url)
+            for item in result.matches:
+                for referral_id in _referrals_named((item.content or {}).get(element), base_url):
+                    group = groups[referral_id] if referral_id in in_chunk else None
+                    if group is not None and len(group) < LIMIT:
+                        group.append(item)
+            if result.next_cursor is None:
+                break
+            request.cursor = result.next_cursor
+    return groups
+
+
+def _referrals_named(references: Any, base_url: str) -> Iterable[str]:
+    """Ids of the ServiceRequests a Reference (or a list of them) points at, read as the
+    search index reads them (relative, absolute under ``base_url``, with ``_history``)."""
+    items = references if isinstance(references, list) else [references]
+    found = {
+        row.target_id
+        for item in items
+        for row in reference_rows(("Reference", item), base_url)
+        if row.target_type == "ServiceRequest" and row.target_id
+    }
+    return sorted(found)
 
 
 def _key(reference: Any) -> tuple[str, str] | None:

@@ -614,7 +614,7 @@ def explain_query(database_url: str, base: str, token: str, query: Query) -> dic
                 conn.rollback()
     return {
         "kind": query.kind,
-        "url": f"{query.path}?{httpx.QueryParams(query.params)}",
+        "url": query.path + (f"?{httpx.QueryParams(query.params)}" if query.params else ""),
         "status": response.status_code,
         "request_ms": request_ms,
         "statements": len(statements),

@@ -57,7 +57,9 @@ def in_snapshot(hub: Hub, work: Callable[[FhirStore], T]) -> T:
         return work(FhirStore(session, base_url=hub.settings.fhir_base_url))
 
 
-async def read_body(request: Request, hub: Hub) -> Any:
+async def read_raw_body(request: Request, hub: Hub) -> bytes:
+    """The body's bytes, refused (413) past ``EMR_HUB_MAX_REQUEST_BYTES``: by its declared
+    length before reading, by what arrived after."""
     declared = request.headers.get("content-length")
     limit = hub.settings.max_request_bytes
     if declared and declared.isdigit() and int(declared) > limit:
@@ -65,6 +67,11 @@ async def read_body(request: Request, hub: Hub) -> Any:
     raw = await request.body()
     if len(raw) > limit:
         raise _too_large(limit)
+    return raw
+
+
+async def read_body(request: Request, hub: Hub) -> Any:
+    raw = await read_raw_body(request, hub)
     return parse_json_body(raw, request.headers.get("content-type"))
 
 

@@ -12,7 +12,7 @@ from emr_hub.deps import HubDep
 from emr_hub.errors import FhirError, Issue, bad_request
 from emr_hub.fhir import operations
 from emr_hub.fhir.http import fhir_response, wants_pretty
-from emr_hub.fhir.routes import in_snapshot, in_transaction
+from emr_hub.fhir.routes import in_snapshot, in_transaction, read_raw_body
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.referrals import xml_exchange
@@ -116,24 +116,14 @@ def export_reexam_xml130(resource_id: str, hub: HubDep, principal: PrincipalDep)
 
 
 async def read_xml_body(request: Request, hub: Hub) -> bytes:
-    """The XML body, within ``EMR_HUB_MAX_REQUEST_BYTES`` (413) and sent as XML (415)."""
-    limit = hub.settings.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    """The XML body, sent as XML (415) and within ``EMR_HUB_MAX_REQUEST_BYTES`` (413)."""
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media not in XML_MEDIA_TYPES:
         message = f"Send the envelope as {' or '.join(XML_MEDIA_TYPES)}, not {media or 'no type'}"
         raise FhirError(415, [Issue("not-supported", message)])
-    raw = await request.body()
-    if len(raw) > limit:
-        raise _too_large(limit)
+    raw = await read_raw_body(request, hub)
     if not raw.strip():
         raise bad_request(
             "The request body is empty; a GIAMDINHHS envelope was expected", code="required"
         )
     return raw
-
-
-def _too_large(limit: int) -> FhirError:
-    return FhirError(413, [Issue("too-costly", f"Request body exceeds {limit} bytes")])

@@ -60,7 +60,6 @@ from bench.ingest import (
     _loadavg,
     database_kind,
     ensure_client,
-    fresh_database,
     log,
 )
 from bench.search import (
@@ -75,10 +74,10 @@ from bench.search import (
     explain_query,
     in_process_app,
     is_data_statement,
-    kept_database,
     load,
     lookup_patients,
     machine,
+    open_database,
     open_state,
     print_explain,
     run_mix,
@@ -693,14 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     generator = Generator(args.data, args.seed)
     with contextlib.ExitStack() as stack:
-        if args.fresh_db:
-            url = stack.enter_context(fresh_database(args.database_url))
-        else:
-            name = args.keep_db or args.reuse_db
-            url = stack.enter_context(
-                kept_database(args.database_url, name, must_exist=bool(args.reuse_db))
-            )
-        figures = run(args, generator, url, stack)
+        figures = run(args, generator, open_database(args, stack), stack)
     if args.json:
         print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -755,6 +755,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def open_database(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
+    """The benchmark database the options name (--fresh-db, --keep-db or --reuse-db), open for
+    the life of ``stack``; its URL."""
+    if args.fresh_db:
+        return str(stack.enter_context(fresh_database(args.database_url)))
+    name = args.keep_db or args.reuse_db
+    return str(
+        stack.enter_context(kept_database(args.database_url, name, must_exist=bool(args.reuse_db)))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.data.is_dir() or not any(args.data.glob("*.json")):
@@ -762,14 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     generator = Generator(args.data, args.seed)
     with contextlib.ExitStack() as stack:
-        if args.fresh_db:
-            url = stack.enter_context(fresh_database(args.database_url))
-        else:
-            name = args.keep_db or args.reuse_db
-            url = stack.enter_context(
-                kept_database(args.database_url, name, must_exist=bool(args.reuse_db))
-            )
-        figures = run(args, generator, url, stack)
+        figures = run(args, generator, open_database(args, stack), stack)
     if args.json:
         print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -111,6 +111,19 @@ class Worker(ManagedProcess):
 EMR_HUB = str(Path(sys.executable).parent / "emr-hub")
 
 
+def cli_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an ``emr-hub`` process whose state lives under ``tmp_path``: this
+    process's environment without its EMR_HUB_ settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_HUB_")}
+    env.update(
+        EMR_HUB_DATA_DIR=str(tmp_path / "data"),
+        EMR_HUB_DATABASE_URL=database_url,
+        EMR_HUB_OBJECT_STORE=f"file://{tmp_path / 'objects'}",
+        **extra,
+    )
+    return env
+
+
 class ApiServer(ManagedProcess):
     """``emr-hub serve`` as a process of its own (migrates, then serves over real HTTP)."""
 

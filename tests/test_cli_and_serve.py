@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,20 +11,9 @@ import orjson
 import pytest
 
 from tests.conftest import free_port
-from tests.processes import EMR_HUB, ApiServer
+from tests.processes import EMR_HUB, ApiServer, cli_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def cli_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_HUB_")}
-    env.update(
-        EMR_HUB_DATA_DIR=str(tmp_path / "data"),
-        EMR_HUB_DATABASE_URL=database_url,
-        EMR_HUB_OBJECT_STORE=f"file://{tmp_path / 'objects'}",
-        **extra,
-    )
-    return env
 
 
 def run(

@@ -12,7 +12,6 @@ requested. The test asserts every notification arrived exactly once, the referra
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from emr_hub.hub import Hub
 from emr_hub.tasks import configure_celery
 from tests.conftest import free_port, make_settings
 from tests.fhir.conftest import token_for
-from tests.processes import ApiServer, Worker, all_delivered, wait_for
+from tests.processes import ApiServer, Worker, all_delivered, cli_env, wait_for
 from tests.receiver import Receiver
 
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
@@ -86,14 +85,7 @@ def stack(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Stack]:
     settings = make_settings(tmp_path, postgres_url, broker_url=redis_url, base_url=base)
     hub = Hub.from_settings(settings, migrate=True)
     configure_celery(settings, hub=hub)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("EMR_HUB_")},
-        "EMR_HUB_DATA_DIR": str(settings.data_dir),
-        "EMR_HUB_DATABASE_URL": postgres_url,
-        "EMR_HUB_BROKER_URL": redis_url,
-        "EMR_HUB_BASE_URL": base,
-        "EMR_HUB_OBJECT_STORE": f"file://{tmp_path / 'objects'}",
-    }
+    env = cli_env(tmp_path, postgres_url, EMR_HUB_BROKER_URL=redis_url, EMR_HUB_BASE_URL=base)
     worker = Worker(settings, tmp_path / "worker.log")
     server = ApiServer(env, port, tmp_path / "serve.log")
     receivers = [Receiver() for _ in HOSPITALS]

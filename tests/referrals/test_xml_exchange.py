@@ -7,7 +7,6 @@ with its own client; the tables are the samples of ``tests/fixtures/xml130``.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from emr_hub.referrals.xml130 import (
 )
 from tests.conftest import make_settings
 from tests.fhir.conftest import Api, outcome_issue, token_for
-from tests.processes import EMR_HUB
+from tests.processes import EMR_HUB, cli_env
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "xml130"
 XML = {"Content-Type": "application/xml"}
@@ -463,16 +462,6 @@ def test_capability_statement_states_the_operations(api: Api) -> None:
 
 
 # ================================================================== command line
-def cli_env(tmp_path: Path, database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_HUB_")}
-    env.update(
-        EMR_HUB_DATA_DIR=str(tmp_path / "data"),
-        EMR_HUB_DATABASE_URL=database_url,
-        EMR_HUB_OBJECT_STORE=f"file://{tmp_path / 'objects'}",
-    )
-    return env
-
-
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([EMR_HUB, *args], env=env, capture_output=True, timeout=120)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,50 @@ class Settings(BaseSettings):
             "names or IP literals, '*.example.vn' for a domain's subdomains, '*' for any host."
         ),
     )
+
+    access_policy: Path | None = Field(
+        default=None,
+        description=(
+            "A JSON file overriding the access policy's defaults "
+            "(emr_hub/security/data/access_policy.json)."
+        ),
+    )
+    referral_access_days: int = Field(
+        default=90,
+        ge=0,
+        le=3650,
+        description="Days a referral keeps both hospitals' access after its Task ends.",
+    )
+    break_glass_hours: float = Field(
+        default=4, gt=0, le=72, description="Hours a break-the-glass request opens a record for."
+    )
+    benchmark_without: str = Field(
+        default="",
+        description=(
+            "For benchmarks only: 'policy', 'audit' or 'policy,audit' turns them off, so a "
+            "benchmark can measure what they cost. Never set it on a hub holding real data."
+        ),
+    )
+
+    @field_validator("benchmark_without")
+    @classmethod
+    def _known_switches(cls, value: str) -> str:
+        unknown = {p.strip() for p in value.split(",") if p.strip()} - {"policy", "audit"}
+        if unknown:
+            raise ValueError(f"benchmark_without takes policy and audit, not {sorted(unknown)}")
+        return value
+
+    @property
+    def policy_enforced(self) -> bool:
+        return "policy" not in self._benchmark_off
+
+    @property
+    def audit_enabled(self) -> bool:
+        return "audit" not in self._benchmark_off
+
+    @property
+    def _benchmark_off(self) -> set[str]:
+        return {part.strip() for part in self.benchmark_without.split(",") if part.strip()}
 
     @property
     def effective_database_url(self) -> str:

@@ -10,6 +10,15 @@
   a message belongs to (``Subscription/<id>``), so a subscriber can read its delivery log.
 * ``subscription_route`` lists the active Subscriptions by the resource type of their criteria,
   so a write finds the Subscriptions it may trigger with one indexed query.
+* ``patient_compartment`` says which patients (and which persons) each resource is about: one
+  row per Patient the resource's compartment parameters point at, the ``person`` being the
+  national-ID person of that Patient (so a citizen's records posted by several hospitals under
+  several Patient resources are one person's). Written with the index rows.
+* ``access_grant`` holds why a hospital may see a person's records: a care relationship (a
+  visit, a referral, an appointment), the person's Consent (permit or deny) or a
+  break-the-glass opening, each with its validity and the resource it comes from.
+* ``audit_event`` is the audit trail, apart from clinical data, append-only and hash-chained;
+  ``audit_patient`` and ``audit_entity`` index it by patient and by resource.
 * ``api_client`` and ``signing_key`` back the OAuth2 token endpoint.
 """
 
@@ -50,6 +59,9 @@ class ResourceRow(SQLModel, table=True):
     last_updated: datetime = _tz_column()
     deleted: bool = False
     content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonBody))
+    owner_org: str | None = Field(default=None, max_length=128, nullable=True)
+    """The Organization (``Organization/<id>``) whose client created the resource; None when
+    the operator did (the command line, or versions stored before provenance was kept)."""
 
     __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
 
@@ -65,6 +77,10 @@ class ResourceHistoryRow(SQLModel, table=True):
     deleted: bool = False
     method: str = Field(max_length=8)
     content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonBody))
+    author_client: str = Field(default="operator", max_length=128)
+    """The API client that wrote this version (``operator`` for the command line)."""
+    author_org: str | None = Field(default=None, max_length=128, nullable=True)
+    """The client's Organization (``Organization/<id>``); None for the operator."""
 
     __table_args__ = (
         UniqueConstraint("resource_type", "id", "version_id", name="uq_history_version"),
@@ -225,6 +241,123 @@ class SearchCompositeRow(SQLModel, table=True):
     )
 
 
+class PatientCompartmentRow(SQLModel, table=True):
+    """A resource is in ``patient_id``'s compartment; ``person`` is that patient's person key
+    (:func:`emr_hub.fhir.persons.person_of`). A Patient has a row for itself."""
+
+    __tablename__ = "patient_compartment"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    patient_id: str = Field(max_length=64)
+    person: str = Field(max_length=64)
+
+    __table_args__ = (
+        Index("ix_compartment_owner", "resource_type", "resource_id", "person"),
+        Index("ix_compartment_patient", "patient_id"),
+        Index("ix_compartment_person", "person", "resource_type"),
+    )
+
+
+class AccessGrant(SQLModel, table=True):
+    """Why ``organization`` may (or, ``kind`` deny, may not) see ``person``'s records.
+
+    ``kind``: ``care`` (a relationship: visit, referral, appointment), ``permit`` and ``deny``
+    (the person's Consent; ``organization`` ``*`` for every hospital), ``break-glass``.
+    Valid from ``starts`` (None: always) until ``ends`` (None: open). ``purpose`` limits a
+    Consent to one purpose of use (None: any). ``source_type``/``source_id`` is the resource
+    (or, for break-the-glass, the audit event) the grant comes from.
+    """
+
+    __tablename__ = "access_grant"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    organization: str = Field(max_length=128)
+    person: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    purpose: str | None = Field(default=None, max_length=32, nullable=True)
+    patient_id: str = Field(max_length=64)
+    source_type: str = Field(max_length=64)
+    source_id: str = Field(max_length=64)
+    starts: datetime | None = _tz_column(nullable=True)
+    ends: datetime | None = _tz_column(nullable=True)
+
+    __table_args__ = (
+        Index("ix_grant_lookup", "person", "organization", "kind"),
+        Index("ix_grant_source", "source_type", "source_id"),
+        Index("ix_grant_patient", "patient_id"),
+    )
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One audit record: the FHIR ``AuditEvent`` in ``content`` and the columns searches use.
+
+    ``hash`` is SHA-256 over ``prev_hash`` and the canonical JSON of ``content``; every row
+    links to the one before it (by ``seq``), so a changed, removed or inserted row breaks the
+    chain (``emr-hub audit verify``). Database triggers refuse UPDATE and DELETE.
+    """
+
+    __tablename__ = "audit_event"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    event_id: str = Field(max_length=36, unique=True)
+    recorded: datetime = _tz_column(index=True)
+    request_id: str | None = Field(default=None, max_length=200, nullable=True)
+    client_id: str | None = Field(default=None, max_length=128, nullable=True)
+    organization: str | None = Field(default=None, max_length=128, nullable=True)
+    person: str | None = Field(default=None, max_length=64, nullable=True)
+    action: str = Field(max_length=1)
+    subtype: str = Field(max_length=64)
+    outcome: str = Field(max_length=2)
+    break_glass: bool = False
+    content: dict[str, Any] = Field(sa_column=Column(JsonBody, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+    __table_args__ = (Index("ix_audit_organization", "organization", "seq"),)
+
+
+class AuditPatientRow(SQLModel, table=True):
+    """An audit record touched this patient's data (``types``: the resource types, sorted)."""
+
+    __tablename__ = "audit_patient"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    audit_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    patient_id: str = Field(max_length=64)
+    person: str = Field(max_length=64)
+    types: str = Field(sa_column=Column(Text, nullable=False))
+
+    __table_args__ = (
+        Index("ix_audit_patient_person", "person", "audit_seq"),
+        Index("ix_audit_patient_patient", "patient_id", "audit_seq"),
+    )
+
+
+class AuditEntityRow(SQLModel, table=True):
+    """An audit record names this resource (read, written, or the target of the request)."""
+
+    __tablename__ = "audit_entity"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    audit_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+
+    __table_args__ = (Index("ix_audit_entity_resource", "resource_type", "resource_id"),)
+
+
+class AuditChainHead(SQLModel, table=True):
+    """The last link of the audit chain: appenders lock this row, so links never fork."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: int = Field(primary_key=True)
+    last_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_hash: str = Field(max_length=64)
+
+
 class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox_message"
 
@@ -251,6 +384,8 @@ class SubscriptionRoute(SQLModel, table=True):
     resource_type: str = Field(max_length=64, index=True)
     criteria: str = Field(sa_column=Column(Text, nullable=False))
     ends_at: datetime | None = _tz_column(nullable=True)
+    owner_org: str | None = Field(default=None, max_length=128, nullable=True)
+    """The subscriber's Organization: matches are what it may see (None: the operator)."""
 
 
 class ApiClient(SQLModel, table=True):
@@ -262,6 +397,11 @@ class ApiClient(SQLModel, table=True):
     scopes: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = _tz_column()
     active: bool = True
+    role: str = Field(default="hospital", max_length=16)
+    """``hospital`` (sees what the access policy allows its Organization) or ``operator``
+    (sees and changes everything, audited like any other client)."""
+    break_glass: bool = False
+    """May open a patient's record in an emergency (``X-Purpose-Of-Use: ETREAT``)."""
 
 
 class SigningKey(SQLModel, table=True):

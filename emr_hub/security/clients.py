@@ -134,6 +134,10 @@ def _check_new_client(client_id: str, organization: str, scopes: ScopeSet) -> No
     check_organization(organization)
     if not scopes:
         raise ValueError("A client needs at least one scope, e.g. system/Patient.rs")
+    if "patient" in scopes.contexts:
+        raise ValueError(
+            "patient/ scopes are for citizens' tokens; register a client with system/ scopes"
+        )
 
 
 def _new_client(client_id: str, organization: str, scopes: ScopeSet) -> tuple[ApiClient, str]:

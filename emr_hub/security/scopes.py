@@ -8,10 +8,13 @@ Accepted, space separated::
     system/*.write         v1 spelling, the same as ``.cud``
     system/*.*             v1 spelling, the same as ``.cruds``
     user/Observation.r     ``user/`` grants what ``system/`` does, for now
+    patient/*.rs           a citizen's token: the same letters, within her own record (the
+                           patient context is the token's person, not a launch)
 
-Refused with :class:`ValueError`: ``patient/`` scopes (there is no launch context), granular
-scopes with a ``?`` query, unknown resource types, letters out of order and anything else
-(``openid``, ``launch`` ...). Parsing is pure: no I/O, so it is cheap enough for every request.
+API clients are registered with ``system/`` (or ``user/``) scopes only; ``patient/`` scopes are
+for citizens' tokens. Refused with :class:`ValueError`: granular scopes with a ``?`` query,
+unknown resource types, letters out of order and anything else (``openid``, ``launch`` ...).
+Parsing is pure: no I/O, so it is cheap enough for every request.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from emr_hub.fhir.validation import is_resource_type
 INTERACTIONS = "cruds"
 """The v2 permission letters in their canonical order: create, read, update, delete, search."""
 
-CONTEXTS = ("system", "user")
+CONTEXTS = ("system", "user", "patient")
 
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _PERMISSIONS = re.compile(r"c?r?u?d?s?")
@@ -65,13 +68,8 @@ class Scope:
                 f"Scope {text!r} is not supported: expected system/<Type|*>.<cruds>, "
                 "e.g. system/Patient.rs"
             )
-        if context == "patient":
-            raise ValueError(
-                f"Scope {text!r}: patient/ scopes need a patient launch context, which this "
-                "hub does not offer; use system/ scopes"
-            )
         if context not in CONTEXTS:
-            raise ValueError(f"Scope {text!r} must start with system/ or user/")
+            raise ValueError(f"Scope {text!r} must start with system/, user/ or patient/")
         resource_type, dot, permissions = rest.partition(".")
         if not dot:
             raise ValueError(
@@ -126,6 +124,11 @@ class ScopeSet:
             for scope in self.scopes
             for letter in scope.permissions
         )
+
+    @property
+    def contexts(self) -> frozenset[str]:
+        """The contexts (``system``, ``user``, ``patient``) its scopes are written in."""
+        return frozenset(scope.context for scope in self.scopes)
 
     def __bool__(self) -> bool:
         return bool(self.scopes)

@@ -154,11 +154,17 @@ def verify_access_token(hub: Hub, token: str) -> Principal:
             raise invalid_token("The client of this access token is unknown or disabled")
         registered = client_scopes(client)
         current_organization = client.organization
+        role, break_glass = client.role, client.break_glass
     # The client's registration may have changed since the token was issued.
     if current_organization != organization or not scopes.issubset(registered):
         raise invalid_token("The access token no longer matches its client; request a new one")
     return Principal(
-        client_id=client_id, organization=organization, scopes=scopes, token_id=token_id
+        client_id=client_id,
+        organization=organization,
+        scopes=scopes,
+        token_id=token_id,
+        kind=role,
+        break_glass_allowed=break_glass,
     )
 
 

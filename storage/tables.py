@@ -62,6 +62,9 @@ class ResourceRow(SQLModel, table=True):
     owner_org: str | None = Field(default=None, max_length=128, nullable=True)
     """The Organization (``Organization/<id>``) whose client created the resource; None when
     the operator did (the command line, or versions stored before provenance was kept)."""
+    restricted: bool = False
+    """The current version carries a security label that restricts it (R, V, or a sensitive
+    category such as HIV): a care relationship alone does not open it."""
 
     __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
 
@@ -276,6 +279,9 @@ class AccessGrant(SQLModel, table=True):
     organization: str = Field(max_length=128)
     person: str = Field(max_length=64)
     kind: str = Field(max_length=16)
+    strength: int
+    """How strongly the grant decides (the access policy's order: the strongest applying grant
+    wins, an odd rank opens); kept with the row so a check needs no computation."""
     purpose: str | None = Field(default=None, max_length=32, nullable=True)
     patient_id: str = Field(max_length=64)
     source_type: str = Field(max_length=64)

@@ -4,6 +4,14 @@ Every method works inside the caller's transaction; nothing here commits. Create
 buffered and written with one multi-row INSERT per table at :meth:`FhirStore.flush` (called
 before any read), which is what keeps bulk ingest fast. Every version written is also handed
 to the change hooks of :mod:`emr_hub.fhir.hooks` just before the transaction commits.
+
+Each version records its author (the API client and its Organization); a resource's owner is
+the Organization that created it. A store built for a request carries the principal's
+:class:`~emr_hub.fhir.access.Access`: its read methods (:meth:`~FhirStore.read`,
+:meth:`~FhirStore.vread`, :meth:`~FhirStore.history`, :meth:`~FhirStore.load_many`) keep only
+what the principal may see, in their SQL, and remember what they returned
+(:attr:`~FhirStore.disclosed`) for the audit record. :meth:`~FhirStore.current` is the
+unfiltered read of the write path and of the rules.
 """
 
 from __future__ import annotations
@@ -13,17 +21,24 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, delete, exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
 from emr_hub.fhir import hooks
-from emr_hub.fhir.search.indexer import INDEX_TABLES, index_rows
+from emr_hub.fhir.labels import is_restricted
+from emr_hub.fhir.search.compartment import compartment_rows, propagate_person, resolve_persons
+from emr_hub.fhir.search.indexer import COMPARTMENT, REFERENCE, ROW_TABLES, index_rows
 from storage.bulk import write_rows
 from storage.db import as_utc, before_commit
 from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, FromClause
+
+    from emr_hub.fhir.access import Access
 
 RESOURCE = ResourceRow.__table__
 HISTORY = ResourceHistoryRow.__table__
@@ -40,9 +55,19 @@ def format_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class Author(NamedTuple):
+    """Who writes a version: the API client and its Organization (None for the operator)."""
+
+    client: str
+    organization: str | None
+
+
+OPERATOR_AUTHOR = Author("operator", None)
+
+
 @dataclass(frozen=True)
 class Stored:
-    """One version of a resource as stored."""
+    """One version of a resource as stored (``owner``: the Organization that created it)."""
 
     resource_type: str
     id: str
@@ -51,6 +76,7 @@ class Stored:
     deleted: bool
     content: dict[str, Any] | None
     method: str = "PUT"
+    owner: str | None = None
 
     @property
     def etag(self) -> str:
@@ -83,17 +109,46 @@ class FhirStore:
     """Versioned reads and writes of FHIR resources inside one database session."""
 
     def __init__(
-        self, session: Session, *, moment: datetime | None = None, base_url: str | None = None
+        self,
+        session: Session,
+        *,
+        moment: datetime | None = None,
+        base_url: str | None = None,
+        author: Author = OPERATOR_AUTHOR,
+        access: Access | None = None,
     ) -> None:
         self.session = session
         self.base_url = base_url
         self.moment = moment or now_instant()
+        self.author = author
+        self.access = access
+        self.disclosed: list[Stored] = []
+        """What the read methods returned (and searches found), for the audit record."""
         self._pending_resources: list[dict[str, Any]] = []
         self._pending_history: list[dict[str, Any]] = []
         self._pending_index: dict[Table, list[dict[str, Any]]] = defaultdict(list)
         self._pending_keys: set[tuple[str, str]] = set()
+        self._pending_persons: dict[str, str] = {}
         self._changes: list[Stored] = []
+        self.deleted_members: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        """The (patient, person) pairs each resource deleted here was about, for the audit."""
         self.is_postgres = session.get_bind().dialect.name == "postgresql"
+
+    # ---------------------------------------------------------------- policy
+    def visible(
+        self, resource: FromClause, resource_type: str | None = None
+    ) -> ColumnElement[bool] | None:
+        """The access condition on a ``resource`` table alias (None: everything is visible)."""
+        return None if self.access is None else self.access.visible(resource, resource_type)
+
+    def disclose(self, items: Iterable[Stored]) -> None:
+        """Remember what a read path is about to return."""
+        self.disclosed.extend(items)
+
+    @property
+    def changes(self) -> list[Stored]:
+        """The versions written so far in this transaction (until the change hooks run)."""
+        return list(self._changes)
 
     # ---------------------------------------------------------------- reads
     def current(
@@ -102,36 +157,60 @@ class FhirStore:
         """The newest version, tombstones included; None when the id was never used."""
         self.flush()
         query = select(
-            RESOURCE.c.version_id, RESOURCE.c.last_updated, RESOURCE.c.deleted, RESOURCE.c.content
+            RESOURCE.c.version_id,
+            RESOURCE.c.last_updated,
+            RESOURCE.c.deleted,
+            RESOURCE.c.content,
+            RESOURCE.c.owner_org,
         ).where(RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id)
         if for_update and self.is_postgres:
             query = query.with_for_update()
         row = self.session.execute(query).first()
         if row is None:
             return None
-        return Stored(resource_type, resource_id, row[0], as_utc(row[1]), row[2], row[3])
+        return Stored(
+            resource_type, resource_id, row[0], as_utc(row[1]), row[2], row[3], owner=row[4]
+        )
 
     def read(self, resource_type: str, resource_id: str) -> Stored:
-        stored = self.current(resource_type, resource_id)
-        if stored is None:
+        """The live version, if the principal may see it: 404 when it may not (or nothing is
+        there), 410 when it was deleted."""
+        self.flush()
+        query = select(
+            RESOURCE.c.version_id,
+            RESOURCE.c.last_updated,
+            RESOURCE.c.deleted,
+            RESOURCE.c.content,
+            RESOURCE.c.owner_org,
+        ).where(RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id)
+        condition = self.visible(RESOURCE, resource_type)
+        if condition is not None:
+            query = query.where(condition)
+        row = self.session.execute(query).first()
+        if row is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
+        stored = Stored(
+            resource_type, resource_id, row[0], as_utc(row[1]), row[2], row[3], owner=row[4]
+        )
         if stored.deleted:
             error = gone(f"{resource_type}/{resource_id} was deleted")
             error.headers["ETag"] = stored.etag
             raise error
+        self.disclose([stored])
         return stored
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored:
+        """One version, if the principal may see the resource (as it is now)."""
         self.flush()
-        row = self.session.execute(
-            select(
-                HISTORY.c.last_updated, HISTORY.c.deleted, HISTORY.c.content, HISTORY.c.method
-            ).where(
-                HISTORY.c.resource_type == resource_type,
-                HISTORY.c.id == resource_id,
-                HISTORY.c.version_id == version_id,
-            )
-        ).first()
+        query = select(
+            HISTORY.c.last_updated, HISTORY.c.deleted, HISTORY.c.content, HISTORY.c.method
+        ).where(
+            HISTORY.c.resource_type == resource_type,
+            HISTORY.c.id == resource_id,
+            HISTORY.c.version_id == version_id,
+        )
+        query = self._where_visible(query, resource_type)
+        row = self.session.execute(query).first()
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
         stored = Stored(
@@ -139,13 +218,51 @@ class FhirStore:
         )
         if stored.deleted:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        self.disclose([stored])
         return stored
 
+    def exists(self, resource_type: str, resource_id: str) -> bool:
+        """Whether the principal may see that ``resource_type/resource_id`` was ever stored
+        (live or deleted): an instance history of something unseen is a 404."""
+        self.flush()
+        query = select(RESOURCE.c.id).where(
+            RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id
+        )
+        condition = self.visible(RESOURCE, resource_type)
+        if condition is not None:
+            query = query.where(condition)
+        return self.session.execute(query).first() is not None
+
+    def _where_visible(self, query: Any, resource_type: str | None) -> Any:
+        """Keep the history rows of resources the principal may see (the current row decides:
+        its owner and the patients it is about now)."""
+        if self.access is None:
+            return query
+        current = RESOURCE.alias("current")
+        condition = self.visible(current, resource_type)
+        if condition is None:
+            return query
+        return query.where(
+            exists().where(
+                current.c.resource_type == HISTORY.c.resource_type,
+                current.c.id == HISTORY.c.id,
+                condition,
+            )
+        )
+
     def load_many(
-        self, keys: Iterable[tuple[str, str]], *, since: datetime | None = None
+        self,
+        keys: Iterable[tuple[str, str]],
+        *,
+        since: datetime | None = None,
+        checked: bool = True,
+        disclose: bool = True,
     ) -> list[Stored]:
-        """The live resources among ``keys`` (type, id), in the order given: one query per type
-        and 500 ids, instead of one per resource."""
+        """The live resources among ``keys`` (type, id) the principal may see, in the order
+        given: one query per type and 500 ids, instead of one per resource. ``checked=False``
+        is for the rules of the write path, which read what they need whoever asks;
+        ``disclose=False`` for a caller that returns only part of what it loads (it discloses
+        that part itself)."""
         self.flush()
         wanted = list(dict.fromkeys(keys))
         by_type: dict[str, list[str]] = defaultdict(list)
@@ -159,6 +276,7 @@ class FhirStore:
                     RESOURCE.c.version_id,
                     RESOURCE.c.last_updated,
                     RESOURCE.c.content,
+                    RESOURCE.c.owner_org,
                 ).where(
                     RESOURCE.c.resource_type == resource_type,
                     RESOURCE.c.id.in_(ids[start : start + 500]),
@@ -166,11 +284,17 @@ class FhirStore:
                 )
                 if since is not None:
                     query = query.where(RESOURCE.c.last_updated >= since)
-                for rid, version, updated, content in self.session.execute(query):
+                condition = self.visible(RESOURCE, resource_type) if checked else None
+                if condition is not None:
+                    query = query.where(condition)
+                for rid, version, updated, content, owner in self.session.execute(query):
                     found[(resource_type, rid)] = Stored(
-                        resource_type, rid, version, as_utc(updated), False, content
+                        resource_type, rid, version, as_utc(updated), False, content, owner=owner
                     )
-        return [found[key] for key in wanted if key in found]
+        loaded = [found[key] for key in wanted if key in found]
+        if checked and disclose:
+            self.disclose(loaded)
+        return loaded
 
     def history(
         self,
@@ -201,9 +325,11 @@ class FhirStore:
             query = query.where(HISTORY.c.last_updated >= since)
         if before_seq is not None:
             query = query.where(HISTORY.c.seq < before_seq)
+        query = self._where_visible(query, resource_type)
         rows = self.session.execute(query.order_by(HISTORY.c.seq.desc()).limit(count + 1)).all()
         page = [Stored(r[1], r[2], r[3], as_utc(r[4]), r[5], r[6], r[7]) for r in rows[:count]]
         cursor = rows[count - 1][0] if len(rows) > count else None
+        self.disclose(page)
         return page, cursor
 
     # --------------------------------------------------------------- writes
@@ -218,12 +344,24 @@ class FhirStore:
             raise conflict(f"{resource_type}/{new_id} is written twice in one request")
         content = self._stamp(resource, new_id, 1)
         self._pending_keys.add(key)
-        self._pending_resources.append(
-            self._resource_values(resource_type, new_id, 1, False, content)
-        )
+        values = self._resource_values(resource_type, new_id, 1, False, content)
+        values["owner_org"] = self.author.organization
+        values["restricted"] = self._restricted(content)
+        self._pending_resources.append(values)
         self._queue_history(resource_type, new_id, 1, False, content, method)
         self._queue_index(resource_type, new_id, content)
-        return self._changed(Stored(resource_type, new_id, 1, self.moment, False, content, method))
+        return self._changed(
+            Stored(
+                resource_type,
+                new_id,
+                1,
+                self.moment,
+                False,
+                content,
+                method,
+                owner=self.author.organization,
+            )
+        )
 
     def update(
         self,
@@ -232,9 +370,13 @@ class FhirStore:
         resource: dict[str, Any],
         *,
         if_match: int | None = None,
+        current: Stored | None = None,
     ) -> WriteResult:
-        """Update in place, or create with the client's id when the id is unused."""
-        current = self.current(resource_type, resource_id, for_update=True)
+        """Update in place, or create with the client's id when the id is unused.
+
+        ``current`` is the stored version when the caller has just read it for update."""
+        if current is None:
+            current = self.current(resource_type, resource_id, for_update=True)
         _check_if_match(current, if_match, f"{resource_type}/{resource_id}")
         if current is None:
             return WriteResult(
@@ -245,21 +387,55 @@ class FhirStore:
         version = current.version_id + 1
         content = self._stamp(resource, resource_id, version)
         self._write_version(resource_type, resource_id, version, False, content, "PUT")
-        stored = Stored(resource_type, resource_id, version, self.moment, False, content, "PUT")
+        stored = Stored(
+            resource_type,
+            resource_id,
+            version,
+            self.moment,
+            False,
+            content,
+            "PUT",
+            owner=current.owner,
+        )
         return WriteResult(self._changed(stored), created=current.deleted)
 
     def delete(
-        self, resource_type: str, resource_id: str, *, if_match: int | None = None
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        if_match: int | None = None,
+        current: Stored | None = None,
     ) -> Stored | None:
         """Mark deleted (a new version); None when there was nothing live to delete."""
-        current = self.current(resource_type, resource_id, for_update=True)
+        if current is None:
+            current = self.current(resource_type, resource_id, for_update=True)
         _check_if_match(current, if_match, f"{resource_type}/{resource_id}")
         if current is None or current.deleted:
             return None
+        if self.access is not None:  # a request: its audit names the patients of what it deletes
+            self.deleted_members[(resource_type, resource_id)] = [
+                (patient_id, person)
+                for patient_id, person in self.session.execute(
+                    select(COMPARTMENT.c.patient_id, COMPARTMENT.c.person).where(
+                        COMPARTMENT.c.resource_type == resource_type,
+                        COMPARTMENT.c.resource_id == resource_id,
+                    )
+                )
+            ]
         version = current.version_id + 1
         self._write_version(resource_type, resource_id, version, True, None, "DELETE")
         return self._changed(
-            Stored(resource_type, resource_id, version, self.moment, True, None, "DELETE")
+            Stored(
+                resource_type,
+                resource_id,
+                version,
+                self.moment,
+                True,
+                None,
+                "DELETE",
+                owner=current.owner,
+            )
         )
 
     def flush(self) -> None:
@@ -270,17 +446,24 @@ class FhirStore:
         if self._pending_history:
             self.session.execute(insert(HISTORY), self._pending_history)
             self._pending_history = []
+        compartment = self._pending_index.get(COMPARTMENT)
+        if compartment:
+            resolve_persons(self.session, compartment, self._pending_persons)
         for table, rows in self._pending_index.items():
             if rows:
                 write_rows(self.session, table, rows)
+        for patient_id, person in self._pending_persons.items():
+            propagate_person(self.session, patient_id, person)
         self._pending_index.clear()
         self._pending_keys.clear()
+        self._pending_persons.clear()
 
     def discard_pending(self) -> None:
         """Forget buffered writes (a batch entry whose savepoint was rolled back)."""
         self._pending_resources, self._pending_history = [], []
         self._pending_index.clear()
         self._pending_keys.clear()
+        self._pending_persons.clear()
 
     # -------------------------------------------------------------- helpers
     def _changed(self, stored: Stored) -> Stored:
@@ -338,6 +521,10 @@ class FhirStore:
             "content": content,
         }
 
+    @staticmethod
+    def _restricted(content: dict[str, Any] | None) -> bool:
+        return content is not None and is_restricted(content)
+
     def _queue_history(
         self,
         resource_type: str,
@@ -349,11 +536,18 @@ class FhirStore:
     ) -> None:
         values = self._resource_values(resource_type, resource_id, version, deleted, content)
         values["method"] = method
+        values["author_client"], values["author_org"] = self.author
         self._pending_history.append(values)
 
     def _queue_index(self, resource_type: str, resource_id: str, content: dict[str, Any]) -> None:
-        for table, rows in index_rows(content, self.base_url).items():
+        rows_by_table = index_rows(content, self.base_url)
+        for table, rows in rows_by_table.items():
             self._pending_index[table].extend(rows)
+        members = compartment_rows(content, rows_by_table.get(REFERENCE, ()))
+        for row in members:
+            if row["person"] is not None:  # a Patient's own row
+                self._pending_persons[row["patient_id"]] = row["person"]
+        self._pending_index[COMPARTMENT].extend(members)
 
     def _write_version(
         self,
@@ -367,9 +561,15 @@ class FhirStore:
         self.session.execute(
             update(RESOURCE)
             .where(RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id)
-            .values(version_id=version, last_updated=self.moment, deleted=deleted, content=content)
+            .values(
+                version_id=version,
+                last_updated=self.moment,
+                deleted=deleted,
+                content=content,
+                restricted=self._restricted(content),
+            )
         )
-        for table in INDEX_TABLES:
+        for table in ROW_TABLES:
             self.session.execute(
                 delete(table).where(
                     table.c.resource_type == resource_type, table.c.resource_id == resource_id

@@ -4,7 +4,8 @@ resources those point at (practitioners, organizations, medications, locations .
 Membership comes from the reference index in one query (``search_reference`` by target);
 the result is ordered by (type, id) and paged by keyset on that order, so the ``next`` link
 stays right while others write. ``_since`` keeps resources changed since an instant,
-``_type`` keeps some types.
+``_type`` keeps some types. Only what the caller may see is loaded (the access policy is in
+the loading queries), and a page is filled from what remains.
 """
 
 from __future__ import annotations
@@ -58,16 +59,18 @@ def everything(
     count = max(1, min(count, MAX_COUNT))
     entries: list[Stored] = []
     position = 0
-    # read in chunks until the page is full: _since may drop some of them
-    while position < len(wanted) and len(entries) < count:
-        chunk = wanted[position : position + count]
+    # read in chunks until the page is full and one more is known to follow: _since and the
+    # access policy may drop some of them, so a next link is given only when it leads somewhere
+    while position < len(wanted) and len(entries) <= count:
+        chunk = wanted[position : position + count + 1]
         position += len(chunk)
-        entries.extend(store.load_many(chunk, since=since)[: count - len(entries)])
+        loaded = store.load_many(chunk, since=since, disclose=False)
+        entries.extend(loaded[: count + 1 - len(entries)])
     next_cursor = None
-    if len(entries) == count:
-        last = (entries[-1].resource_type, entries[-1].id)
-        if wanted.index(last) < len(wanted) - 1:
-            next_cursor = _encode(last)
+    if len(entries) > count:
+        entries = entries[:count]
+        next_cursor = _encode((entries[-1].resource_type, entries[-1].id))
+    store.disclose(entries)
     return EverythingPage(entries, next_cursor)
 
 

@@ -6,6 +6,10 @@ separate ``EXISTS``. Chains follow ``search_reference`` to the target and apply 
 filter there; ``_has`` follows it backwards. The prefix semantics mirror
 :mod:`emr_hub.fhir.search.values` (``date_matches``, ``number_matches``) on the ``low`` /
 ``high`` columns. Every value is a bound parameter.
+
+The access policy's condition (``visibility``) applies to every resource a search reaches:
+the searched one, a chain's targets and a ``_has``'s sources. A chain through a patient the
+caller may not see matches nothing, and so does a ``_has`` through resources it may not see.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ from emr_hub.fhir.search.params import (
 from storage.tables import ResourceRow
 
 RESOURCE = ResourceRow.__table__
+Visibility = Callable[[FromClause, str | None], ColumnElement[bool] | None]
+"""The access condition on a resource table alias, given the one type it holds (None: no
+condition); :meth:`emr_hub.fhir.store.FhirStore.visible`."""
 
 
 def _bad(flt: Filter, message: str) -> Exception:
@@ -67,9 +74,16 @@ def _like_prefix(text: str) -> str:
 class Compiler:
     """Builds the conditions of one search; ``base_url`` makes absolute local URLs local."""
 
-    def __init__(self, base_url: str | None = None, dialect: str = "sqlite") -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        dialect: str = "sqlite",
+        *,
+        visibility: Visibility | None = None,
+    ) -> None:
         self.base_url = base_url
         self.dialect = dialect
+        self.visibility = visibility
 
     # ------------------------------------------------------------------ entry
     def select_ids(self, request: SearchRequest) -> Select[Any]:
@@ -77,9 +91,18 @@ class Compiler:
         query = select(resource.c.id).where(
             resource.c.resource_type == request.resource_type, resource.c.deleted.is_(False)
         )
+        visible = self.visible(resource, request.resource_type)
+        if visible is not None:
+            query = query.where(visible)
         for flt in request.filters:
             query = query.where(self.condition(flt, request.resource_type, resource))
         return query
+
+    def visible(
+        self, resource: FromClause, resource_type: str | None
+    ) -> ColumnElement[bool] | None:
+        """The access condition on ``resource`` (None when everything is visible)."""
+        return None if self.visibility is None else self.visibility(resource, resource_type)
 
     def condition(
         self, cond: Condition, resource_type: str, resource: FromClause
@@ -105,6 +128,9 @@ class Compiler:
             .where(target.c.resource_type == chain.target, target.c.deleted.is_(False))
             .where(self.condition(chain.inner, chain.target, target))
         )
+        visible = self.visible(target, chain.target)
+        if visible is not None:
+            targets = targets.where(visible)
         return exists().where(
             ref.c.resource_type == resource_type,
             ref.c.resource_id == resource.c.id,
@@ -118,6 +144,7 @@ class Compiler:
     ) -> ColumnElement[bool]:
         source = RESOURCE.alias()
         ref = REFERENCE.alias()
+        visible = self.visible(source, reverse.source_type)
         return exists().where(
             ref.c.resource_type == reverse.source_type,
             ref.c.param == reverse.param.code,
@@ -127,6 +154,7 @@ class Compiler:
             source.c.id == ref.c.resource_id,
             source.c.deleted.is_(False),
             self.condition(reverse.inner, reverse.source_type, source),
+            *((visible,) if visible is not None else ()),
         )
 
     # ------------------------------------------------------------------ plain
@@ -192,7 +220,7 @@ class Compiler:
             prefix, query = self._date(flt, text)
             # an instant is a point: it covers its own millisecond
             low = resource.c.last_updated
-            alternatives.append(_date_condition(prefix, query, low, low, point=True))
+            alternatives.append(date_condition(prefix, query, low, low, point=True))
         return or_(*alternatives)
 
     # ------------------------------------------------------------ value kinds
@@ -263,7 +291,7 @@ class Compiler:
 
     def _date_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
         prefix, query = self._date(flt, text)
-        return _date_condition(prefix, query, table.c.low, table.c.high)
+        return date_condition(prefix, query, table.c.low, table.c.high)
 
     def _number_match(self, table: FromClause, flt: Filter, text: str) -> ColumnElement[bool]:
         try:
@@ -323,7 +351,7 @@ class Compiler:
             return and_(first, condition, *units)
         if kind == "date":
             prefix, query = self._date(flt, second_text)
-            return and_(first, _date_condition(prefix, query, table.c.date_low, table.c.date_high))
+            return and_(first, date_condition(prefix, query, table.c.date_low, table.c.date_high))
         string = self._string(flt, second_text)
         like = _like_prefix(string.normalized) + "%"
         return and_(first, table.c.text_normalized.like(like, escape="\\"))
@@ -376,7 +404,7 @@ class Compiler:
         )
 
 
-def _date_condition(
+def date_condition(
     prefix: str, query: v.DateRange, low: Any, high: Any, *, point: bool = False
 ) -> ColumnElement[bool]:
     """The rows of ``values.date_matches`` as SQL on a value range ``[low, high)``.

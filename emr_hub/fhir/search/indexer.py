@@ -25,6 +25,7 @@ from emr_hub.fhir.search.values import (
     token_text_rows,
 )
 from storage.tables import (
+    PatientCompartmentRow,
     SearchCompositeRow,
     SearchDateRow,
     SearchQuantityRow,
@@ -42,6 +43,9 @@ QUANTITY: Table = SearchQuantityRow.__table__  # type: ignore[assignment]
 URI: Table = SearchUriRow.__table__  # type: ignore[assignment]
 COMPOSITE: Table = SearchCompositeRow.__table__  # type: ignore[assignment]
 INDEX_TABLES: tuple[Table, ...] = (TOKEN, STRING, REFERENCE, DATE, QUANTITY, URI, COMPOSITE)
+COMPARTMENT: Table = PatientCompartmentRow.__table__  # type: ignore[assignment]
+ROW_TABLES: tuple[Table, ...] = (*INDEX_TABLES, COMPARTMENT)
+"""Every table holding rows derived from a resource's body: replaced on each write."""
 TABLE_OF_TYPE = {
     "token": TOKEN,
     "string": STRING,

@@ -10,12 +10,17 @@ client asked for ``Prefer: handling=lenient``; then they are listed in ``ignored
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from emr_hub.errors import bad_request
 from emr_hub.fhir.search.composite import composite_parts
 from emr_hub.fhir.search.registry import SearchParam, get_param
 from emr_hub.fhir.validation import is_resource_type
+
+if TYPE_CHECKING:
+    from emr_hub.security.principal import Principal
 
 RESULT_PARAMS = frozenset(
     {"_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_cursor", "_type"}
@@ -78,6 +83,10 @@ class SortKey:
     descending: bool
 
 
+ANY_TYPE = "*"
+"""The ``source_type`` of ``_revinclude=*``: resources of every type pointing at the matches."""
+
+
 @dataclass(frozen=True)
 class Include:
     source_type: str
@@ -99,6 +108,30 @@ class SearchRequest:
     includes: list[Include] = field(default_factory=list)
     cursor: str | None = None
     ignored: list[str] = field(default_factory=list)
+
+
+def touched_types(condition: Condition) -> Iterator[str]:
+    """The resource types a condition searches besides its own: chain targets, ``_has``
+    sources, at every depth."""
+    if isinstance(condition, Chain):
+        yield condition.target
+        yield from touched_types(condition.inner)
+    elif isinstance(condition, Reverse):
+        yield condition.source_type
+        yield from touched_types(condition.inner)
+    elif isinstance(condition, AnyOf):
+        for option in condition.options:
+            yield from touched_types(option)
+
+
+def require_search_scopes(principal: Principal, request: SearchRequest) -> None:
+    """403 unless the token may search every type the request touches: a chain or ``_has``
+    through a type reveals what that type's resources hold, so it needs that type's search
+    scope as much as searching it directly does."""
+    principal.require(request.resource_type, "s")
+    for condition in request.filters:
+        for resource_type in dict.fromkeys(touched_types(condition)):
+            principal.require(resource_type, "s")
 
 
 def split_values(raw: str) -> tuple[str, ...]:
@@ -247,7 +280,8 @@ def _include(resource_type: str, name: str, raw: str, *, iterate: bool) -> Inclu
     reverse = name == "_revinclude"
     parts = raw.split(":")
     if parts[0] == "*" and len(parts) == 1:
-        return Include(resource_type, None, None, iterate, reverse)
+        # _include=*: every reference of the matches; _revinclude=*: everything pointing at them
+        return Include(ANY_TYPE if reverse else resource_type, None, None, iterate, reverse)
     if len(parts) not in (2, 3) or not is_resource_type(parts[0]):
         raise bad_request(f"{name}={raw!r}: use Type:parameter[:TargetType] or *", name)
     source, code = parts[0], parts[1]

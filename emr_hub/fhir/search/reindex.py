@@ -1,6 +1,9 @@
 """Rebuild the search index (``emr-hub reindex``): after a change to the search parameters,
 their extractors or the value rules, or to repair an index, every resource's index rows are
-computed again from its stored body, exactly as a write computes them.
+computed again from its stored body, exactly as a write computes them, and so are its
+``patient_compartment`` rows and its ``restricted`` flag (which the access policy reads: after
+an upgrade from a version without them, or a change of the labels that restrict, a reindex
+brings what was stored before in line).
 
 The ``resource`` table is walked in primary-key order, ``(resource_type, id)``, by keyset (each
 batch starts strictly after the last key of the previous one; never OFFSET), ``batch`` rows at a
@@ -34,11 +37,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Table, delete, func, select, tuple_
+from sqlalchemy import Table, delete, func, select, tuple_, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from emr_hub.fhir.search.indexer import INDEX_TABLES, index_rows
+from emr_hub.fhir import hooks
+from emr_hub.fhir.labels import is_restricted
+from emr_hub.fhir.search.compartment import compartment_rows, propagate_person, resolve_persons
+from emr_hub.fhir.search.indexer import COMPARTMENT, REFERENCE, ROW_TABLES, index_rows
+from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.fhir.validation import R4_RESOURCE_TYPES
 from storage.bulk import write_rows
 from storage.tables import ResourceRow
@@ -112,7 +119,11 @@ def _one_batch(
     walked, or None when there was none left; how many of them were live)."""
     with hub.db.transaction() as session:
         query = select(
-            RESOURCE.c.resource_type, RESOURCE.c.id, RESOURCE.c.deleted, RESOURCE.c.content
+            RESOURCE.c.resource_type,
+            RESOURCE.c.id,
+            RESOURCE.c.deleted,
+            RESOURCE.c.content,
+            RESOURCE.c.restricted,
         )
         if types is not None:
             query = query.where(RESOURCE.c.resource_type.in_(types))
@@ -131,11 +142,31 @@ def _one_batch(
             if row.deleted or row.content is None:
                 continue
             live += 1
-            for table, table_rows in index_rows(row.content, base_url).items():
+            by_table = index_rows(row.content, base_url)
+            for table, table_rows in by_table.items():
                 fresh[table].extend(table_rows)
-        for table in INDEX_TABLES:  # a fixed order: the same lock order as every batch
+            fresh[COMPARTMENT].extend(compartment_rows(row.content, by_table.get(REFERENCE, ())))
+        patients = {r["patient_id"]: r["person"] for r in fresh[COMPARTMENT] if r["person"]}
+        resolve_persons(session, fresh[COMPARTMENT], patients)
+        for table in ROW_TABLES:  # a fixed order: the same lock order as every batch
             if fresh.get(table):
                 write_rows(session, table, fresh[table])
+        for patient_id, person in patients.items():
+            propagate_person(session, patient_id, person)
+        store = FhirStore(session, base_url=base_url)
+        live_rows = [r for r in rows if not r.deleted and r.content is not None]
+        hooks.after_reindex(
+            store,
+            [Stored(r.resource_type, r.id, 0, store.moment, False, r.content) for r in live_rows],
+        )
+        for row in rows:
+            restricted = row.content is not None and is_restricted(row.content)
+            if restricted != row.restricted:
+                session.execute(
+                    update(RESOURCE)
+                    .where(RESOURCE.c.resource_type == row.resource_type, RESOURCE.c.id == row.id)
+                    .values(restricted=restricted)
+                )
         last = rows[-1]
         return (last.resource_type, last.id), live
 
@@ -145,7 +176,7 @@ def _delete_index_rows(session: Session, keys: Iterable[tuple[str, str]]) -> Non
     ids_by_type: dict[str, list[str]] = defaultdict(list)
     for resource_type, resource_id in keys:
         ids_by_type[resource_type].append(resource_id)
-    for table in INDEX_TABLES:
+    for table in ROW_TABLES:
         for resource_type, ids in ids_by_type.items():
             for start in range(0, len(ids), IN_CHUNK):
                 session.execute(

@@ -66,10 +66,11 @@ def searchset(
     links = [{"relation": "self", "url": self_url}]
     if result.next_cursor:
         kept = [(k, v) for k, v in query if k != "_cursor"]
+        path = request.resource_type if link_path is None else link_path
         links.append(
             {
                 "relation": "next",
-                "url": f"{base_url}/{request.resource_type if link_path is None else link_path}"
+                "url": (f"{base_url}/{path}" if path else base_url)
                 + "?"
                 + urlencode([*kept, ("_cursor", result.next_cursor)]),
             }

@@ -3,6 +3,9 @@
 Paging is by keyset, not offset: the ``next`` link carries the sort values and id of the
 last entry of the page, and the next page starts strictly after them. A write between two
 pages therefore neither repeats nor skips an entry that was there all along.
+
+The access policy's condition is part of the query (and of the count), so pages and totals
+hold only what the caller may see; included resources are loaded through the policy too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from emr_hub.errors import bad_request
 from emr_hub.fhir.search.compile import RESOURCE, Compiler
 from emr_hub.fhir.search.indexer import REFERENCE
-from emr_hub.fhir.search.params import Include, SearchRequest
+from emr_hub.fhir.search.params import ANY_TYPE, Include, SearchRequest, require_search_scopes
 from emr_hub.fhir.search.registry import params_for
 from emr_hub.fhir.store import FhirStore, Stored
 from storage.db import as_utc
@@ -51,16 +54,19 @@ def run_search(
     ordered and paged together. The first request's result parameters apply to all."""
     requests = [request, *(also or [])]
     for each in requests:
-        principal.require(each.resource_type, "s")
-    compiler = Compiler(base_url, store.session.get_bind().dialect.name)
+        require_search_scopes(principal, each)
+    compiler = Compiler(base_url, store.session.get_bind().dialect.name, visibility=store.visible)
     resource = RESOURCE.alias("r")
-    per_type = [
-        and_(
-            resource.c.resource_type == each.resource_type,
-            *(compiler.condition(f, each.resource_type, resource) for f in each.filters),
+    per_type = []
+    for each in requests:
+        visible = store.visible(resource, each.resource_type)
+        per_type.append(
+            and_(
+                resource.c.resource_type == each.resource_type,
+                *((visible,) if visible is not None else ()),
+                *(compiler.condition(f, each.resource_type, resource) for f in each.filters),
+            )
         )
-        for each in requests
-    ]
     where = [resource.c.deleted.is_(False), or_(*per_type)]
     keys: list[tuple[ColumnElement[Any], bool]] = [
         (compiler.sort_expression(k, resource.c.resource_type, resource), k.descending)
@@ -82,6 +88,7 @@ def run_search(
             resource.c.version_id,
             resource.c.last_updated,
             resource.c.content,
+            resource.c.owner_org,
             *(expr for expr, _ in keys[:-2]),
         )
         .where(*page_where)
@@ -89,20 +96,22 @@ def run_search(
         .limit(request.count + 1)
     )
     store.flush()
-    rows = store.session.execute(query).all() if request.count > 0 else []
+    only_count = request.summary == "count" or request.count == 0
+    rows = [] if only_count else store.session.execute(query).all()
     page = rows[: request.count]
-    matches = [Stored(r[0], r[1], r[2], as_utc(r[3]), False, r[4]) for r in page]
+    matches = [Stored(r[0], r[1], r[2], as_utc(r[3]), False, r[4], owner=r[5]) for r in page]
     next_cursor = None
     if len(rows) > request.count and page:
         last = page[-1]
-        next_cursor = _encode_cursor([*last[5:], last[0], last[1]])
+        next_cursor = _encode_cursor([*last[6:], last[0], last[1]])
     total = None
-    if request.total != "none":
-        if request.cursor is None and len(rows) <= request.count:
+    if only_count or request.total != "none":
+        if not only_count and request.cursor is None and len(rows) <= request.count:
             total = len(rows)
-        elif request.total == "accurate":
+        elif only_count or request.total == "accurate":
             count_query = select(func.count()).select_from(resource).where(*where)
             total = store.session.execute(count_query).scalar_one()
+    store.disclose(matches)
     included = _includes(store, principal, request, matches) if request.includes and matches else []
     return SearchResult(matches, included, total, next_cursor)
 
@@ -193,12 +202,14 @@ def _follow(
         targets = [(t, i) for t, i in frontier]
         if not targets:
             return []
-        params = [include.param.code] if include.param else _reference_params(include.source_type)
         query = select(ref.c.resource_type, ref.c.resource_id).where(
-            ref.c.resource_type == include.source_type,
-            ref.c.param.in_(params),
             or_(*(and_(ref.c.target_type == t, ref.c.target_id == i) for t, i in targets)),
         )
+        if include.source_type != ANY_TYPE:
+            params = (
+                [include.param.code] if include.param else _reference_params(include.source_type)
+            )
+            query = query.where(ref.c.resource_type == include.source_type, ref.c.param.in_(params))
     else:
         sources = [i for t, i in frontier if t == include.source_type]
         if not sources:

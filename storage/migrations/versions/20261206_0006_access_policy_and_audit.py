@@ -2,7 +2,8 @@
 grants, the hash-chained audit trail, client roles
 
 Versions stored before this revision get the operator as author (``author_client`` operator,
-no Organization) and their resources no owner. ``patient_compartment`` and ``access_grant`` are
+no Organization) and their resources no owner and no restriction (``emr-hub reindex`` reads
+their security labels again). ``patient_compartment`` and ``access_grant`` are
 filled by ``emr-hub reindex`` for resources stored before (every write fills them from now on).
 
 The audit tables refuse UPDATE and DELETE through triggers (PostgreSQL and SQLite alike): the
@@ -35,6 +36,9 @@ def _string(name: str, length: int, nullable: bool = False) -> sa.Column:
 def upgrade() -> None:
     with op.batch_alter_table('resource', schema=None) as batch_op:
         batch_op.add_column(_string('owner_org', 128, nullable=True))
+        batch_op.add_column(
+            sa.Column('restricted', sa.Boolean(), nullable=False, server_default=sa.false())
+        )
     with op.batch_alter_table('resource_history', schema=None) as batch_op:
         batch_op.add_column(
             sa.Column(
@@ -82,6 +86,7 @@ def upgrade() -> None:
         _string('organization', 128),
         _string('person', 64),
         _string('kind', 16),
+        sa.Column('strength', sa.Integer(), nullable=False),
         _string('purpose', 32, nullable=True),
         _string('patient_id', 64),
         _string('source_type', 64),
@@ -208,4 +213,5 @@ def downgrade() -> None:
         batch_op.drop_column('author_org')
         batch_op.drop_column('author_client')
     with op.batch_alter_table('resource', schema=None) as batch_op:
+        batch_op.drop_column('restricted')
         batch_op.drop_column('owner_org')

@@ -15,6 +15,7 @@ from storage.db import Database
 from storage.migrate import upgrade
 
 if TYPE_CHECKING:
+    from emr_hub.security.audit.writer import AuditWriter
     from storage.objects import ObjectStore
 
 
@@ -46,7 +47,16 @@ class Hub:
         store.ensure_ready()
         return store
 
+    @cached_property
+    def audit_writer(self) -> AuditWriter:
+        """The group writer of this process's audit records (its thread starts on first use)."""
+        from emr_hub.security.audit.writer import AuditWriter
+
+        return AuditWriter(self.db)
+
     def close(self) -> None:
         if not self._closed:
+            if "audit_writer" in self.__dict__:
+                self.audit_writer.stop()
             self.db.dispose()
             self._closed = True

@@ -4,8 +4,9 @@
   (e.g. ``http://fhir.hl7.org.vn/core/sid/cchn|<licence>``). Recorded in the audit trail; it
   never widens access. Refused (400) when malformed; citizens cannot send it.
 * ``X-Purpose-Of-Use``: ``TREAT`` (the default) or ``ETREAT``, emergency treatment, which
-  breaks the glass and then needs ``X-Break-Glass-Reason: <text>`` (403 without one, 403 for a
-  client not registered as allowed to break the glass).
+  breaks the glass (:mod:`emr_hub.security.breakglass`) and then needs
+  ``X-Break-Glass-Reason: <text>`` (403 without one, 403 for a client not registered as
+  allowed to break the glass).
 
 The request's audit trail (made by the audit middleware) is attached to the principal, so the
 store and the services can record what the request touched.
@@ -55,6 +56,10 @@ def principal_for_request(request: Request, hub: Hub) -> Principal:
     )
     if trail is not None:
         trail.principal = principal
+    if principal.breaking_glass:
+        from emr_hub.security.breakglass import open_record
+
+        open_record(hub, request, principal)
     return principal
 
 

@@ -1,5 +1,5 @@
 """The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, import,
-reindex, xml130."""
+reindex, xml130, audit."""
 
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ def progress_bar() -> Any:
 def main() -> None:
     """emr_hub: FHIR R4 interchange hub for a network of hospitals."""
     from emr_hub.referrals.enforcement import install as install_referral_rules
+    from emr_hub.security import install as install_security
     from emr_hub.subscriptions import install as install_subscriptions
 
     configure_logging()
+    install_security(get_settings())
     install_referral_rules()
     install_subscriptions(get_settings())
 
@@ -295,7 +297,7 @@ def xml130_import(paths: tuple[Path, ...], client_id: str | None) -> None:
             try:
                 tables = read_envelope(path.read_bytes())
                 written = in_transaction(
-                    hub, lambda store, t=tables: import_tables(store, principal, t)
+                    hub, principal, lambda store, t=tables: import_tables(store, principal, t)
                 )
             except FhirError as error:
                 failed += 1
@@ -339,7 +341,7 @@ def xml130_export(reference: str, output: Path | None) -> None:
         )
     hub = _hub()
     try:
-        xml = in_snapshot(hub, lambda store: exporter(store, OPERATOR, resource_id))
+        xml = in_snapshot(hub, OPERATOR, lambda store: exporter(store, OPERATOR, resource_id))
     except FhirError as error:
         raise click.ClickException(f"{reference}: {error} ({error.status})") from error
     finally:
@@ -349,6 +351,37 @@ def xml130_export(reference: str, output: Path | None) -> None:
     else:
         output.write_bytes(xml)
         click.echo(f"wrote {output}", err=True)
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the audit trail's hash chain from its first record; report the first broken link
+    (exit 1) or how many records are intact."""
+    from emr_hub.security.audit.log import verify
+
+    hub = _hub()
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("verifying", total=None)
+            result = verify(hub.db, lambda n: progress.advance(task, n))
+    finally:
+        hub.close()
+    if not result.intact:
+        click.echo(
+            f"audit chain broken at record {result.broken_at}: {result.problem} "
+            f"({result.checked} records before it are intact)",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(
+        f"audit chain intact: {result.checked} records, last {result.last_seq} "
+        f"(hash {result.last_hash[:16]}…)"
+    )
 
 
 def _principal_of(hub: Hub, client_id: str | None) -> Principal:
@@ -362,4 +395,11 @@ def _principal_of(hub: Hub, client_id: str | None) -> Principal:
         registered = get_client(session, client_id)
         if registered is None or not registered.active:
             raise click.ClickException(f"no active client {client_id!r}")
-        return Principal(client_id, registered.organization, client_scopes(registered), "cli")
+        return Principal(
+            client_id,
+            registered.organization,
+            client_scopes(registered),
+            "cli",
+            kind=registered.role,
+            break_glass_allowed=registered.break_glass,
+        )

@@ -22,12 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from emr_hub.demo_chain import Cast, referral_chain, write_versions
+from emr_hub.demo_chain import Authored, Cast, Writers, referral_chain, write_versions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE
-from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.security.clients import ensure_client
 from emr_hub.security.scopes import ScopeSet
+from storage.tables import ApiClient
 
 LEVEL_SYSTEM = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
 TUYEN_SYSTEM = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-tuyen-cs"
@@ -239,23 +239,27 @@ def notification_endpoints() -> list[tuple[str, str]]:
     return [(h.client_id, notification_address(h.client_id)) for h in HOSPITALS]
 
 
-def subscriptions() -> list[dict[str, Any]]:
+def subscriptions() -> list[Authored]:
     """Each hospital hears at its Endpoint of the Tasks it owns (a referral addressed to it) and
-    of the Tasks it requested (its referral accepted, rejected, completed), as the full Task."""
+    of the Tasks it requested (its referral accepted, rejected, completed), as the full Task;
+    each Subscription is the hospital's own (only it reads or changes it)."""
     return [
-        {
-            "resourceType": "Subscription",
-            "id": f"{organization_id}-{role}-tasks",
-            "meta": {"tag": [DEMO_TAG]},
-            "status": "active",
-            "reason": f"Referral Tasks where Organization/{organization_id} is the {role}",
-            "criteria": f"Task?{role}=Organization/{organization_id}",
-            "channel": {
-                "type": "rest-hook",
-                "endpoint": address,
-                "payload": "application/fhir+json",
+        (
+            BY_ID[organization_id],
+            {
+                "resourceType": "Subscription",
+                "id": f"{organization_id}-{role}-tasks",
+                "meta": {"tag": [DEMO_TAG]},
+                "status": "active",
+                "reason": f"Referral Tasks where Organization/{organization_id} is the {role}",
+                "criteria": f"Task?{role}=Organization/{organization_id}",
+                "channel": {
+                    "type": "rest-hook",
+                    "endpoint": address,
+                    "payload": "application/fhir+json",
+                },
             },
-        }
+        )
         for organization_id, address in notification_endpoints()
         for role in ("owner", "requester")
     ]
@@ -303,14 +307,15 @@ def patient(person: DemoPatient) -> dict[str, Any]:
     }
 
 
-def network() -> list[dict[str, Any]]:
-    """The hospitals, their Endpoints, the partnership and the patients, in writing order (the
-    partnership before any referral: the referral rules read it)."""
+def network() -> list[Authored]:
+    """The hospitals, their Endpoints and the partnership (the operator's directory), and the
+    patients (each registered by its managing hospital), in writing order (the partnership
+    before any referral: the referral rules read it)."""
     return [
-        *(organization(h) for h in HOSPITALS),
-        *(endpoint(h) for h in HOSPITALS),
-        partnership(),
-        *(patient(p) for p in PATIENTS),
+        *((None, organization(h)) for h in HOSPITALS),
+        *((None, endpoint(h)) for h in HOSPITALS),
+        (None, partnership()),
+        *((BY_ID[p.managing_organization], patient(p)) for p in PATIENTS),
     ]
 
 
@@ -328,13 +333,13 @@ def cast() -> Cast:
 def load_demo(hub: Hub) -> dict[str, str]:
     """Write the demo resources and clients; returns the secrets of clients created now."""
     secrets: dict[str, str] = {}
+    base_url = hub.settings.fhir_base_url
     with hub.db.transaction() as session:
-        store = FhirStore(session, base_url=hub.settings.fhir_base_url)
-        for resource in network():
-            write_versions(store, [resource])
+        writers = Writers(session, base_url)
+        for authored in network():
+            write_versions(writers, [authored])
         for versions in referral_chain(cast()):
-            write_versions(store, versions)
-        store.flush()
+            write_versions(writers, versions)
         for hospital in HOSPITALS:
             secret = ensure_client(
                 session,
@@ -344,9 +349,12 @@ def load_demo(hub: Hub) -> dict[str, str]:
             )
             if secret:
                 secrets[hospital.client_id] = secret
+            client = session.get(ApiClient, hospital.client_id)
+            if client is not None and not client.break_glass:
+                client.break_glass = True  # the demo shows an emergency opening
     # A Subscription matches the other writes of its own transaction: subscribe afterwards.
     with hub.db.transaction() as session:
-        store = FhirStore(session, base_url=hub.settings.fhir_base_url)
-        for subscription in subscriptions():
-            write_versions(store, [subscription])
+        writers = Writers(session, base_url)
+        for authored in subscriptions():
+            write_versions(writers, [authored])
     return secrets

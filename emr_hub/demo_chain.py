@@ -15,9 +15,10 @@ The story of the demo patient (Vietnam time, 2026):
 
 Each resource is a list of versions, written in order: the Tasks go requested → accepted →
 in-progress → completed and the letters active → completed, so their ``_history`` reads like
-the real flow. The demo writes as the operator, for whom the Task role checks are skipped, but
-the letters still pass the hub's direction and validity rules; the tests replay every Task step
-through :mod:`emr_hub.referrals.workflow` as the two hospitals would make it.
+the real flow. Every version is written by the hospital whose step it is (the sender writes
+its letter and creates the Task, the receiver moves the Task on and writes its stay and its
+summary), through the same rules as a hospital's own request: the referral rules, the Task
+workflow, and the provenance and ownership the access policy reads.
 
 This module does not import :mod:`emr_hub.demo` (which imports it): the hospitals and the tag
 come in a :class:`Cast`.
@@ -31,9 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy.orm import Session
+
 from emr_hub.fhir import interactions
 from emr_hub.fhir.identifiers import EPISODE_LINK
-from emr_hub.fhir.store import FhirStore, Stored
+from emr_hub.fhir.store import Author, FhirStore, Stored
 from emr_hub.referrals import rules
 from emr_hub.referrals.xml130 import (
     CONDITION_ACTIVE,
@@ -48,7 +51,8 @@ from emr_hub.referrals.xml130 import (
     REFERRAL_LETTER_SYSTEM,
     TASK_FULFILL,
 )
-from emr_hub.security.principal import OPERATOR
+from emr_hub.security.principal import OPERATOR, Principal
+from emr_hub.security.scopes import ScopeSet
 
 Resource = dict[str, Any]
 
@@ -152,51 +156,101 @@ class Summary:
 
 
 # -------------------------------------------------------------------------- writing
-def write_versions(store: FhirStore, versions: Sequence[Resource]) -> None:
-    """Write, as the operator, the versions of one resource that are not stored yet.
+Authored = tuple[Facility | None, Resource]
+"""A version and the hospital that writes it (None: the operator, for the directory)."""
+
+
+class Writers:
+    """One store and principal per hospital on one session, so each version is written as
+    the hospital whose it is (through the rules a hospital's own request meets)."""
+
+    def __init__(self, session: Session, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url
+        self._stores: dict[str | None, tuple[FhirStore, Principal]] = {}
+
+    def _as(self, author: Facility | None) -> tuple[FhirStore, Principal]:
+        key = author.client_id if author is not None else None
+        if key not in self._stores:
+            if key is None:
+                principal = OPERATOR
+            else:
+                organization = f"Organization/{key}"
+                principal = Principal(key, organization, ScopeSet.parse("system/*.cruds"), "demo")
+            author_row = Author(principal.client_id, principal.organization)
+            store = FhirStore(self.session, base_url=self.base_url, author=author_row)
+            self._stores[key] = (store, principal)
+        return self._stores[key]
+
+    def current(self, resource_type: str, resource_id: str) -> Stored | None:
+        return self._as(None)[0].current(resource_type, resource_id)
+
+    def write(self, author: Facility | None, version: Resource) -> None:
+        store, principal = self._as(author)
+        interactions.update(store, principal, version["resourceType"], version["id"], version)
+        store.flush()
+
+
+def write_versions(writers: Writers, versions: Sequence[Authored]) -> None:
+    """Write the versions of one resource that are not stored yet, each as its author.
 
     The stored content is looked up among ``versions`` and only the later ones are written, so
     a re-run writes nothing. A resource edited since (matching none) gets the last version
-    only: one new version bringing it back to the demo's state."""
-    first = versions[0]
-    stored = store.current(first["resourceType"], first["id"])
-    for version in versions[_stored_count(stored, versions) :]:
-        interactions.update(store, OPERATOR, version["resourceType"], version["id"], version)
-
-
-def _stored_count(stored: Stored | None, versions: Sequence[Resource]) -> int:
+    only, written by the operator: one new version bringing it back to the demo's state (a
+    repair, which the workflow would not allow a hospital: a Task moved to a final status)."""
+    first = versions[0][1]
+    stored = writers.current(first["resourceType"], first["id"])
+    contents = [version for _, version in versions]
     if stored is None or stored.deleted or stored.content is None:
-        return 0
+        for author, version in versions:
+            writers.write(author, version)
+        return
     content = _without_meta(stored.content)
-    for index, version in enumerate(versions):
-        if _without_meta(version) == content:
-            return index + 1
-    return len(versions) - 1
+    matched = [i for i, version in enumerate(contents) if _without_meta(version) == content]
+    if not matched:
+        writers.write(None, contents[-1])
+        return
+    for author, version in versions[matched[0] + 1 :]:
+        writers.write(author, version)
 
 
 def _without_meta(resource: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in resource.items() if key != "meta"}
 
 
-# --------------------------------------------------------------------------- the chain
-def referral_chain(cast: Cast) -> list[list[Resource]]:
-    """Every resource of the chain as its list of versions, in writing order."""
+def referral_chain(cast: Cast) -> list[list[Authored]]:
+    """Every resource of the chain as its list of versions, each with the hospital writing
+    it, in writing order."""
     first, second = _legs(cast)
     visit, stay, admission = _visits(cast)
     bac_ninh_summary, bach_mai_summary = _summaries(cast, stay, admission)
+
+    def by(author: Facility, versions: list[Resource]) -> list[Authored]:
+        return [(author, version) for version in versions]
+
+    def task(leg: Leg) -> list[Authored]:
+        created, *steps = _task_versions(cast, leg)
+        return [(leg.sender, created), *by(leg.receiver, steps)]
+
     return [
-        [_encounter(cast, visit)],
-        [_condition(cast, ATRIAL_FIBRILLATION, AF, visit, "2026-10-19T09:30:00+07:00")],
-        _referral_versions(cast, first),
-        [_encounter(cast, stay)],
-        [_condition(cast, MITRAL_STENOSIS, MS, stay, "2026-10-22T11:00:00+07:00")],
-        [_summary(cast, bac_ninh_summary)],
-        _task_versions(cast, first),
-        _referral_versions(cast, second),
-        [_encounter(cast, admission)],
-        [_summary(cast, bach_mai_summary)],
-        _task_versions(cast, second),
-        [_appointment(cast)],
+        by(visit.facility, [_encounter(cast, visit)]),
+        by(
+            visit.facility,
+            [_condition(cast, ATRIAL_FIBRILLATION, AF, visit, "2026-10-19T09:30:00+07:00")],
+        ),
+        by(first.sender, _referral_versions(cast, first)),
+        by(stay.facility, [_encounter(cast, stay)]),
+        by(
+            stay.facility,
+            [_condition(cast, MITRAL_STENOSIS, MS, stay, "2026-10-22T11:00:00+07:00")],
+        ),
+        by(bac_ninh_summary.author, [_summary(cast, bac_ninh_summary)]),
+        task(first),
+        by(second.sender, _referral_versions(cast, second)),
+        by(admission.facility, [_encounter(cast, admission)]),
+        by(bach_mai_summary.author, [_summary(cast, bach_mai_summary)]),
+        task(second),
+        by(cast.central, [_appointment(cast)]),
     ]
 
 

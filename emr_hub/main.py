@@ -21,6 +21,9 @@ from emr_hub.hub import Hub
 from emr_hub.logs import install_access_log
 from emr_hub.referrals.enforcement import install as install_referral_rules
 from emr_hub.referrals.routes import router as referral_router
+from emr_hub.security import install as install_security
+from emr_hub.security.audit.middleware import AuditMiddleware
+from emr_hub.security.audit.routes import router as audit_router
 from emr_hub.security.routes import router as auth_router
 from emr_hub.subscriptions import install as install_subscriptions
 from emr_hub.subscriptions.routes import router as subscription_router
@@ -50,8 +53,10 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
             if owned:
                 app.state.hub.close()
 
+    configured = hub.settings if hub else settings or get_settings()
+    install_security(configured)  # first: the access grants precede the Subscription matching
     install_referral_rules()
-    install_subscriptions(hub.settings if hub else settings or get_settings())
+    install_subscriptions(configured)
     app = FastAPI(
         title="emr_hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
@@ -61,9 +66,11 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     install_operations_routes(app)
     app.include_router(referral_router)  # before the FHIR router: see referrals.routes
     app.include_router(subscription_router)
+    app.include_router(audit_router)  # before the FHIR router: AuditEvent is not in the store
     app.include_router(fhir_router)
     install_error_handlers(app)
     install_access_log(app)
+    app.add_middleware(AuditMiddleware)
     return app
 
 

@@ -141,6 +141,7 @@ def test_every_endpoint_is_subscribed_to_the_tasks_of_its_hospital(
         "resourceType": "Task",
         "status": "draft",
         "intent": "proposal",
+        "for": {"reference": f"Patient/{DEMO_PATIENT_ID}"},  # Bạch Mai treats her: it may see
         "requester": {"reference": "Organization/bac-ninh-general"},
         "owner": {"reference": "Organization/bach-mai"},
     }

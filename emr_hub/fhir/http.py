@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from emr_hub.errors import FhirError, Issue, bad_request
+from emr_hub.fhir.output import present
 from emr_hub.fhir.store import Stored
 
 FHIR_JSON = "application/fhir+json"
@@ -109,7 +110,8 @@ def dump(body: Any, pretty: bool = False) -> bytes:
 def fhir_response(
     body: Any | None, status: int = 200, headers: dict[str, str] | None = None, pretty: bool = False
 ) -> Response:
-    content = b"" if body is None else dump(body, pretty)
+    """The response of a FHIR body, after the output filters (:mod:`emr_hub.fhir.output`)."""
+    content = b"" if body is None else dump(present(body), pretty)
     return Response(
         content,
         status_code=status,

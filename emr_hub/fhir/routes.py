@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from emr_hub.deps import HubDep
-from emr_hub.errors import FhirError, Issue, bad_request, operation_outcome
+from emr_hub.errors import FhirError, Issue, bad_request, not_found, operation_outcome
 from emr_hub.fhir import interactions
 from emr_hub.fhir.bundle import process_bundle
 from emr_hub.fhir.capability import capability_statement
@@ -36,6 +36,8 @@ from emr_hub.fhir.search.searchset import search_bundle, system_search_bundle
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.fhir.validation import is_resource_type
 from emr_hub.hub import Hub
+from emr_hub.security.access import store_for
+from emr_hub.security.audit.recording import absorb_read, absorb_write
 from emr_hub.security.principal import Principal, PrincipalDep
 
 router = APIRouter(prefix="/fhir")
@@ -43,18 +45,26 @@ T = TypeVar("T")
 STARTED = format_instant(datetime.now(UTC))
 
 
-def in_transaction(hub: Hub, work: Callable[[FhirStore], T]) -> T:
+def in_transaction(hub: Hub, principal: Principal, work: Callable[[FhirStore], T]) -> T:
+    """Run a write in one transaction with ``principal``'s store (policy and authorship); its
+    audit record is committed with it."""
     with hub.db.transaction() as session:
-        store = FhirStore(session, base_url=hub.settings.fhir_base_url)
+        store = store_for(session, hub.settings, principal)
         result = work(store)
         store.flush()
+        status = result.status if isinstance(result, interactions.Result) else 200
+        absorb_write(hub, principal, store, status)
         return result
 
 
-def in_snapshot(hub: Hub, work: Callable[[FhirStore], T]) -> T:
-    """Run a read-only interaction on one consistent snapshot, without taking a write lock."""
+def in_snapshot(hub: Hub, principal: Principal, work: Callable[[FhirStore], T]) -> T:
+    """Run a read-only interaction on one consistent snapshot, without taking a write lock,
+    with ``principal``'s store; what it returned goes to the request's audit trail."""
     with hub.db.snapshot() as session:
-        return work(FhirStore(session, base_url=hub.settings.fhir_base_url))
+        store = store_for(session, hub.settings, principal)
+        result = work(store)
+        absorb_read(principal, store)
+        return result
 
 
 async def read_raw_body(request: Request, hub: Hub) -> bytes:
@@ -80,10 +90,13 @@ def _too_large(limit: int) -> FhirError:
 
 
 async def run_write(
-    request: Request, hub: Hub, work: Callable[[FhirStore], interactions.Result]
+    request: Request,
+    hub: Hub,
+    principal: Principal,
+    work: Callable[[FhirStore], interactions.Result],
 ) -> Response:
     """Run a write interaction in one transaction off the event loop and render its result."""
-    result = await run_in_threadpool(in_transaction, hub, work)
+    result = await run_in_threadpool(in_transaction, hub, principal, work)
     return render_write(request, result, hub)
 
 
@@ -125,9 +138,12 @@ async def transaction_or_batch(request: Request, hub: HubDep, principal: Princip
     bundle = await read_body(request, hub)
     representation = prefer_return(request, default="minimal") == "representation"
     base = hub.settings.fhir_base_url
+    if principal.trail is not None and isinstance(bundle, dict):
+        principal.trail.interaction = "batch" if bundle.get("type") == "batch" else "transaction"
     result = await run_in_threadpool(
         in_transaction,
         hub,
+        principal,
         lambda store: process_bundle(store, principal, bundle, base, representation=representation),
     )
     return fhir_response(result, 200, pretty=pretty)
@@ -148,6 +164,7 @@ def system_search(request: Request, hub: HubDep, principal: PrincipalDep) -> Res
     base = hub.settings.fhir_base_url
     bundle = in_snapshot(
         hub,
+        principal,
         lambda store: system_search_bundle(
             store, principal, types, items, base, str(request.url), lenient=lenient
         ),
@@ -158,7 +175,7 @@ def system_search(request: Request, hub: HubDep, principal: PrincipalDep) -> Res
 @router.get("/_history")
 def system_history(request: Request, hub: HubDep, principal: PrincipalDep) -> Response:
     principal.require("*", "s")
-    return _history(request, hub, None, None)
+    return _history(request, hub, principal, None, None)
 
 
 # --------------------------------------------------------------------- type
@@ -168,7 +185,7 @@ def type_history(
 ) -> Response:
     interactions.check_type(resource_type)
     principal.require(resource_type, "s")
-    return _history(request, hub, resource_type, None)
+    return _history(request, hub, principal, resource_type, None)
 
 
 @router.get("/{resource_type}")
@@ -213,6 +230,7 @@ def _search(
     base = hub.settings.fhir_base_url
     bundle = in_snapshot(
         hub,
+        principal,
         lambda store: search_bundle(
             store,
             principal,
@@ -238,6 +256,7 @@ async def create(
     return await run_write(
         request,
         hub,
+        principal,
         lambda store: interactions.create(
             store, principal, resource_type, body, if_none_exist=if_none_exist
         ),
@@ -259,6 +278,7 @@ async def conditional_update(
     return await run_write(
         request,
         hub,
+        principal,
         lambda store: interactions.conditional_update(
             store, principal, resource_type, query, body, if_match=if_match
         ),
@@ -275,7 +295,9 @@ def conditional_delete(
     if not query:
         raise bad_request("DELETE on a type needs search criteria (conditional delete)", "url")
     result = in_transaction(
-        hub, lambda store: interactions.conditional_delete(store, principal, resource_type, query)
+        hub,
+        principal,
+        lambda store: interactions.conditional_delete(store, principal, resource_type, query),
     )
     headers = {"ETag": result.stored.etag} if result.stored else {}
     return fhir_response(None, 204, headers)
@@ -287,7 +309,9 @@ def read(
     resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
     stored = in_snapshot(
-        hub, lambda store: interactions.read(store, principal, resource_type, resource_id)
+        hub,
+        principal,
+        lambda store: interactions.read(store, principal, resource_type, resource_id),
     )
     return render_resource(request, stored, hub)
 
@@ -296,9 +320,9 @@ def read(
 def instance_history(
     resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
-    interactions.check_type(resource_type)
+    interactions.check_instance(resource_type, resource_id)
     principal.require(resource_type, "r")
-    return _history(request, hub, resource_type, resource_id)
+    return _history(request, hub, principal, resource_type, resource_id)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")
@@ -311,7 +335,9 @@ def vread(
     principal: PrincipalDep,
 ) -> Response:
     stored = in_snapshot(
-        hub, lambda store: interactions.vread(store, principal, resource_type, resource_id, version)
+        hub,
+        principal,
+        lambda store: interactions.vread(store, principal, resource_type, resource_id, version),
     )
     return render_resource(request, stored, hub)
 
@@ -331,6 +357,7 @@ def patient_everything(
     base = hub.settings.fhir_base_url
     page = in_snapshot(
         hub,
+        principal,
         lambda store: everything(
             store,
             principal,
@@ -355,6 +382,8 @@ def patient_compartment_search(
     patient_id: str, resource_type: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
     """Search ``resource_type`` inside Patient/<id>'s compartment (R4 compartment search)."""
+    if resource_type.startswith("$"):
+        raise interactions.unknown_operation(resource_type, f"Patient/{patient_id}")
     interactions.check_type(resource_type)
     membership = in_patient_compartment(resource_type, patient_id)
     if membership is None:
@@ -368,13 +397,14 @@ def patient_compartment_search(
 async def update(
     resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
-    interactions.check_type(resource_type)
+    interactions.check_instance(resource_type, resource_id)
     principal.require(resource_type, "u")
     body = await read_body(request, hub)
     if_match = parse_if_match(request.headers.get("if-match"))
     return await run_write(
         request,
         hub,
+        principal,
         lambda store: interactions.update(
             store, principal, resource_type, resource_id, body, if_match=if_match
         ),
@@ -385,7 +415,7 @@ async def update(
 async def patch(
     resource_type: str, resource_id: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
-    interactions.check_type(resource_type)
+    interactions.check_instance(resource_type, resource_id)
     principal.require(resource_type, "u")
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media != "application/json-patch+json":
@@ -402,6 +432,7 @@ async def patch(
     return await run_write(
         request,
         hub,
+        principal,
         lambda store: interactions.patch(
             store, principal, resource_type, resource_id, operations, if_match=if_match
         ),
@@ -415,6 +446,7 @@ def delete(
     if_match = parse_if_match(request.headers.get("if-match"))
     result = in_transaction(
         hub,
+        principal,
         lambda store: interactions.delete(
             store, principal, resource_type, resource_id, if_match=if_match
         ),
@@ -423,9 +455,29 @@ def delete(
     return fhir_response(None, 204, headers)
 
 
+@router.api_route("/{resource_type}/{name}", methods=["POST"])
+@router.api_route(
+    "/{resource_type}/{resource_id}/{name}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
+)
+def no_such_route(resource_type: str, name: str, request: Request) -> Response:
+    """What no route above serves: an operation the hub does not offer, or a wrong method."""
+    where = resource_type
+    if "resource_id" in request.path_params:
+        where = f"{resource_type}/{request.path_params['resource_id']}"
+    if name.startswith("$"):
+        raise interactions.unknown_operation(name, where)
+    raise FhirError(
+        405, [Issue("not-supported", f"{request.method} is not supported on {request.url.path}")]
+    )
+
+
 # ------------------------------------------------------------------ history
 def _history(
-    request: Request, hub: Hub, resource_type: str | None, resource_id: str | None
+    request: Request,
+    hub: Hub,
+    principal: Principal,
+    resource_type: str | None,
+    resource_id: str | None,
 ) -> Response:
     pretty = wants_pretty(request)
     count = max(parse_count(request.query_params.get("_count")), 1)
@@ -434,12 +486,15 @@ def _history(
     if cursor_text is not None and not cursor_text.isdigit():
         raise bad_request("Malformed _cursor", "_cursor")
     cursor = int(cursor_text) if cursor_text else None
-    page, next_cursor = in_snapshot(
-        hub,
-        lambda store: store.history(
+
+    def read_history(store: FhirStore) -> tuple[list[Stored], int | None]:
+        if resource_type and resource_id and not store.exists(resource_type, resource_id):
+            raise not_found(f"{resource_type}/{resource_id} is not known")
+        return store.history(
             resource_type, resource_id, since=since, before_seq=cursor, count=count
-        ),
-    )
+        )
+
+    page, next_cursor = in_snapshot(hub, principal, read_history)
     base = hub.settings.fhir_base_url
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",

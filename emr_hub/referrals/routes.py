@@ -13,7 +13,7 @@ from emr_hub.errors import FhirError, Issue, bad_request
 from emr_hub.fhir import operations
 from emr_hub.fhir.http import fhir_response, wants_pretty
 from emr_hub.fhir.routes import in_snapshot, in_transaction, read_raw_body
-from emr_hub.fhir.store import FhirStore
+from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.hub import Hub
 from emr_hub.referrals import xml_exchange
 from emr_hub.referrals.history import find_patient, history_bundle, referral_history
@@ -76,10 +76,12 @@ def _history(
 ) -> Response:
     pretty = wants_pretty(request)
     base = hub.settings.fhir_base_url
-    with hub.db.snapshot() as session:
-        store = FhirStore(session, base_url=base)
+
+    def history(store: FhirStore) -> list[tuple[Stored, str]]:
         target = patient_id or find_patient(store, principal, identifier or "", base)
-        entries = referral_history(store, principal, target, base)
+        return referral_history(store, principal, target, base)
+
+    entries = in_snapshot(hub, principal, history)
     return fhir_response(history_bundle(entries, base, str(request.url)), pretty=pretty)
 
 
@@ -93,6 +95,7 @@ async def import_xml130(request: Request, hub: HubDep, principal: PrincipalDep) 
     written = await run_in_threadpool(
         in_transaction,
         hub,
+        principal,
         lambda store: xml_exchange.import_tables(store, principal, tables),
     )
     bundle = xml_exchange.import_bundle(written, hub.settings.fhir_base_url)
@@ -103,7 +106,7 @@ async def import_xml130(request: Request, hub: HubDep, principal: PrincipalDep) 
 def export_referral_xml130(resource_id: str, hub: HubDep, principal: PrincipalDep) -> Response:
     """The referral letter as an envelope holding its table 13."""
     xml = in_snapshot(
-        hub, lambda store: xml_exchange.export_referral(store, principal, resource_id)
+        hub, principal, lambda store: xml_exchange.export_referral(store, principal, resource_id)
     )
     return Response(xml, media_type="application/xml")
 
@@ -111,7 +114,9 @@ def export_referral_xml130(resource_id: str, hub: HubDep, principal: PrincipalDe
 @router.get("/Appointment/{resource_id}/$xml130")
 def export_reexam_xml130(resource_id: str, hub: HubDep, principal: PrincipalDep) -> Response:
     """The re-exam slip as an envelope holding its table 14."""
-    xml = in_snapshot(hub, lambda store: xml_exchange.export_reexam(store, principal, resource_id))
+    xml = in_snapshot(
+        hub, principal, lambda store: xml_exchange.export_reexam(store, principal, resource_id)
+    )
     return Response(xml, media_type="application/xml")
 
 

@@ -19,9 +19,11 @@ the envelope is stored whole or not at all. For each table:
   letter, MA_CSKCB for a re-exam slip; otherwise 403 naming that field. The referral rules
   would refuse the letter's Task anyway (it is created by the requesting hospital); checking
   here names the XML field the sender wrote, and covers the slip, which has no such rule. The
-  command-line operator (:data:`~emr_hub.security.principal.OPERATOR`) may import for anyone;
+  operator (the command line, or a client with the operator role) may import for anyone;
 * the patient is matched by insurance card or CCCD
-  (:func:`~emr_hub.referrals.xml130.patient_match_identifiers`); several matches are a 422, none
+  (:func:`~emr_hub.referrals.xml130.patient_match_identifiers`) among the Patients the caller
+  may see (the access policy applies: a hospital does not learn that another keeps her
+  record); of several, the caller's own is the one; several and none its own is a 422; none
   creates the patient the mapping makes (its id derived from the letter, not the card);
 * every resource goes through :func:`emr_hub.fhir.interactions.update` at its stable id, so
   validation, scopes and the referral write hooks apply as to a FHIR ``PUT``.
@@ -84,7 +86,7 @@ from emr_hub.referrals.xml130 import (
     table13_to_fhir,
     table14_to_fhir,
 )
-from emr_hub.security.principal import OPERATOR, Principal
+from emr_hub.security.principal import Principal
 
 REFERRAL_CATEGORY = "http://snomed.info/sct|3457005"
 KEPT_STATUSES = {"ServiceRequest": "active", "Appointment": "booked"}
@@ -234,7 +236,7 @@ class _Importer:
             raise FhirError(422, issues)
         assert sender is not None and receiver is not None
         self._check_caller(sender, f"XML13/{sender_field}")
-        patient_ref, matched = self._patient(table, "XML13")
+        patient_ref, matched, _ = self._patient(table, "XML13")
         resources = table13_to_fhir(
             table,
             sender_org=sender,
@@ -259,8 +261,8 @@ class _Importer:
             raise FhirError(422, issues)
         assert facility is not None
         self._check_caller(facility, "XML14/MA_CSKCB")
-        patient_ref, matched = self._patient(table, "XML14")
-        referral = self._referral_of_episode(table, facility, patient_ref)
+        patient_ref, matched, records = self._patient(table, "XML14")
+        referral = self._referral_of_episode(table, facility, records)
         resources = table14_to_fhir(
             table, facility_org=facility, patient_ref=patient_ref, referral_ref=referral
         )
@@ -298,10 +300,7 @@ class _Importer:
         return found
 
     def _check_caller(self, hospital: str, expression: str) -> None:
-        if (
-            self.principal.client_id == OPERATOR.client_id
-            or self.principal.organization == hospital
-        ):
+        if self.principal.is_operator or self.principal.organization == hospital:
             return
         field_name = expression.split("/", 1)[1]
         message = (
@@ -310,28 +309,38 @@ class _Importer:
         )
         raise FhirError(403, [Issue("forbidden", message, (expression,))])
 
-    def _patient(self, table: Table13 | Table14, name: str) -> tuple[str | None, Stored | None]:
-        """(reference, stored) of the patient matched by card or CCCD; (None, None) when none."""
+    def _patient(
+        self, table: Table13 | Table14, name: str
+    ) -> tuple[str | None, Stored | None, list[str]]:
+        """(reference, stored) of the patient matched by card or CCCD, (None, None) when none,
+        and the references of every record of hers the caller sees.
+
+        Several hospitals may each keep a Patient for her: of those the caller may see, its
+        own is the one the table is about; several and none its own is a 422."""
         pairs = patient_match_identifiers(table)
         if not pairs:
-            return None, None
+            return None, None, []
         wanted = ",".join(f"{system}|{value}" for system, value in pairs)
-        matches = self._search("Patient", [("identifier", wanted), ("_count", "2")])
+        matches = self._search("Patient", [("identifier", wanted), ("_count", "20")])
+        records = [f"Patient/{match.id}" for match in matches]
         if len(matches) > 1:
-            message = (
-                "Several patients of the hub have the insurance card or CCCD of MA_THE_BHYT; "
-                "the table cannot tell which one it is about"
-            )
-            raise FhirError(422, [Issue("business-rule", message, (f"{name}/MA_THE_BHYT",))])
+            own = [m for m in matches if m.owner and m.owner == self.principal.organization]
+            if len(own) != 1:
+                message = (
+                    "Several patients of the hub have the insurance card or CCCD of "
+                    "MA_THE_BHYT; the table cannot tell which one it is about"
+                )
+                raise FhirError(422, [Issue("business-rule", message, (f"{name}/MA_THE_BHYT",))])
+            matches = own
         if not matches:
-            return None, None
-        return f"Patient/{matches[0].id}", matches[0]
+            return None, None, []
+        return f"Patient/{matches[0].id}", matches[0], records
 
-    def _referral_of_episode(
-        self, table: Table14, facility: str, patient_ref: str | None
-    ) -> str | None:
-        """The referral the slip's episode followed (see the module), or None."""
-        if patient_ref is None:
+    def _referral_of_episode(self, table: Table14, facility: str, records: list[str]) -> str | None:
+        """The referral the slip's episode followed (see the module), or None. ``records``
+        are the patient's Patient resources the caller sees (a letter from another hospital
+        names that hospital's record of her)."""
+        if not records:
             return None  # a patient new to the hub has no referral in it
         if self.principal.allows("Encounter", "s") and self.principal.allows("ServiceRequest", "r"):
             episode = f"{EPISODE_LINK}|{table.ma_lk}"
@@ -339,7 +348,7 @@ class _Importer:
                 content = encounter.content or {}
                 provider = (content.get("serviceProvider") or {}).get("reference")
                 subject = (content.get("subject") or {}).get("reference")
-                if provider != facility or subject != patient_ref:
+                if provider != facility or subject not in records:
                     continue
                 for based_on in content.get("basedOn") or []:
                     reference = based_on.get("reference") or ""
@@ -351,7 +360,7 @@ class _Importer:
         letters = self._search(
             "ServiceRequest",
             [
-                ("subject", patient_ref),
+                ("subject", ",".join(records)),
                 ("performer", facility),
                 ("category", REFERRAL_CATEGORY),
                 ("_sort", "-authored"),

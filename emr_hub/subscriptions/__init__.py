@@ -14,18 +14,19 @@ the outbox.
 from __future__ import annotations
 
 from emr_hub.config import Settings
-from emr_hub.fhir import hooks, operations
+from emr_hub.fhir import hooks, operations, output
 from emr_hub.subscriptions import delivery, hosts
 
 __all__ = ["delivery", "install"]  # importing delivery registers its outbox handler
 from emr_hub.subscriptions.matching import match_changes
-from emr_hub.subscriptions.rules import check_subscription
+from emr_hub.subscriptions.rules import check_subscription, hide_headers
 
 
 def install(settings: Settings) -> None:
     """Register the write and change hooks; the endpoint allow-list comes from ``settings``."""
     hosts.configure(settings.endpoint_allowed_hosts)
     hooks.register("Subscription", check_subscription)
+    output.register("Subscription", hide_headers)
     hooks.on_changes(match_changes)
     operations.declare(
         "Subscription",

@@ -6,8 +6,9 @@ Runs once per transaction, before its commit, with the versions the transaction 
    an active one gets a row with the type its criteria search, anything else loses its row.
 2. For each type written, one indexed query finds the routes of that type; for each route
    the criteria, compiled by the search, run against just the ids written (one query per
-   route, whatever the number of resources). A version matches when it is still the stored
-   one (a batch entry rolled back on its savepoint is not).
+   route, whatever the number of resources), with the access policy of the Subscription's
+   owner: a hospital is notified only of what it may read. A version matches when it is still
+   the stored one (a batch entry rolled back on its savepoint is not).
 3. Each match becomes one outbox message in the same transaction: the write and the
    notification it owes commit together or not at all. The message id is derived from
    (Subscription, resource, version), so it is the idempotency key the receiver sees.
@@ -30,6 +31,7 @@ from emr_hub.errors import FhirError
 from emr_hub.fhir.search.compile import Compiler
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.outbox import add_message
+from emr_hub.security.access import hospital_visibility
 from emr_hub.subscriptions.criteria import parse_criteria
 from storage.tables import SubscriptionRoute
 
@@ -52,13 +54,17 @@ def match_changes(store: FhirStore, changes: list[Stored]) -> None:
     if not written:
         return
     routes = store.session.execute(
-        select(ROUTE.c.subscription_id, ROUTE.c.resource_type, ROUTE.c.criteria).where(
+        select(
+            ROUTE.c.subscription_id, ROUTE.c.resource_type, ROUTE.c.criteria, ROUTE.c.owner_org
+        ).where(
             ROUTE.c.resource_type.in_(sorted(written)),
             or_(ROUTE.c.ends_at.is_(None), ROUTE.c.ends_at > store.moment),
         )
     ).all()
-    compiler = Compiler(store.base_url, store.session.get_bind().dialect.name)
-    for subscription_id, resource_type, criteria in routes:
+    dialect = store.session.get_bind().dialect.name
+    for subscription_id, resource_type, criteria, owner in routes:
+        visibility = hospital_visibility(owner, store.moment)
+        compiler = Compiler(store.base_url, dialect, visibility=visibility)
         for resource_id, version in _matches(
             store.session, compiler, subscription_id, criteria, written[resource_type]
         ):
@@ -103,7 +109,8 @@ def _sync_routes(store: FhirStore, subscription_ids: set[str]) -> None:
     session = store.session
     session.execute(delete(ROUTE).where(ROUTE.c.subscription_id.in_(sorted(subscription_ids))))
     rows: list[dict[str, Any]] = []
-    for stored in store.load_many(("Subscription", i) for i in sorted(subscription_ids)):
+    written = (("Subscription", i) for i in sorted(subscription_ids))
+    for stored in store.load_many(written, checked=False):
         content = stored.content or {}
         if content.get("status") != "active":
             continue
@@ -114,6 +121,7 @@ def _sync_routes(store: FhirStore, subscription_ids: set[str]) -> None:
                 "resource_type": criteria.resource_type,
                 "criteria": content["criteria"],
                 "ends_at": _instant(content.get("end")),
+                "owner_org": stored.owner,
             }
         )
     if rows:

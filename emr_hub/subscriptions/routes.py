@@ -4,7 +4,7 @@ One ``delivery`` part per notification, newest first (``_count``, default 100, a
 the idempotency key the receiver saw, the resource version it was about, when it was queued,
 its state (``pending`` with the next attempt, ``delivered`` or ``failed``), the attempts made
 and the last error (an HTTP status or a connection error; never a response body). Needs read
-access to Subscriptions.
+access to Subscriptions, and the Subscription must be one the caller may read (its own).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from fastapi.responses import Response
 
 from emr_hub.deps import HubDep
 from emr_hub.fhir.http import fhir_response, wants_pretty
+from emr_hub.fhir.routes import in_snapshot
 from emr_hub.fhir.search.params import parse_count
-from emr_hub.fhir.store import FhirStore, format_instant
+from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.hub import Hub
 from emr_hub.outbox import messages_about
 from emr_hub.security.principal import Principal, PrincipalDep
@@ -41,10 +42,13 @@ async def delivery_log(
 
 def _delivery_log(hub: Hub, principal: Principal, subscription_id: str, count: int) -> Any:
     principal.require("Subscription", "r")
-    with hub.db.snapshot() as session:
-        subscription = FhirStore(session).read("Subscription", subscription_id)
-        messages = messages_about(session, f"Subscription/{subscription_id}", limit=count)
-        deliveries = [{"name": "delivery", "part": _parts(message)} for message in messages]
+
+    def read_log(store: FhirStore) -> tuple[Stored, list[dict[str, Any]]]:
+        subscription = store.read("Subscription", subscription_id)  # 404 unless it is yours
+        messages = messages_about(store.session, f"Subscription/{subscription_id}", limit=count)
+        return subscription, [{"name": "delivery", "part": _parts(m)} for m in messages]
+
+    subscription, deliveries = in_snapshot(hub, principal, read_log)
     return {
         "resourceType": "Parameters",
         "parameter": [

@@ -11,6 +11,12 @@
   than the subscriber's own searches would).
 * ``status``: a Subscription posted ``requested`` (or ``active``) is stored ``active``, as the
   R4 workflow has the server activate it; ``off`` and ``error`` are kept as given.
+
+The channel headers are secrets of the subscriber (its endpoint's credentials): they are used,
+never shown. Every answer carries them as ``Name: [hidden]`` (:func:`hide_headers`); a
+Subscription written back with a header still reading ``[hidden]`` keeps the value stored
+under that name, so a client can read, change and put back a Subscription without knowing the
+secret.
 """
 
 from __future__ import annotations
@@ -54,11 +60,45 @@ def check_subscription(
             "Subscription.channel.payload",
             code="not-supported",
         )
-    for index, header in enumerate(channel.get("header") or []):
+    headers = _restore_hidden(channel.get("header") or [], current)
+    for index, header in enumerate(headers):
         _check_header(header, f"Subscription.channel.header[{index}]")
+    if headers:
+        resource = {**resource, "channel": {**channel, "header": headers}}
     if resource.get("status") == "requested":
         resource = {**resource, "status": "active"}
     return resource
+
+
+HIDDEN = "[hidden]"
+
+
+def hide_headers(subscription: dict[str, Any]) -> dict[str, Any]:
+    """The Subscription as it may be shown: each channel header's value hidden."""
+    channel = subscription.get("channel")
+    headers = channel.get("header") if isinstance(channel, dict) else None
+    if not headers:
+        return subscription
+    hidden = [f"{str(h).split(':', 1)[0].strip()}: {HIDDEN}" for h in headers]
+    return {**subscription, "channel": {**channel, "header": hidden}}
+
+
+def _restore_hidden(headers: list[Any], current: Stored | None) -> list[Any]:
+    """Headers written back as ``Name: [hidden]`` take the value stored under that name."""
+    stored = headers_of(current.content) if current is not None and current.content else {}
+    restored = []
+    for index, header in enumerate(headers):
+        name, _, value = str(header).partition(":")
+        if value.strip() == HIDDEN:
+            if name.strip() not in stored:
+                raise unprocessable(
+                    f"Header {name.strip()} reads {HIDDEN}, but no value is stored under that "
+                    "name: send the value",
+                    f"Subscription.channel.header[{index}]",
+                )
+            header = f"{name.strip()}: {stored[name.strip()]}"
+        restored.append(header)
+    return restored
 
 
 def payload_type(subscription: dict[str, Any]) -> str | None:

@@ -14,16 +14,28 @@ from emr_hub.main import create_app
 from emr_hub.security.clients import ensure_client, get_client
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_access_token
+from storage.tables import ApiClient
 
 FHIR_JSON = "application/fhir+json"
 
 
-def token_for(hub: Hub, scopes: str = "system/*.cruds", client_id: str = "test-hospital") -> str:
-    """A real access token for a client of ``Organization/<client_id>`` with ``scopes``."""
+def token_for(
+    hub: Hub,
+    scopes: str = "system/*.cruds",
+    client_id: str = "test-hospital",
+    *,
+    role: str = "hospital",
+    break_glass: bool = False,
+) -> str:
+    """A real access token for a client of ``Organization/<client_id>`` with ``scopes``: a
+    hospital's client (the access policy applies), or with ``role="operator"`` the operator's."""
     with hub.db.transaction() as session:
         ensure_client(
             session, client_id, f"Organization/{client_id}", ScopeSet.parse("system/*.cruds")
         )
+        registered = session.get(ApiClient, client_id)
+        assert registered is not None
+        registered.role, registered.break_glass = role, break_glass
     with hub.db.transaction() as session:
         client = get_client(session, client_id)
     assert client is not None

@@ -25,6 +25,11 @@ class Access(Protocol):
         one type only, lets the condition be the simpler one of that type."""
         ...
 
+    def check_writable_type(self, resource_type: str) -> None:
+        """Raise unless resources of this type may be written through the API at all (before
+        the body is even read: the hub's own audit records never are)."""
+        ...
+
     def check_write(
         self,
         store: FhirStore,

@@ -116,6 +116,7 @@ def create(
 ) -> Result:
     """Create under a new id; with ``if_none_exist``, return the match instead when there is one."""
     check_type(resource_type)
+    check_writable(store, resource_type)
     principal.require(resource_type, "c")
     resource = validate_resource(body, expected_type=resource_type, where=where)
     if if_none_exist:
@@ -134,6 +135,11 @@ def create(
     if hooks.has_hooks(resource_type):
         resource = hooks.before_write(store, principal, None, resource)
     return Result(201, store.create(resource, resource_id=assigned_id))
+
+
+def check_writable(store: FhirStore, resource_type: str) -> None:
+    if store.access is not None:
+        store.access.check_writable_type(resource_type)
 
 
 def check_write(
@@ -156,6 +162,7 @@ def update(
 ) -> Result:
     """Update, or create with the client's id (create-on-update)."""
     check_instance(resource_type, resource_id)
+    check_writable(store, resource_type)
     check_id(resource_id, "id")
     principal.require(resource_type, "u")
     resource = validate_resource(body, expected_type=resource_type, where=where)
@@ -196,6 +203,7 @@ def conditional_update(
 ) -> Result:
     """PUT Type?criteria: no match creates, one match updates it, several is 412."""
     check_type(resource_type)
+    check_writable(store, resource_type)
     principal.require(resource_type, "u")
     matches = find_matches(store, principal, resource_type, query, "url")
     if len(matches) > 1:
@@ -245,6 +253,7 @@ def patch(
     needs the read scope and read access too; its work is bounded (:mod:`emr_hub.fhir.patch`)
     and its errors never show stored content."""
     check_instance(resource_type, resource_id)
+    check_writable(store, resource_type)
     principal.require(resource_type, "u")
     principal.require(resource_type, "r")
     current = store.read(resource_type, resource_id)
@@ -271,6 +280,7 @@ def conditional_delete(
 ) -> Result:
     """Delete the single resource matching ``query``; none is a no-op, several is 412."""
     check_type(resource_type)
+    check_writable(store, resource_type)
     principal.require(resource_type, "d")
     matches = find_matches(store, principal, resource_type, query, expression)
     if len(matches) > 1:
@@ -289,6 +299,7 @@ def delete(
     if_match: int | None = None,
 ) -> Result:
     check_instance(resource_type, resource_id)
+    check_writable(store, resource_type)
     principal.require(resource_type, "d")
     current = store.current(resource_type, resource_id, for_update=True)
     if current is not None and not current.deleted:

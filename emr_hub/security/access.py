@@ -211,6 +211,12 @@ class PolicyAccess:
         return func.coalesce(strongest, 0).op("%")(2)
 
     # ------------------------------------------------------------------ writing
+    def check_writable_type(self, resource_type: str) -> None:
+        if self.policy.category(resource_type) == rules.HUB_ONLY:
+            raise FhirError(
+                405, [Issue("not-supported", f"{resource_type} is written by the hub alone")]
+            )
+
     def check_write(
         self,
         store: FhirStore,

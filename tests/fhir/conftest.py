@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
+from emr_hub.security.audit.log import EVENT
+from emr_hub.security.audit.middleware import audited
 from emr_hub.security.clients import ensure_client, get_client
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_access_token
@@ -97,10 +102,42 @@ class Api:
         return self.request("DELETE", path, **kw)
 
 
+class AuditedRequests:
+    """Remembers the request id the hub echoed on every answer it must have audited, so a
+    test's end can check that each left exactly one audit record (the interaction's; a
+    break-the-glass opening adds its alert). A 503 is the answer withheld for want of one."""
+
+    def __init__(self) -> None:
+        self.request_ids: list[str] = []
+
+    def __call__(self, response: httpx.Response) -> None:
+        if audited(response.request.url.path) and response.status_code != 503:
+            self.request_ids.append(response.headers["x-request-id"])
+
+    def check(self, hub: Hub) -> None:
+        if not hub.settings.audit_enabled:
+            return
+        with hub.db.snapshot() as session:
+            rows = session.execute(
+                select(EVENT.c.request_id, EVENT.c.subtype).where(EVENT.c.subtype != "110127")
+            ).all()
+        counted = Counter(request_id for request_id, _ in rows)
+        missing = [r for r in self.request_ids if counted[r] == 0]
+        twice = [r for r in self.request_ids if counted[r] > 1]
+        assert not missing, f"{len(missing)} audited requests left no audit record"
+        assert not twice, f"{len(twice)} requests left more than one audit record"
+
+
 @pytest.fixture
-def app_client(hub: Hub) -> Iterator[TestClient]:
+def app_client(hub: Hub, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """The app over HTTP semantics; every request it sends must leave one audit record
+    (unless the test marks itself ``audit_tampered``: it removes records on purpose)."""
+    audited_requests = AuditedRequests()
     with TestClient(create_app(hub)) as client:
+        client.event_hooks = {"request": [], "response": [audited_requests]}
         yield client
+    if request.node.get_closest_marker("audit_tampered") is None:
+        audited_requests.check(hub)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ Not audited: ``/fhir/metadata`` and the discovery documents (public, no personal
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import re
 import uuid
 from datetime import UTC, datetime
@@ -28,13 +28,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emr_hub.errors import Issue, operation_outcome
 from emr_hub.fhir.http import FHIR_JSON, dump
-from emr_hub.security.audit.recording import TOKEN_PATH, failure_aware_event
+from emr_hub.security.audit.recording import TOKEN_PATH, event_of, failure_aware_event
 from emr_hub.security.audit.trail import AuditTrail
 
 if TYPE_CHECKING:
     from emr_hub.hub import Hub
 
+log = logging.getLogger("emr_hub")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+UNAUDITED = "The audit trail could not be written; nothing was sent. Retry"
 PUBLIC = ("/fhir/metadata", "/fhir/.well-known/")
 
 
@@ -77,7 +79,7 @@ class AuditMiddleware:
                     await record(hub, scope, trail, message["status"])
                 except Exception:  # noqa: BLE001 - no audit, no answer
                     replaced = True
-                    await _unavailable(send, trail.request_id)
+                    await _answer(send, trail.request_id, 503, UNAUDITED)
                     return
                 MutableHeaders(scope=message)["X-Request-Id"] = trail.request_id
             await send(message)
@@ -85,18 +87,27 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_audited)
         except Exception:
-            if not answered:
-                # the error being raised is the one to report, not a failure to audit it
-                with contextlib.suppress(Exception):
-                    await record(hub, scope, trail, 500)
-            raise
+            if answered:
+                raise
+            # An error no handler turned into an answer: answer it here, audited like any
+            # other (or withheld when even that fails).
+            log.exception("unhandled error")
+            try:
+                await record(hub, scope, trail, 500)
+            except Exception:  # noqa: BLE001 - no audit, no answer
+                await _answer(send, trail.request_id, 503, UNAUDITED)
+                return
+            await _answer(send, trail.request_id, 500, "Internal error; it has been logged")
 
 
 async def record(hub: Hub, scope: Scope, trail: AuditTrail, status: int) -> None:
     """Write the request's AuditEvent and wait until it is committed."""
     if trail.persisted or not hub.settings.audit_enabled:
         return
-    event = await run_in_threadpool(failure_aware_event, hub, trail, status)
+    if status < 400:
+        event = event_of(hub, trail, status)  # pure work: no thread hop
+    else:  # a refusal looks up the patients of what it aimed at
+        event = await run_in_threadpool(failure_aware_event, hub, trail, status)
     await asyncio.wrap_future(hub.audit_writer.submit([event]))
 
 
@@ -109,22 +120,15 @@ def _request_id(scope: Scope) -> str:
     return str(uuid.uuid4())
 
 
-async def _unavailable(send: Send, request_id: str) -> None:
-    body = dump(
-        operation_outcome(
-            [Issue("transient", "The audit trail could not be written; nothing was sent. Retry")]
-        )
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", FHIR_JSON.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
+async def _answer(send: Send, request_id: str, status: int, message: str) -> None:
+    code = "transient" if status == 503 else "exception"
+    body = dump(operation_outcome([Issue(code, message)]))
+    headers = [
+        (b"content-type", FHIR_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -19,6 +19,7 @@ FACILITY = "http://fhir.hl7.org.vn/core/sid/ma-cskcb"
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
 REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
 HIV = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 
 @pytest.fixture
@@ -75,12 +76,14 @@ def test_another_hospital_cannot_read_change_or_delete_a_patient(
 
 def test_the_network_cannot_be_listed(api: Api, network: dict[str, str]) -> None:
     commune = network["commune"]
-    for path in ("/Patient", "/Observation", "/_history", "/Patient/_history"):
+    for path in ("/Patient", "/Observation"):
         answer = api.get(path, token=commune, params={"_total": "accurate"}).json()
-        if path.endswith("_history"):
-            assert "entry" not in answer or answer["entry"] == []
-        else:
-            assert answer["total"] == 0
+        assert answer["total"] == 0
+    for path in ("/_history", "/Patient/_history", "/Observation/_history"):
+        answer = api.get(path, token=commune).json()
+        # the directory is public; nothing of the patient's is in any history
+        kinds = {e["resource"]["resourceType"] for e in answer.get("entry", [])}
+        assert kinds <= {"Organization"}
     by_cccd = api.get("/Patient", token=commune, params={"identifier": f"{CCCD}|001185000123"})
     assert by_cccd.json()["total"] == 0
     everything = api.get("/Patient/bm-patient/$everything", token=commune)
@@ -330,7 +333,12 @@ def test_audit_events_and_consents_resist_forgery(
         "patient": {"reference": "Patient/bm-patient"},
         "provision": {
             "type": "deny",
-            "actor": [{"reference": {"reference": "Organization/commune"}}],
+            "actor": [
+                {
+                    "role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
+                    "reference": {"reference": "Organization/commune"},
+                }
+            ],
         },
         "sourceAttachment": {"contentType": "application/pdf", "data": "JVBERi0="},
     }

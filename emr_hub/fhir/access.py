@@ -25,6 +25,15 @@ class Access(Protocol):
         one type only, lets the condition be the simpler one of that type."""
         ...
 
+    def shape(self, resource_type: str | None) -> tuple[Any, ...]:
+        """A key of the SQL :meth:`visible` makes for ``resource_type``: two accesses of the
+        same shape make the same SQL, with different :meth:`params`."""
+        ...
+
+    def params(self) -> dict[str, Any]:
+        """The values of the named parameters in :meth:`visible`'s SQL."""
+        ...
+
     def check_writable_type(self, resource_type: str) -> None:
         """Raise unless resources of this type may be written through the API at all (before
         the body is even read: the hub's own audit records never are)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Table, delete, exists, insert, select, update
+from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
@@ -130,8 +130,9 @@ class FhirStore:
         self._pending_keys: set[tuple[str, str]] = set()
         self._pending_persons: dict[str, str] = {}
         self._changes: list[Stored] = []
-        self.deleted_members: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        """The (patient, person) pairs each resource deleted here was about, for the audit."""
+        self.members: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        """The (patient, person) pairs of resources read or deleted here, when the read
+        already knew them (the audit record need not look them up again)."""
         self.is_postgres = session.get_bind().dialect.name == "postgresql"
 
     # ---------------------------------------------------------------- policy
@@ -174,19 +175,18 @@ class FhirStore:
 
     def read(self, resource_type: str, resource_id: str) -> Stored:
         """The live version, if the principal may see it: 404 when it may not (or nothing is
-        there), 410 when it was deleted."""
+        there), 410 when it was deleted. One statement, cached per type and kind of principal,
+        that also brings the patients the resource is about (for the audit record)."""
         self.flush()
-        query = select(
-            RESOURCE.c.version_id,
-            RESOURCE.c.last_updated,
-            RESOURCE.c.deleted,
-            RESOURCE.c.content,
-            RESOURCE.c.owner_org,
-        ).where(RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id)
-        condition = self.visible(RESOURCE, resource_type)
-        if condition is not None:
-            query = query.where(condition)
-        row = self.session.execute(query).first()
+        shape = self.access.shape(resource_type) if self.access is not None else None
+        statement = _READ_STATEMENTS.get((resource_type, shape))
+        if statement is None:
+            statement = self._read_statement(resource_type)
+            _READ_STATEMENTS[(resource_type, shape)] = statement
+        params = {"read_type": resource_type, "read_id": resource_id}
+        if self.access is not None:
+            params.update(self.access.params())
+        row = self.session.execute(statement, params).first()
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
         stored = Stored(
@@ -197,7 +197,34 @@ class FhirStore:
             error.headers["ETag"] = stored.etag
             raise error
         self.disclose([stored])
+        self.members[(resource_type, resource_id)] = _members(row[5])
         return stored
+
+    def _read_statement(self, resource_type: str) -> Any:
+        member = COMPARTMENT.alias("member")
+        members = (
+            select(
+                func.aggregate_strings(member.c.patient_id.concat("|").concat(member.c.person), ",")
+            )
+            .where(
+                member.c.resource_type == RESOURCE.c.resource_type,
+                member.c.resource_id == RESOURCE.c.id,
+            )
+            .scalar_subquery()
+        )
+        statement = select(
+            RESOURCE.c.version_id,
+            RESOURCE.c.last_updated,
+            RESOURCE.c.deleted,
+            RESOURCE.c.content,
+            RESOURCE.c.owner_org,
+            members,
+        ).where(
+            RESOURCE.c.resource_type == bindparam("read_type"),
+            RESOURCE.c.id == bindparam("read_id"),
+        )
+        condition = self.visible(RESOURCE, resource_type)
+        return statement if condition is None else statement.where(condition)
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored:
         """One version, if the principal may see the resource (as it is now)."""
@@ -414,7 +441,7 @@ class FhirStore:
         if current is None or current.deleted:
             return None
         if self.access is not None:  # a request: its audit names the patients of what it deletes
-            self.deleted_members[(resource_type, resource_id)] = [
+            self.members[(resource_type, resource_id)] = [
                 (patient_id, person)
                 for patient_id, person in self.session.execute(
                     select(COMPARTMENT.c.patient_id, COMPARTMENT.c.person).where(
@@ -578,6 +605,16 @@ class FhirStore:
         self._queue_history(resource_type, resource_id, version, deleted, content, method)
         if content is not None:
             self._queue_index(resource_type, resource_id, content)
+
+
+_READ_STATEMENTS: dict[tuple[str, Any], Any] = {}
+"""The read statement of each (type, shape of the principal's access): built once."""
+
+
+def _members(text: str | None) -> list[tuple[str, str]]:
+    """The (patient, person) pairs of an aggregated ``patient|person,...`` column."""
+    pairs = (item.split("|", 1) for item in (text or "").split(",") if "|" in item)
+    return [(patient, person) for patient, person in pairs]
 
 
 def _check_if_match(current: Stored | None, if_match: int | None, reference: str) -> None:

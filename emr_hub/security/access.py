@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     ColumnElement,
     FromClause,
+    String,
     and_,
+    bindparam,
     case,
     false,
     func,
@@ -136,6 +138,25 @@ class PolicyAccess:
         self.principal = principal
         self.reader = reader_of(principal)
         self.now = now
+        # The principal's values enter the SQL as named parameters, so a statement built for
+        # one principal serves another of the same kind (FhirStore caches the read's).
+        self._organization = bindparam("policy_org", self.reader.organization, String)
+        self._person = bindparam("policy_person", self.reader.person, String)
+        self._purpose = bindparam("policy_purpose", self.reader.purpose, String)
+        self._now = bindparam("policy_now", now, GRANT.c.starts.type)
+
+    def shape(self, resource_type: str | None) -> tuple[Any, ...]:
+        """What the SQL of :meth:`visible` depends on besides :meth:`params`."""
+        return (id(self.policy), self.reader.kind, resource_type)
+
+    def params(self) -> dict[str, Any]:
+        """The values of the principal's named parameters."""
+        return {
+            "policy_org": self.reader.organization,
+            "policy_person": self.reader.person,
+            "policy_purpose": self.reader.purpose,
+            "policy_now": self.now,
+        }
 
     # ------------------------------------------------------------------ reading
     def visible(
@@ -153,7 +174,7 @@ class PolicyAccess:
         if reader.kind == "citizen":
             return or_(public, patient)
         owned = and_(
-            resource.c.owner_org == reader.organization, kind.not_in(sorted(policy.hub_only))
+            resource.c.owner_org == self._organization, kind.not_in(sorted(policy.hub_only))
         )
         return or_(public, owned, patient)
 
@@ -165,7 +186,7 @@ class PolicyAccess:
             return self._patient_data(resource) if category == rules.PATIENT else false()
         if category == rules.HUB_ONLY:
             return false()
-        owned = resource.c.owner_org == self.reader.organization
+        owned = resource.c.owner_org == self._organization
         if category == rules.PRIVATE:
             return owned
         return or_(owned, self._patient_data(resource))
@@ -176,7 +197,7 @@ class PolicyAccess:
         scalar subquery, so a chain of several links stays within SQLite's parser depth."""
         member = COMPARTMENT.alias()
         if self.reader.kind == "citizen":
-            is_open: ColumnElement[Any] = case((member.c.person == self.reader.person, 1), else_=0)
+            is_open: ColumnElement[Any] = case((member.c.person == self._person, 1), else_=0)
         else:
             is_open = self._openness(member, resource)
         least = (
@@ -199,10 +220,13 @@ class PolicyAccess:
             select(func.max(grant.c.strength))
             .where(
                 grant.c.person == member.c.person,
-                grant.c.organization.in_([self.reader.organization, rules.EVERY_HOSPITAL]),
-                or_(grant.c.starts.is_(None), grant.c.starts <= self.now),
-                or_(grant.c.ends.is_(None), grant.c.ends > self.now),
-                or_(grant.c.purpose.is_(None), grant.c.purpose == self.reader.purpose),
+                or_(
+                    grant.c.organization == self._organization,
+                    grant.c.organization == rules.EVERY_HOSPITAL,
+                ),
+                or_(grant.c.starts.is_(None), grant.c.starts <= self._now),
+                or_(grant.c.ends.is_(None), grant.c.ends > self._now),
+                or_(grant.c.purpose.is_(None), grant.c.purpose == self._purpose),
                 or_(grant.c.kind != rules.CARE, resource.c.restricted.is_(False)),
             )
             .correlate(member, resource)

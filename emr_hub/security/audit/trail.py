@@ -61,9 +61,10 @@ class AuditTrail:
             self.read.setdefault((stored.resource_type, stored.id), stored.version_id)
         for stored in store.changes:
             self.written[(stored.resource_type, stored.id)] = stored.version_id
-        keys = [k for k in dict.fromkeys([*self.read, *self.written])]
+        known = store.members
+        keys = [k for k in dict.fromkeys([*self.read, *self.written]) if k not in known]
         self._add_patients(store.session, keys)
-        for key, members in store.deleted_members.items():
+        for key, members in known.items():
             for patient_id, person in members:
                 self.patients.setdefault(patient_id, Touched(person)).types.add(key[0])
         store.disclosed = []

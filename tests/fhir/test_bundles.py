@@ -222,6 +222,29 @@ def read(api: Api, reference: str) -> dict[str, Any]:
     return response.json()
 
 
+def read_many(api: Api, references: list[str], chunk: int = 100) -> dict[str, dict[str, Any]]:
+    """``Type/id`` → the stored resource, read by ``_id`` searches of ``chunk`` ids at a time
+    (a search answers the same content as a read, in a fraction of the requests)."""
+    by_type: dict[str, list[str]] = {}
+    for reference in references:
+        resource_type, _, resource_id = reference.partition("/")
+        by_type.setdefault(resource_type, []).append(resource_id)
+    found: dict[str, dict[str, Any]] = {}
+    for resource_type, ids in by_type.items():
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            response = api.get(
+                f"/{resource_type}", params={"_id": ",".join(part), "_count": str(chunk)}
+            )
+            assert response.status_code == 200, response.text
+            for entry in response.json().get("entry", []):
+                resource = entry["resource"]
+                found[f"{resource['resourceType']}/{resource['id']}"] = resource
+    missing = [reference for reference in references if reference not in found]
+    assert not missing, missing[:5]
+    return found
+
+
 def search_ids(api: Api, resource_type: str, value: str, system: str = TEST_SYSTEM) -> list[str]:
     response = api.get(f"/{resource_type}", params={"identifier": f"{system}|{value}"})
     assert response.status_code == 200, response.text
@@ -322,9 +345,10 @@ def check_round_trip(api: Api, body: dict[str, Any], mapping: dict[str, str]) ->
             return conditional[value]
         return value
 
+    stored_by_reference = read_many(api, [mapping[sent["fullUrl"]] for sent in body["entry"]])
     for sent in body["entry"]:
         reference = mapping[sent["fullUrl"]]
-        stored = read(api, reference)
+        stored = stored_by_reference[reference]
         assert stored["id"] == reference.split("/")[1]
         assert stored["meta"]["versionId"] == "1"
         assert stored["meta"]["lastUpdated"]

@@ -90,7 +90,28 @@ def _search_param(param: SearchParam) -> dict[str, Any]:
     return entry
 
 
+_SERVED_ELSEWHERE: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {}
+
+
+def declare_read_only(
+    resource_type: str, search_params: tuple[str, ...], documentation: str
+) -> None:
+    """State a type a feature package serves itself, for reading and searching only, with the
+    search parameters it takes (the audit trail's AuditEvent)."""
+    _SERVED_ELSEWHERE[resource_type] = (("read", "search-type"), search_params, documentation)
+    _statement.cache_clear()
+
+
 def _resource(resource_type: str, operations: tuple[Operation, ...]) -> dict[str, Any]:
+    if resource_type in _SERVED_ELSEWHERE:
+        interactions, names, documentation = _SERVED_ELSEWHERE[resource_type]
+        by_code = {p.code: p for p in params_for(resource_type).values()}
+        return {
+            "type": resource_type,
+            "documentation": documentation,
+            "interaction": [{"code": code} for code in interactions],
+            "searchParam": [_search_param(by_code[name]) for name in names if name in by_code],
+        }
     params = supported_params(resource_type)
     entry: dict[str, Any] = {
         "type": resource_type,
@@ -160,7 +181,10 @@ def _statement(base_url: str, published: str, operations: tuple[Operation, ...])
                         }
                     ],
                     "description": (
-                        "OAuth2 client credentials at /auth/token; SMART v2 system scopes."
+                        "OAuth2 client credentials at /auth/token; SMART v2 scopes. Every read "
+                        "path applies the hub's access policy (care relationships, the "
+                        "person's Consent, break-the-glass with X-Purpose-Of-Use: ETREAT and "
+                        "X-Break-Glass-Reason); every interaction is audited (AuditEvent)."
                     ),
                 },
                 "resource": resources,

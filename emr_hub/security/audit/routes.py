@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from emr_hub.deps import HubDep
 from emr_hub.errors import FhirError, Issue, bad_request, forbidden, not_found
-from emr_hub.fhir import operations
+from emr_hub.fhir import capability, operations
 from emr_hub.fhir.http import fhir_response, wants_pretty
 from emr_hub.fhir.search.compile import date_condition
 from emr_hub.fhir.search.indexer import COMPARTMENT
@@ -52,6 +52,12 @@ RESULT_PARAMS = frozenset({"_count", "_cursor", "_pretty", "_format"})
 
 
 def declare_operations() -> None:
+    capability.declare_read_only(
+        "AuditEvent",
+        ("patient", "agent", "date", "entity", "outcome", "subtype", "action"),
+        "The audit trail, written by the hub alone: the operator reads every record, a "
+        "hospital those of its own requests.",
+    )
     operations.declare(
         "Patient",
         "access-log",

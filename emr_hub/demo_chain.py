@@ -177,7 +177,9 @@ class Writers:
             else:
                 organization = f"Organization/{key}"
                 principal = Principal(key, organization, ScopeSet.parse("system/*.cruds"), "demo")
-            author_row = Author(principal.client_id, principal.organization)
+            author_row = Author(
+                principal.client_id, principal.organization, operator=principal.is_operator
+            )
             store = FhirStore(self.session, base_url=self.base_url, author=author_row)
             self._stores[key] = (store, principal)
         return self._stores[key]

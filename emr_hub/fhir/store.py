@@ -56,13 +56,20 @@ def format_instant(moment: datetime) -> str:
 
 
 class Author(NamedTuple):
-    """Who writes a version: the API client and its Organization (None for the operator)."""
+    """Who writes a version: the API client and its Organization (None for the command line).
+    What the operator creates is owned by no hospital (``operator``): no hospital may change
+    it, and the operator sees everything anyway."""
 
     client: str
     organization: str | None
+    operator: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        return None if self.operator else self.organization
 
 
-OPERATOR_AUTHOR = Author("operator", None)
+OPERATOR_AUTHOR = Author("operator", None, operator=True)
 
 
 @dataclass(frozen=True)
@@ -372,7 +379,7 @@ class FhirStore:
         content = self._stamp(resource, new_id, 1)
         self._pending_keys.add(key)
         values = self._resource_values(resource_type, new_id, 1, False, content)
-        values["owner_org"] = self.author.organization
+        values["owner_org"] = self.author.owner
         values["restricted"] = self._restricted(content)
         self._pending_resources.append(values)
         self._queue_history(resource_type, new_id, 1, False, content, method)
@@ -386,7 +393,7 @@ class FhirStore:
                 False,
                 content,
                 method,
-                owner=self.author.organization,
+                owner=self.author.owner,
             )
         )
 
@@ -563,7 +570,8 @@ class FhirStore:
     ) -> None:
         values = self._resource_values(resource_type, resource_id, version, deleted, content)
         values["method"] = method
-        values["author_client"], values["author_org"] = self.author
+        values["author_client"] = self.author.client
+        values["author_org"] = self.author.organization
         self._pending_history.append(values)
 
     def _queue_index(self, resource_type: str, resource_id: str, content: dict[str, Any]) -> None:

@@ -110,7 +110,7 @@ def reader_of(principal: Principal) -> Reader:
 def author_of(principal: Principal) -> Author:
     if principal.is_citizen:
         return Author(f"citizen/{principal.person}", None)
-    return Author(principal.client_id, principal.organization)
+    return Author(principal.client_id, principal.organization, operator=principal.is_operator)
 
 
 def store_for(

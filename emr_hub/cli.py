@@ -1,5 +1,5 @@
-"""The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, import,
-reindex, xml130."""
+"""The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, keys,
+import, reindex, xml130."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def serve(host: str, port: int, workers: int) -> None:
     """Migrate the database, then serve the API."""
     import uvicorn
 
-    _hub().close()
+    _check_signing_keys(_hub())
     uvicorn.run(
         "emr_hub.main:create_app",
         factory=True,
@@ -74,6 +74,21 @@ def serve(host: str, port: int, workers: int) -> None:
         access_log=False,  # uvicorn's access log prints query strings (identifiers)
         proxy_headers=True,
     )
+
+
+def _check_signing_keys(hub: Hub) -> None:
+    """Refuse to start when the signing keys cannot be opened (a wrong or missing
+    key-encryption key), with what to fix rather than a failure on the first request. Makes
+    the first key, and seals keys stored in clear, as a side effect; closes ``hub``."""
+    from emr_hub.security.keys import signing_key
+    from emr_hub.security.sealing import SealingError
+
+    try:
+        signing_key(hub)
+    except SealingError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        hub.close()
 
 
 @main.command()
@@ -162,6 +177,7 @@ def token(client_id: str, scope: str | None) -> None:
     """Print a bare access token for a registered client."""
     from emr_hub.security.clients import client_scopes, get_client
     from emr_hub.security.scopes import ScopeSet
+    from emr_hub.security.sealing import SealingError
     from emr_hub.security.tokens import issue_access_token
 
     hub = _hub()
@@ -180,9 +196,54 @@ def token(client_id: str, scope: str | None) -> None:
         if not wanted.issubset(allowed):
             raise click.ClickException(f"scope {scope!r} is wider than the client's {allowed}")
         access_token, _ = issue_access_token(hub, registered, wanted)
+    except SealingError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         hub.close()
     click.echo(access_token)
+
+
+@main.group()
+def keys() -> None:
+    """The keys that sign access tokens."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; the old one keeps verifying until its tokens have expired."""
+    from emr_hub.security.keys import rotate_signing_key
+    from emr_hub.security.sealing import SealingError
+
+    hub = _hub()
+    try:
+        kid, retires_at = rotate_signing_key(hub)
+        refresh = hub.settings.signing_key_refresh_seconds
+    except SealingError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        hub.close()
+    click.echo(f"new signing key {kid}; every API process signs with it within {refresh} s")
+    click.echo(f"older keys verify until {retires_at.isoformat(timespec='seconds')}, then retire")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List the signing keys: which one signs, which verify until when, which are retired."""
+    from emr_hub.security.keys import list_keys
+
+    hub = _hub()
+    try:
+        infos = list_keys(hub)
+    finally:
+        hub.close()
+    if not infos:
+        click.echo("no signing key yet (the first token or JWKS request makes one)")
+    for info in infos:
+        until = f" until {info.retires_at.isoformat(timespec='seconds')}" if info.retires_at else ""
+        created = info.created_at.isoformat(timespec="seconds")
+        click.echo(
+            f"{info.kid}  {info.state}{until if info.state != 'retired' else ''}  created {created}"
+        )
 
 
 @main.command("import")

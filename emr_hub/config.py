@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,23 @@ class Settings(BaseSettings):
     base_url: str = Field(default="http://127.0.0.1:8000", description="Public base URL.")
     require_services: bool = False
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
+    signing_key_refresh_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="How often each process re-reads the signing keys (picks up a rotation).",
+    )
+    key_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 bytes: the AES-256-GCM key that seals the token signing keys.",
+    )
+    key_encryption_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "A file holding the key-encryption key (base64 of 32 bytes). With neither set, "
+            "DATA_DIR/key-encryption-key is used, and made on first start."
+        ),
+    )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     endpoint_allowed_hosts: str = Field(
         default="127.0.0.1,localhost,::1",

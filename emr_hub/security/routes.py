@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -17,9 +18,11 @@ from starlette.concurrency import run_in_threadpool
 
 from emr_hub.deps import HubDep
 from emr_hub.security.keys import public_jwks
+from emr_hub.security.sealing import SealingError
 from emr_hub.security.tokens import OAuthError, client_credentials_grant
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/auth/token"  # noqa: S105 - a URL path, not a secret
 JWKS_PATH = "/.well-known/jwks.json"
@@ -40,12 +43,18 @@ async def token_endpoint(request: Request, hub: HubDep) -> JSONResponse:
         if error.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="emr_hub"'
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    except SealingError as error:
+        return _keys_unavailable(error)
     return JSONResponse(body, headers=_NO_STORE)
 
 
 @router.get(JWKS_PATH, tags=["auth"], summary="Public keys that sign access tokens")
 def jwks(hub: HubDep) -> JSONResponse:
-    return JSONResponse(public_jwks(hub), headers={"Cache-Control": "public, max-age=300"})
+    try:
+        keys = public_jwks(hub)
+    except SealingError as error:
+        return _keys_unavailable(error)
+    return JSONResponse(keys, headers={"Cache-Control": "public, max-age=300"})
 
 
 @router.get("/fhir/.well-known/smart-configuration", tags=["auth"], summary="SMART discovery")
@@ -64,6 +73,17 @@ def smart_configuration(hub: HubDep) -> dict[str, Any]:
         ],
         "capabilities": ["client-confidential-symmetric", "permission-v2"],
     }
+
+
+def _keys_unavailable(error: SealingError) -> JSONResponse:
+    """The signing keys cannot be opened (the key-encryption key): the operator's problem,
+    told in the log; the client gets a 503 without the details."""
+    log.error("the token signing keys cannot be opened: %s", error)
+    body = {
+        "error": "server_error",
+        "error_description": "The hub cannot use its signing keys now; retry later",
+    }
+    return JSONResponse(body, status_code=503, headers=_NO_STORE)
 
 
 async def _read_token_request(request: Request) -> tuple[str, str, str | None]:

@@ -17,7 +17,7 @@ from joserfc.jwk import GuestProtocol
 
 from emr_hub.errors import FhirError
 from emr_hub.security.clients import check_client_secret, client_scopes, get_client
-from emr_hub.security.keys import ALGORITHM, signing_key, verification_key
+from emr_hub.security.keys import ALGORITHM, CLOCK_LEEWAY_SECONDS, signing_key, verification_key
 from emr_hub.security.principal import Principal, invalid_token
 from emr_hub.security.scopes import ScopeSet
 from storage.tables import ApiClient
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from emr_hub.hub import Hub
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - the RFC 9068 "typ" header, not a secret
-LEEWAY_SECONDS = 30
+LEEWAY_SECONDS = CLOCK_LEEWAY_SECONDS
 # Far above any token this hub issues; refuses junk before any parsing or crypto.
 MAX_TOKEN_LENGTH = 8192
 

@@ -83,10 +83,14 @@ def test_upgrade_from_0006_keeps_keys_and_clients(tmp_path: Path, database_url: 
                 text("SELECT private_jwk, sealed_private FROM signing_key WHERE kid = :kid"),
                 {"kid": kid},
             ).one()
+            client = conn.execute(
+                text("SELECT generation, jwks, jwks_url FROM api_client WHERE client_id = 'old'")
+            ).one()
         assert row[0] is None and str(row[1]).startswith("v1.")
+        assert tuple(client) == (1, None, None)
         with hub.db.transaction() as session:
             old = authenticate_client(session, "old", "s")  # the secret still works
-        assert old is not None
+        assert old is not None and old.generation == 1
         token, _ = issue_access_token(hub, old, ScopeSet.parse("system/*.rs"))
         assert verify_access_token(hub, token).client_id == "old"
     finally:

@@ -21,7 +21,7 @@ from sqlalchemy import select, text
 from emr_hub.errors import FhirError
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
-from emr_hub.security.clients import register_client
+from emr_hub.security.clients import Registration, register_client
 from emr_hub.security.keys import (
     RETIRED,
     SIGNING,
@@ -39,9 +39,9 @@ from emr_hub.security.tokens import issue_access_token, verify_access_token
 from storage.db import Database
 from storage.tables import ApiClient, SigningKey
 from tests.processes import wait_for
+from tests.security.conftest import ORGANIZATION
 
 SCOPES = ScopeSet.parse("system/Patient.rs")
-ORGANIZATION = "Organization/bv-bach-mai"
 
 
 def new_kek() -> str:
@@ -58,7 +58,7 @@ def client_of(hub: Hub) -> ApiClient:
     with hub.db.transaction() as session:
         client = session.get(ApiClient, "his")
         if client is None:
-            register_client(session, "his", ORGANIZATION, SCOPES)
+            register_client(session, "his", Registration(ORGANIZATION, SCOPES))
             client = session.get(ApiClient, "his")
     assert client is not None
     return client
@@ -71,6 +71,11 @@ def token_of(hub: Hub) -> str:
 def kid_of(token: str) -> str:
     header = token.split(".")[0]
     return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+
+@pytest.fixture(autouse=True)
+def _organization(organization: str) -> None:
+    """The clients of these tests belong to a stored Organization."""
 
 
 def raw_rows(hub: Hub) -> str:
@@ -143,7 +148,7 @@ def test_token_endpoint_with_wrong_kek_is_503(hub: Hub) -> None:
     try:
         signing_key(first)
         with hub.db.transaction() as session:
-            secret = register_client(session, "his-2", ORGANIZATION, SCOPES)
+            secret = register_client(session, "his-2", Registration(ORGANIZATION, SCOPES))
         assert secret is not None
         with TestClient(create_app(second)) as app:
             form = {"grant_type": "client_credentials", "client_id": "his-2"}
@@ -253,6 +258,7 @@ def test_rotated_key_retires_once_its_tokens_expired(hub: Hub) -> None:
         "jti": "j",
         "scope": str(SCOPES),
         "organization": client.organization,
+        "gen": client.generation,
     }
     stale = jwt.encode({"alg": "ES256", "kid": old_key.kid, "typ": "at+jwt"}, claims, old_key)
     other = process(hub)

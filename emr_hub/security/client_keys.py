@@ -1,19 +1,28 @@
 """Clients' public keys: the JWK Sets hospitals register, or publish at a JWKS URL, to sign
 their client assertions with.
 
-A registered set is checked when the client is registered. Accepted: public keys only (a
-private member refuses the whole set), each with a ``kid``, of type EC on P-256 or P-384, or
-RSA of at least 2048 bits. The URL is the operator's choice, but only http and https are
-allowed.
+A registered set is checked once, when the client is registered; a fetched one each time it
+is fetched. Accepted: public keys only (a private member refuses the whole set), each with a
+``kid``, of type EC on P-256 or P-384, or RSA of at least 2048 bits.
+
+Sets fetched from a URL are kept per process for ``EMR_HUB_CLIENT_JWKS_CACHE_SECONDS``; a
+``kid`` missing from the copy in memory fetches the set again once (the client may have
+rotated its keys). Fetches have short timeouts and a size cap and follow no redirect. The URL
+is the operator's choice, but only http and https are allowed.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
@@ -22,9 +31,14 @@ ALGORITHMS = ("ES384", "RS384", "ES256")
 MAX_KEYS = 20
 MAX_KID_LENGTH = 128
 MIN_RSA_BITS = 2048
+MAX_JWKS_BYTES = 64 * 1024
 MAX_URL_LENGTH = 2048
+FETCH_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
+FETCH_DEADLINE_SECONDS = 5.0
 _CURVES = {"P-256": "ES256", "P-384": "ES384"}
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+PublicKey = ECKey | RSAKey
 
 
 class JwksUnavailable(Exception):
@@ -66,11 +80,101 @@ def check_jwks_url(url: str) -> str:
     return url
 
 
+def import_key(jwk: dict[str, Any]) -> PublicKey:
+    """A joserfc key of a JWK that :func:`parse_jwks` accepted."""
+    if jwk["kty"] == "EC":
+        return ECKey.import_key(jwk)
+    return RSAKey.import_key(jwk)
+
+
 def key_algorithms(jwk: dict[str, Any]) -> tuple[str, ...]:
     """The assertion algorithms this key can verify."""
     if jwk["kty"] == "EC":
         return (_CURVES[jwk["crv"]],)
     return ("RS384",)
+
+
+def find_in_set(jwks: dict[str, Any], kid: str) -> dict[str, Any] | None:
+    return next((jwk for jwk in jwks.get("keys", ()) if jwk.get("kid") == kid), None)
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    jwks: dict[str, Any]
+    at: float
+
+
+class JwksCache:
+    """JWK Sets fetched from URLs, per process (one lock per URL, so a slow server holds up
+    only the clients that use it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Fetched] = {}
+        self._url_locks: dict[str, threading.Lock] = {}
+
+    def key(self, url: str, kid: str, max_age: float) -> dict[str, Any] | None:
+        """The JWK with ``kid`` published at ``url``; raises :class:`JwksUnavailable`."""
+        entry = self._entries.get(url)
+        if entry is not None and time.monotonic() - entry.at < max_age:
+            jwk = find_in_set(entry.jwks, kid)
+            if jwk is not None:
+                return jwk
+        # Stale, never fetched, or without this kid: fetch again, once.
+        with self._url_lock(url):
+            latest = self._entries.get(url)
+            if (
+                latest is not None
+                and latest is not entry
+                and time.monotonic() - latest.at < max_age
+            ):
+                jwk = find_in_set(latest.jwks, kid)
+                if jwk is not None:  # another thread fetched it meanwhile
+                    return jwk
+            fetched = _Fetched(fetch_jwks(url), time.monotonic())
+            self._entries[url] = fetched
+        return find_in_set(fetched.jwks, kid)
+
+    def _url_lock(self, url: str) -> threading.Lock:
+        with self._lock:
+            return self._url_locks.setdefault(url, threading.Lock())
+
+
+def fetch_jwks(url: str) -> dict[str, Any]:
+    """GET the JWK Set at ``url`` and check it; :class:`JwksUnavailable` says what failed."""
+    try:
+        check_jwks_url(url)
+    except ValueError as exc:
+        raise JwksUnavailable(str(exc)) from None
+    deadline = time.monotonic() + FETCH_DEADLINE_SECONDS
+    body = bytearray()
+    try:
+        with (
+            httpx.Client(timeout=FETCH_TIMEOUT, follow_redirects=False, trust_env=False) as http,
+            http.stream(
+                "GET", url, headers={"Accept": "application/jwk-set+json, application/json"}
+            ) as response,
+        ):
+            if response.status_code != 200:
+                raise JwksUnavailable(f"its JWKS URL answered HTTP {response.status_code}")
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise JwksUnavailable(
+                        f"its JWKS URL sent more than {MAX_JWKS_BYTES // 1024} KiB"
+                    )
+                if time.monotonic() > deadline:
+                    raise JwksUnavailable("its JWKS URL was too slow to answer")
+    except httpx.TimeoutException:
+        raise JwksUnavailable("its JWKS URL did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise JwksUnavailable(f"its JWKS URL could not be reached ({type(exc).__name__})") from None
+    try:
+        return parse_jwks(orjson.loads(bytes(body)))
+    except orjson.JSONDecodeError:
+        raise JwksUnavailable("its JWKS URL did not answer with JSON") from None
+    except ValueError as exc:
+        raise JwksUnavailable(f"its JWKS URL did not give a usable JWK Set: {exc}") from None
 
 
 def _public_jwk(jwk: Any, position: int) -> dict[str, Any]:

@@ -24,12 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol
 
 from emr_hub.errors import FhirError
-from emr_hub.security.clients import (
-    check_client_secret,
-    client_scopes,
-    get_client,
-    load_client,
-)
+from emr_hub.security.clients import client_scopes, get_client
 from emr_hub.security.keys import ALGORITHM, CLOCK_LEEWAY_SECONDS, signing_key, verification_key
 from emr_hub.security.principal import CITIZEN, Principal, invalid_token
 from emr_hub.security.scopes import ScopeSet
@@ -54,59 +49,6 @@ _PRINTABLE_URL = re.compile(r"[!-~]{1,200}")
 
 class _UnknownKey(JoseError):
     error = "unknown_key"
-
-
-class OAuthError(Exception):
-    """An RFC 6749 §5.2 error of the token endpoint: ``{"error", "error_description"}``."""
-
-    def __init__(self, error: str, description: str | None = None, status: int = 400) -> None:
-        super().__init__(description or error)
-        self.error = error
-        self.description = description
-        self.status = status
-
-    def body(self) -> dict[str, str]:
-        body = {"error": self.error}
-        if self.description:
-            body["error_description"] = self.description
-        return body
-
-
-def client_credentials_grant(
-    hub: Hub, client_id: str, client_secret: str, scope: str | None
-) -> dict[str, Any]:
-    """The client credentials grant (RFC 6749 §4.4) after the HTTP request has been parsed.
-
-    Returns the token response body; raises :class:`OAuthError` (``invalid_client``,
-    ``invalid_scope``). Blocking (database, scrypt): call it from a worker thread.
-    """
-    # scrypt after the read, which is on a snapshot; it runs for unknown clients too (timing).
-    client = check_client_secret(load_client(hub.db, client_id), client_secret)
-    if client is None:
-        raise OAuthError("invalid_client", "Client authentication failed", status=401)
-    registered = client_scopes(client)
-    granted = registered
-    if scope is not None and scope.strip():
-        try:
-            granted = ScopeSet.parse(scope)
-        except ValueError as exc:
-            raise OAuthError("invalid_scope", str(exc)) from None
-        if "patient" in granted.contexts:
-            raise OAuthError(
-                "invalid_scope", "patient/ scopes are for citizens' tokens; ask for system/ scopes"
-            )
-        if not granted.issubset(registered):
-            raise OAuthError(
-                "invalid_scope",
-                f"The requested scope exceeds what this client is registered for: {registered}",
-            )
-    token, lifetime = issue_access_token(hub, client, granted)
-    return {
-        "access_token": token,
-        "token_type": "bearer",
-        "expires_in": lifetime,
-        "scope": str(granted),
-    }
 
 
 def issue_access_token(

@@ -1,22 +1,29 @@
-"""Security test support: stored Organizations and Patients, clients' key pairs, the real
-app."""
+"""Security test support: stored Organizations and Patients, clients' key pairs and the
+assertions they sign, a real HTTP server publishing a JWK Set, the real app."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from emr_hub.fhir import interactions
 from emr_hub.fhir.routes import in_transaction
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
+from emr_hub.security.assertions import ASSERTION_TYPE
 from emr_hub.security.principal import OPERATOR
+from tests.conftest import free_port
 
 ORGANIZATION_ID = "bv-bach-mai"
 ORGANIZATION = f"Organization/{ORGANIZATION_ID}"
@@ -86,6 +93,104 @@ class ClientKey:
     def public_jwk(self) -> dict[str, Any]:
         return {**self.private.as_dict(private=False), "kid": self.kid}
 
+    def sign(self, claims: dict[str, Any], **header: Any) -> str:
+        full = {"alg": self.algorithm, "typ": "JWT", "kid": self.kid, **header}
+        full = {name: value for name, value in full.items() if value is not None}
+        return jwt.encode(full, claims, self.private, algorithms=[self.algorithm])
+
 
 def jwks_of(*keys: ClientKey) -> dict[str, Any]:
     return {"keys": [key.public_jwk() for key in keys]}
+
+
+def assertion_claims(hub: Hub, client_id: str, **changes: Any) -> dict[str, Any]:
+    """Valid claims of an assertion by ``client_id`` for ``hub``; a change of None drops
+    the claim."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": hub.settings.base_url.rstrip("/") + "/auth/token",
+        "exp": now + 240,
+        "iat": now,
+        "jti": str(uuid.uuid4()),
+    }
+    claims.update(changes)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def assertion_form(assertion: str, **extra: str) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+        **extra,
+    }
+
+
+def assert_oauth_error(response: Any, status: int, error: str, says: str = "") -> str:
+    """The error description, after checking the OAuth error shape."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error, body
+    assert response.headers["cache-control"] == "no-store"
+    description = str(body.get("error_description", ""))
+    assert says in description, description
+    return description
+
+
+# --- a client's JWKS URL ------------------------------------------------------------------
+
+
+class JwksServer:
+    """A real HTTP server publishing a JWK Set (what :attr:`body` holds) at ``/jwks.json``;
+    it counts the requests it answered."""
+
+    def __init__(self) -> None:
+        self.body: bytes = b'{"keys": []}'
+        self.status = 200
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks.json"
+
+    def publish(self, jwks: dict[str, Any]) -> None:
+        self.body = json.dumps(jwks).encode()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with server._lock:
+                    server.requests += 1
+                found = self.path == "/jwks.json"
+                status = server.status if found else 404
+                body = server.body if found else b"not here"
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        return Handler
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[JwksServer]:
+    server = JwksServer()
+    server.start()
+    yield server
+    server.stop()

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from emr_hub.errors import FhirError
 from emr_hub.hub import Hub
+from emr_hub.main import create_app
 from emr_hub.security.clients import Registration, client_scopes, get_client, register_client
 from emr_hub.security.keys import signing_key
 from emr_hub.security.scopes import ScopeSet
@@ -23,6 +25,8 @@ from tests.conftest import free_port, make_settings
 from tests.processes import EMR_HUB, cli_env
 from tests.security.conftest import (
     ClientKey,
+    assertion_claims,
+    assertion_form,
     jwks_of,
     store_organization,
     store_patient,
@@ -101,6 +105,12 @@ def test_client_add_with_a_jwks_file(operator: Operator) -> None:
     )  # fmt: skip
     assert out.strip() == f"client his-k registered with 1 public key ({key.kid}); it has no secret"
     assert client_row(operator, "his-k") == ("operator", True, True, 1)
+    with TestClient(create_app(operator.hub)) as app:
+        form = assertion_form(key.sign(assertion_claims(operator.hub, "his-k")))
+        response = app.post("/auth/token", data=form)
+    assert response.status_code == 200, response.text
+    principal = verify_access_token(operator.hub, response.json()["access_token"])
+    assert (principal.kind, principal.break_glass_allowed) == ("operator", True)
 
 
 def test_client_add_refuses_bad_jwks_files(operator: Operator) -> None:

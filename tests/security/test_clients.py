@@ -27,9 +27,12 @@ from storage.tables import ApiClient
 from tests.security.conftest import (
     ORGANIZATION,
     ClientKey,
+    assertion_claims,
+    assertion_form,
     delete_resource,
     jwks_of,
     store_organization,
+    with_settings,
 )
 
 SCOPES = ScopeSet.parse("system/Patient.rs")
@@ -208,11 +211,14 @@ def test_replace_cuts_off_earlier_tokens(hub: Hub, organization: str) -> None:
     assert client.generation == 2 and client.secret_hash is None
     assert "re-registered or disabled" in refused(hub, token)
 
-    # The old secret no longer works.
+    # The new registration works (keys), the old secret does not.
     with TestClient(_app(hub)) as app:
         form = {"grant_type": "client_credentials", "client_id": "his"}
         old = app.post("/auth/token", data={**form, "client_secret": first_secret})
         assert old.status_code == 401
+        new = app.post("/auth/token", data=assertion_form(key.sign(assertion_claims(hub, "his"))))
+        assert new.status_code == 200, new.text
+        assert verify_access_token(hub, new.json()["access_token"]).client_id == "his"
 
 
 def test_replace_keeps_the_active_flag(hub: Hub, organization: str) -> None:
@@ -257,3 +263,21 @@ def test_token_without_generation_is_refused(hub: Hub, organization: str) -> Non
     key = signing_key(hub)
     token = jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}, claims, key)
     assert "invalid" in refused(hub, token)
+
+
+def test_secrets_turned_off(hub: Hub, organization: str) -> None:
+    secret = register(hub)
+    assert secret is not None
+    strict = with_settings(hub, client_secret_auth=False)
+    with TestClient(_app(strict)) as app:
+        form = {"grant_type": "client_credentials", "client_id": "his", "client_secret": secret}
+        response = app.post("/auth/token", data=form)
+        assert response.status_code == 401
+        body = response.json()
+        assert body["error"] == "invalid_client"
+        assert "EMR_HUB_CLIENT_SECRET_AUTH=false" in body["error_description"]
+        assert "turned off" in body["error_description"]
+        config = app.get("/fhir/.well-known/smart-configuration").json()
+    assert config["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert config["capabilities"] == ["client-confidential-asymmetric", "permission-v2"]
+    assert config["token_endpoint_auth_signing_alg_values_supported"] == ["ES384", "RS384", "ES256"]

@@ -323,12 +323,22 @@ def test_smart_configuration(api: TestClient, hub: Hub) -> None:
     assert config["token_endpoint"] == base + "/auth/token"
     assert config["jwks_uri"] == base + "/.well-known/jwks.json"
     assert config["grant_types_supported"] == ["client_credentials"]
-    assert set(config["token_endpoint_auth_methods_supported"]) == {
+    assert config["token_endpoint_auth_methods_supported"] == [
+        "private_key_jwt",
         "client_secret_basic",
         "client_secret_post",
-    }
+    ]
+    assert config["token_endpoint_auth_signing_alg_values_supported"] == [
+        "ES384",
+        "RS384",
+        "ES256",
+    ]
     assert "system/*.cruds" in config["scopes_supported"]
-    assert set(config["capabilities"]) >= {"client-confidential-symmetric", "permission-v2"}
+    assert config["capabilities"] == [
+        "client-confidential-asymmetric",
+        "client-confidential-symmetric",
+        "permission-v2",
+    ]
 
 
 def test_token_from_one_hub_works_on_another(hub: Hub, secret: str) -> None:

@@ -27,9 +27,9 @@ from starlette.concurrency import run_in_threadpool
 from emr_hub.deps import HubDep
 from emr_hub.security import throttle
 from emr_hub.security.assertions import ASSERTION_TYPE, claimed_client_id
+from emr_hub.security.client_credentials import TokenRequest, grant_token
 from emr_hub.security.client_keys import ALGORITHMS
 from emr_hub.security.clients import CLIENT_ID
-from emr_hub.security.grants import TokenRequest, grant_token
 from emr_hub.security.keys import public_jwks
 from emr_hub.security.oauth import (
     INVALID_REQUEST,

@@ -17,25 +17,24 @@ from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from emr_hub.fhir import interactions
-from emr_hub.fhir.routes import in_transaction
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from emr_hub.security.assertions import ASSERTION_TYPE
-from emr_hub.security.principal import OPERATOR
+from emr_hub.security.clients import ensure_client
+from emr_hub.security.scopes import ScopeSet
+from emr_hub.security.tokens import issue_access_token
+from storage.tables import ApiClient
 from tests.conftest import free_port
 
 ORGANIZATION_ID = "bv-bach-mai"
 ORGANIZATION = f"Organization/{ORGANIZATION_ID}"
 CCCD_SYSTEM = "http://fhir.hl7.org.vn/core/sid/cccd"
+OPERATOR_CLIENT = "test-operator"
 
 
 def store_organization(hub: Hub, organization_id: str = ORGANIZATION_ID) -> str:
     body = {"resourceType": "Organization", "id": organization_id, "name": "Bệnh viện thử"}
-    in_transaction(
-        hub,
-        lambda store: interactions.update(store, OPERATOR, "Organization", organization_id, body),
-    )
+    operator_write(hub, "PUT", f"/Organization/{organization_id}", body)
     return f"Organization/{organization_id}"
 
 
@@ -46,15 +45,31 @@ def store_patient(hub: Hub, patient_id: str, cccd: str, birth_date: str) -> None
         "identifier": [{"system": CCCD_SYSTEM, "value": cccd}],
         "birthDate": birth_date,
     }
-    in_transaction(
-        hub, lambda store: interactions.update(store, OPERATOR, "Patient", patient_id, body)
-    )
+    operator_write(hub, "PUT", f"/Patient/{patient_id}", body)
 
 
 def delete_resource(hub: Hub, resource_type: str, resource_id: str) -> None:
-    in_transaction(
-        hub, lambda store: interactions.delete(store, OPERATOR, resource_type, resource_id)
-    )
+    operator_write(hub, "DELETE", f"/{resource_type}/{resource_id}")
+
+
+def operator_write(hub: Hub, method: str, path: str, body: Any = None) -> None:
+    """Write through the real API as an operator's client (which sees and changes everything)."""
+    with hub.db.transaction() as session:
+        ensure_client(
+            session, OPERATOR_CLIENT, "Organization/test-operator", ScopeSet.parse("system/*.cruds")
+        )
+        client = session.get(ApiClient, OPERATOR_CLIENT)
+        assert client is not None
+        client.role = "operator"
+    with hub.db.transaction() as session:
+        client = session.get(ApiClient, OPERATOR_CLIENT)
+    assert client is not None
+    token, _ = issue_access_token(hub, client, ScopeSet.parse("system/*.cruds"))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    content = json.dumps(body).encode() if body is not None else None
+    with TestClient(create_app(hub)) as app:
+        response = app.request(method, f"/fhir{path}", content=content, headers=headers)
+    assert response.status_code in (200, 201, 204), response.text
 
 
 def with_settings(hub: Hub, **changes: Any) -> Hub:

@@ -72,11 +72,18 @@ def operator(tmp_path: Path) -> Iterator[Operator]:
     """On SQLite only: the commands' database work is the library's, tested on both."""
     database_url = f"sqlite:///{tmp_path / 'hub.db'}"
     hub = Hub.from_settings(make_settings(tmp_path, database_url), migrate=True)
-    store_organization(hub, "vien-k")
     try:
         yield Operator(cli_env(tmp_path, database_url), hub, tmp_path)
     finally:
         hub.close()
+
+
+@pytest.fixture
+def hospital(operator: Operator) -> Operator:
+    """The operator, with Organization/vien-k stored (written through the API, which makes
+    the signing key)."""
+    store_organization(operator.hub, "vien-k")
+    return operator
 
 
 def client_row(operator: Operator, client_id: str) -> tuple[object, ...] | None:
@@ -95,21 +102,21 @@ def test_client_add_refuses_an_unknown_organization(operator: Operator) -> None:
     assert client_row(operator, "ghost") is None
 
 
-def test_client_add_with_a_jwks_file(operator: Operator) -> None:
+def test_client_add_with_a_jwks_file(hospital: Operator) -> None:
     key = ClientKey("ES384")
-    path = operator.tmp_path / "jwks.json"
+    path = hospital.tmp_path / "jwks.json"
     path.write_text(json.dumps(jwks_of(key)))
-    out = operator.ok(
+    out = hospital.ok(
         "client", "add", "his-k", "--organization", "Organization/vien-k",
         "--scope", "system/Patient.rs", "--jwks-file", str(path), "--operator", "--break-glass",
     )  # fmt: skip
     assert out.strip() == f"client his-k registered with 1 public key ({key.kid}); it has no secret"
-    assert client_row(operator, "his-k") == ("operator", True, True, 1)
-    with TestClient(create_app(operator.hub)) as app:
-        form = assertion_form(key.sign(assertion_claims(operator.hub, "his-k")))
+    assert client_row(hospital, "his-k") == ("operator", True, True, 1)
+    with TestClient(create_app(hospital.hub)) as app:
+        form = assertion_form(key.sign(assertion_claims(hospital.hub, "his-k")))
         response = app.post("/auth/token", data=form)
     assert response.status_code == 200, response.text
-    principal = verify_access_token(operator.hub, response.json()["access_token"])
+    principal = verify_access_token(hospital.hub, response.json()["access_token"])
     assert (principal.kind, principal.break_glass_allowed) == ("operator", True)
 
 
@@ -134,29 +141,29 @@ def test_client_add_refuses_bad_jwks_files(operator: Operator) -> None:
     assert client_row(operator, "his-p") is None
 
 
-def test_replace_disable_enable(operator: Operator) -> None:
+def test_replace_disable_enable(hospital: Operator) -> None:
     add = ("client", "add", "his-r", "--organization", "Organization/vien-k")
-    first_secret = operator.ok(*add).strip()
-    token = operator.ok("token", "his-r").strip()
-    assert verify_access_token(operator.hub, token).client_id == "his-r"
+    first_secret = hospital.ok(*add).strip()
+    token = hospital.ok("token", "his-r").strip()
+    assert verify_access_token(hospital.hub, token).client_id == "his-r"
 
-    operator.fails(*add, says="exists; re-register it with --replace")
-    replaced = operator.run(*add, "--replace")
+    hospital.fails(*add, says="exists; re-register it with --replace")
+    replaced = hospital.run(*add, "--replace")
     assert replaced.returncode == 0 and "no longer work" in replaced.stderr
     new_secret = replaced.stdout.strip()
     assert len(new_secret) >= 32 and new_secret != first_secret
     with pytest.raises(FhirError, match="re-registered"):
-        verify_access_token(operator.hub, token)
+        verify_access_token(hospital.hub, token)
 
-    token = token_of(operator, "his-r")
-    assert "disabled" in operator.ok("client", "disable", "his-r")
+    token = token_of(hospital, "his-r")
+    assert "disabled" in hospital.ok("client", "disable", "his-r")
     with pytest.raises(FhirError, match="disabled"):
-        verify_access_token(operator.hub, token)
-    assert "enabled" in operator.ok("client", "enable", "his-r")
+        verify_access_token(hospital.hub, token)
+    assert "enabled" in hospital.ok("client", "enable", "his-r")
     with pytest.raises(FhirError, match="re-registered or disabled"):
-        verify_access_token(operator.hub, token)
-    assert verify_access_token(operator.hub, token_of(operator, "his-r"))
-    operator.fails("client", "disable", "nobody", says="no client 'nobody'")
+        verify_access_token(hospital.hub, token)
+    assert verify_access_token(hospital.hub, token_of(hospital, "his-r"))
+    hospital.fails("client", "disable", "nobody", says="no client 'nobody'")
 
 
 def token_of(operator: Operator, client_id: str) -> str:
@@ -208,6 +215,7 @@ def test_token_needs_a_client_or_a_citizen(operator: Operator) -> None:
 
 def test_keys_rotate_and_list(operator: Operator) -> None:
     assert "no signing key yet" in operator.ok("keys", "list")
+    store_organization(operator.hub, "vien-k")
     add_client(operator, "his-t")
     old_token = token_of(operator, "his-t")
     rotated = operator.ok("keys", "rotate")
@@ -219,16 +227,16 @@ def test_keys_rotate_and_list(operator: Operator) -> None:
     assert verify_access_token(operator.hub, old_token).client_id == "his-t"
 
 
-def test_wrong_kek_is_a_clear_cli_error(operator: Operator) -> None:
-    add_client(operator, "his-w")
-    signing_key(operator.hub)  # made and sealed with the generated KEK file the CLI shares
+def test_wrong_kek_is_a_clear_cli_error(hospital: Operator) -> None:
+    add_client(hospital, "his-w")
+    signing_key(hospital.hub)  # made and sealed with the generated KEK file the CLI shares
     kek = base64.b64encode(os.urandom(32)).decode()
-    wrong = {**operator.env, "EMR_HUB_KEY_ENCRYPTION_KEY": kek}
+    wrong = {**hospital.env, "EMR_HUB_KEY_ENCRYPTION_KEY": kek}
     for args in (("token", "his-w"), ("keys", "rotate"), ("serve", "--port", str(free_port()))):
-        done = operator.run(*args, env=wrong)
+        done = hospital.run(*args, env=wrong)
         assert done.returncode == 1, done.stdout
         assert "was sealed with the key-encryption key of id" in done.stderr
         assert "Traceback" not in done.stderr and kek not in done.stderr
-    malformed = {**operator.env, "EMR_HUB_KEY_ENCRYPTION_KEY": "short"}
-    done = operator.run("token", "his-w", env=malformed)
+    malformed = {**hospital.env, "EMR_HUB_KEY_ENCRYPTION_KEY": "short"}
+    done = hospital.run("token", "his-w", env=malformed)
     assert done.returncode == 1 and "base64 of 32 random bytes" in done.stderr

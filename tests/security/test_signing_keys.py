@@ -21,7 +21,7 @@ from sqlalchemy import select, text
 from emr_hub.errors import FhirError
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
-from emr_hub.security.clients import Registration, register_client
+from emr_hub.security.clients import ensure_client
 from emr_hub.security.keys import (
     RETIRED,
     SIGNING,
@@ -55,11 +55,11 @@ def process(hub: Hub, **changes: Any) -> Hub:
 
 
 def client_of(hub: Hub) -> ApiClient:
+    """A secret client; ensure_client needs no stored Organization, so nothing here signs a
+    token (or makes a key) before the test means to."""
     with hub.db.transaction() as session:
+        ensure_client(session, "his", ORGANIZATION, SCOPES)
         client = session.get(ApiClient, "his")
-        if client is None:
-            register_client(session, "his", Registration(ORGANIZATION, SCOPES))
-            client = session.get(ApiClient, "his")
     assert client is not None
     return client
 
@@ -71,11 +71,6 @@ def token_of(hub: Hub) -> str:
 def kid_of(token: str) -> str:
     header = token.split(".")[0]
     return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
-
-
-@pytest.fixture(autouse=True)
-def _organization(organization: str) -> None:
-    """The clients of these tests belong to a stored Organization."""
 
 
 def raw_rows(hub: Hub) -> str:
@@ -148,7 +143,7 @@ def test_token_endpoint_with_wrong_kek_is_503(hub: Hub) -> None:
     try:
         signing_key(first)
         with hub.db.transaction() as session:
-            secret = register_client(session, "his-2", Registration(ORGANIZATION, SCOPES))
+            secret = ensure_client(session, "his-2", ORGANIZATION, SCOPES)
         assert secret is not None
         with TestClient(create_app(second)) as app:
             form = {"grant_type": "client_credentials", "client_id": "his-2"}

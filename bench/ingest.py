@@ -270,7 +270,20 @@ def ensure_client(executable: str, env: dict[str, str], client_id: str, organiza
 
 
 def ensure_bench_client(executable: str, env: dict[str, str]) -> None:
-    """Register the benchmark's API client ``bench``."""
+    """Register the benchmark's API client ``bench``, after its Organization (a client's
+    Organization must be stored in the hub)."""
+    with tempfile.TemporaryDirectory(prefix="emr_hub_bench_") as folder:
+        organization = Path(folder) / "bench-organization.json"
+        organization.write_bytes(
+            orjson.dumps(
+                {
+                    "resourceType": "Organization",
+                    "id": BENCH_ORGANIZATION.partition("/")[2],
+                    "name": "emr_hub benchmark client",
+                }
+            )
+        )
+        run_cli(executable, ["import", str(organization)], env)
     ensure_client(executable, env, "bench", BENCH_ORGANIZATION)
 
 

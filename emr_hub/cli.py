@@ -1,5 +1,5 @@
-"""The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, import,
-reindex, xml130, audit."""
+"""The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, keys,
+import, reindex, xml130, audit."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from emr_hub.logs import configure_logging
 
 if TYPE_CHECKING:
     from emr_hub.security.principal import Principal
+    from emr_hub.security.scopes import ScopeSet
 
 
 def _hub(*, migrate: bool = True) -> Hub:
@@ -64,7 +65,7 @@ def serve(host: str, port: int, workers: int) -> None:
     """Migrate the database, then serve the API."""
     import uvicorn
 
-    _hub().close()
+    _check_signing_keys(_hub())
     uvicorn.run(
         "emr_hub.main:create_app",
         factory=True,
@@ -76,6 +77,21 @@ def serve(host: str, port: int, workers: int) -> None:
         access_log=False,  # uvicorn's access log prints query strings (identifiers)
         proxy_headers=True,
     )
+
+
+def _check_signing_keys(hub: Hub) -> None:
+    """Refuse to start when the signing keys cannot be opened (a wrong or missing
+    key-encryption key), with what to fix rather than a failure on the first request. Makes
+    the first key, and seals keys stored in clear, as a side effect; closes ``hub``."""
+    from emr_hub.security.keys import signing_key
+    from emr_hub.security.sealing import SealingError
+
+    try:
+        signing_key(hub)
+    except SealingError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        hub.close()
 
 
 @main.command()
@@ -139,52 +155,238 @@ def client() -> None:
 @click.option(
     "--scope", "scope", default="system/*.cruds", show_default=True, help="SMART v2 scopes."
 )
-def client_add(client_id: str, organization: str, scope: str) -> None:
-    """Register a client; prints its new secret once."""
-    from emr_hub.security.clients import ClientExists, register_client
-    from emr_hub.security.scopes import ScopeSet
+@click.option(
+    "--jwks-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The client's public JWK Set (JSON); it then authenticates with signed assertions.",
+)
+@click.option(
+    "--jwks-url", default=None, help="Where the client publishes its public JWK Set (http(s))."
+)
+@click.option("--operator", is_flag=True, help="Operator role: sees and changes everything.")
+@click.option("--break-glass", is_flag=True, help="May break the glass in an emergency.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Re-register an existing client: new keys or secret, scopes and organization; "
+    "its tokens stop working.",
+)
+def client_add(
+    client_id: str,
+    organization: str,
+    scope: str,
+    jwks_file: Path | None,
+    jwks_url: str | None,
+    operator: bool,
+    break_glass: bool,
+    replace: bool,
+) -> None:
+    """Register a client; prints its new secret once (none for a client with keys)."""
+    from emr_hub.security.clients import ClientExists, Registration, get_client, register_client
+    from emr_hub.security.principal import HOSPITAL, OPERATOR_ROLE
 
+    if jwks_file is not None and jwks_url is not None:
+        raise click.UsageError("give --jwks-file or --jwks-url, not both")
+    try:
+        registration = Registration(
+            organization=organization,
+            scopes=_scopes_option(scope),
+            jwks=_read_jwks_file(jwks_file) if jwks_file is not None else None,
+            jwks_url=jwks_url,
+            role=OPERATOR_ROLE if operator else HOSPITAL,
+            break_glass=break_glass,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     hub = _hub()
     try:
         with hub.db.transaction() as session:
-            secret = register_client(session, client_id, organization, ScopeSet.parse(scope))
-    except (ValueError, ClientExists) as exc:
+            secret = register_client(session, client_id, registration, replace=replace)
+            registered = get_client(session, client_id)
+            active = registered is not None and registered.active
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ClientExists as exc:
         raise click.ClickException(
-            str(exc) if isinstance(exc, ValueError) else f"client {client_id} exists"
+            f"client {client_id} exists; re-register it with --replace"
         ) from exc
     finally:
         hub.close()
-    click.echo(secret)
+    if secret is not None:
+        click.echo(secret)
+    else:
+        how = f"its JWKS URL {jwks_url}" if jwks_url else _kids(registration.jwks)
+        verb = "re-registered" if replace else "registered"
+        click.echo(f"client {client_id} {verb} with {how}; it has no secret")
+    if replace:
+        click.echo(f"tokens issued to {client_id} before now no longer work", err=True)
+    if not active:
+        click.echo(
+            f"client {client_id} is disabled: enable it with emr-hub client enable {client_id}",
+            err=True,
+        )
 
 
-@main.command()
+@client.command("disable")
 @click.argument("client_id")
-@click.option("--scope", default=None, help="Narrower scopes than the client's registration.")
-def token(client_id: str, scope: str | None) -> None:
-    """Print a bare access token for a registered client."""
-    from emr_hub.security.clients import client_scopes, get_client
-    from emr_hub.security.scopes import ScopeSet
-    from emr_hub.security.tokens import issue_access_token
+def client_disable(client_id: str) -> None:
+    """Disable a client: it gets no tokens, and those it has stop working at once."""
+    _set_client_active(client_id, False)
+    click.echo(f"client {client_id} disabled; its tokens no longer work")
+
+
+@client.command("enable")
+@click.argument("client_id")
+def client_enable(client_id: str) -> None:
+    """Enable a disabled client again (its old tokens stay invalid)."""
+    _set_client_active(client_id, True)
+    click.echo(f"client {client_id} enabled")
+
+
+def _set_client_active(client_id: str, active: bool) -> None:
+    from emr_hub.security.clients import set_client_active
 
     hub = _hub()
     try:
         with hub.db.transaction() as session:
-            registered = get_client(session, client_id)
-        if registered is None or not registered.active:
-            raise click.ClickException(
-                f"no active client {client_id!r}; add it with: emr-hub client add"
-            )
-        allowed = client_scopes(registered)
-        try:
-            wanted = ScopeSet.parse(scope) if scope else allowed
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        if not wanted.issubset(allowed):
-            raise click.ClickException(f"scope {scope!r} is wider than the client's {allowed}")
-        access_token, _ = issue_access_token(hub, registered, wanted)
+            found = set_client_active(session, client_id, active)
+    finally:
+        hub.close()
+    if not found:
+        raise click.ClickException(f"no client {client_id!r}")
+
+
+def _read_jwks_file(path: Path) -> dict[str, Any]:
+    import orjson
+
+    from emr_hub.security.client_keys import parse_jwks
+
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_jwks(data)
+
+
+def _kids(jwks: dict[str, Any] | None) -> str:
+    kids = [str(jwk["kid"]) for jwk in (jwks or {}).get("keys", ())]
+    return f"{len(kids)} public key{'s' if len(kids) != 1 else ''} ({', '.join(kids)})"
+
+
+def _scopes_option(scope: str) -> ScopeSet:
+    from emr_hub.security.scopes import ScopeSet
+
+    return ScopeSet.parse(scope)
+
+
+@main.command()
+@click.argument("client_id", required=False)
+@click.option(
+    "--citizen",
+    "cccd",
+    default=None,
+    metavar="CCCD",
+    help="A citizen's token, for the person with this national ID (instead of CLIENT_ID).",
+)
+@click.option("--scope", default=None, help="Narrower scopes than the client's registration.")
+def token(client_id: str | None, cccd: str | None, scope: str | None) -> None:
+    """Print a bare access token for a registered client, or for a citizen."""
+    from emr_hub.security.sealing import SealingError
+
+    if (client_id is None) == (cccd is None):
+        raise click.UsageError("give CLIENT_ID or --citizen CCCD (one of them)")
+    hub = _hub()
+    try:
+        if client_id is not None:
+            access_token = _client_token(hub, client_id, scope)
+        else:
+            access_token = _citizen_token(hub, str(cccd), scope)
+    except SealingError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         hub.close()
     click.echo(access_token)
+
+
+def _client_token(hub: Hub, client_id: str, scope: str | None) -> str:
+    from emr_hub.security.clients import client_scopes, get_client
+    from emr_hub.security.tokens import issue_access_token
+
+    with hub.db.transaction() as session:
+        registered = get_client(session, client_id)
+    if registered is None or not registered.active:
+        raise click.ClickException(
+            f"no active client {client_id!r}; add it with: emr-hub client add"
+        )
+    allowed = client_scopes(registered)
+    try:
+        wanted = _scopes_option(scope) if scope else allowed
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if "patient" in wanted.contexts or not wanted.issubset(allowed):
+        raise click.ClickException(f"scope {scope!r} is wider than the client's {allowed}")
+    return issue_access_token(hub, registered, wanted)[0]
+
+
+def _citizen_token(hub: Hub, cccd: str, scope: str | None) -> str:
+    from emr_hub.security.citizens import UnknownCitizen, citizen_person
+    from emr_hub.security.tokens import CITIZEN_SCOPE, issue_citizen_token
+
+    try:
+        scopes = _scopes_option(scope or CITIZEN_SCOPE)
+        if scopes.contexts != {"patient"}:
+            raise ValueError("a citizen's token takes patient/ scopes only, e.g. patient/*.rs")
+        with hub.db.snapshot() as session:
+            person = citizen_person(session, cccd.strip())
+    except (UnknownCitizen, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return issue_citizen_token(hub, person, scopes)[0]
+
+
+@main.group()
+def keys() -> None:
+    """The keys that sign access tokens."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; the old one keeps verifying until its tokens have expired."""
+    from emr_hub.security.keys import rotate_signing_key
+    from emr_hub.security.sealing import SealingError
+
+    hub = _hub()
+    try:
+        kid, retires_at = rotate_signing_key(hub)
+        refresh = hub.settings.signing_key_refresh_seconds
+    except SealingError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        hub.close()
+    click.echo(f"new signing key {kid}; every API process signs with it within {refresh} s")
+    click.echo(f"older keys verify until {retires_at.isoformat(timespec='seconds')}, then retire")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List the signing keys: which one signs, which verify until when, which are retired."""
+    from emr_hub.security.keys import list_keys
+
+    hub = _hub()
+    try:
+        infos = list_keys(hub)
+    finally:
+        hub.close()
+    if not infos:
+        click.echo("no signing key yet (the first token or JWKS request makes one)")
+    for info in infos:
+        until = f" until {info.retires_at.isoformat(timespec='seconds')}" if info.retires_at else ""
+        created = info.created_at.isoformat(timespec="seconds")
+        click.echo(
+            f"{info.kid}  {info.state}{until if info.state != 'retired' else ''}  created {created}"
+        )
 
 
 @main.command("import")

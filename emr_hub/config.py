@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,51 @@ class Settings(BaseSettings):
     base_url: str = Field(default="http://127.0.0.1:8000", description="Public base URL.")
     require_services: bool = False
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
+    client_secret_auth: bool = Field(
+        default=True,
+        description=(
+            "Clients may authenticate to /auth/token with a client secret (HTTP Basic or form). "
+            "Turn it off in production: clients then sign JWT assertions (private_key_jwt)."
+        ),
+    )
+    token_failures_per_client: int = Field(
+        default=10,
+        ge=1,
+        le=100000,
+        description="Failed token requests one client id may make in the window before 429.",
+    )
+    token_failures_per_address: int = Field(
+        default=30,
+        ge=1,
+        le=100000,
+        description="Failed token requests one remote address may make in the window before 429.",
+    )
+    token_failure_window_seconds: int = Field(
+        default=300, ge=1, le=86400, description="The window the failure limits count over."
+    )
+    signing_key_refresh_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="How often each process re-reads the signing keys (picks up a rotation).",
+    )
+    client_jwks_cache_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="How long a client's JWK Set fetched from its JWKS URL is kept per process.",
+    )
+    key_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 bytes: the AES-256-GCM key that seals the token signing keys.",
+    )
+    key_encryption_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "A file holding the key-encryption key (base64 of 32 bytes). With neither set, "
+            "DATA_DIR/key-encryption-key is used, and made on first start."
+        ),
+    )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     endpoint_allowed_hosts: str = Field(
         default="127.0.0.1,localhost,::1",

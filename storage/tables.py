@@ -395,10 +395,17 @@ class SubscriptionRoute(SQLModel, table=True):
 
 
 class ApiClient(SQLModel, table=True):
+    """A client of the token endpoint: a hospital system (or an operator's tool).
+
+    It authenticates with a secret (``secret_hash``, a scrypt hash) or with a JWT signed by a
+    key of its public JWK Set, registered as such (``jwks``) or fetched from ``jwks_url``.
+    """
+
     __tablename__ = "api_client"
 
     client_id: str = Field(primary_key=True, max_length=128)
-    secret_hash: str = Field(sa_column=Column(Text, nullable=False))
+    secret_hash: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """None for a client that authenticates with its keys only."""
     organization: str = Field(max_length=128)
     scopes: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = _tz_column()
@@ -408,13 +415,75 @@ class ApiClient(SQLModel, table=True):
     (sees and changes everything, audited like any other client)."""
     break_glass: bool = False
     """May open a patient's record in an emergency (``X-Purpose-Of-Use: ETREAT``)."""
+    jwks: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(
+            JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
+            nullable=True,
+        ),
+    )
+    """The client's public JWK Set, as registered."""
+    jwks_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """Where the client publishes its public JWK Set (instead of ``jwks``)."""
+    generation: int = 1
+    """Raised when the client is re-registered or disabled; access tokens carry the value
+    they were issued under, so older ones stop working at once."""
 
 
 class SigningKey(SQLModel, table=True):
+    """A key the hub signs access tokens with. The private key is sealed (AES-256-GCM) with a
+    key-encryption key kept outside the database; ``public_jwk`` is its public half.
+
+    The signer is the active key without ``retires_at``; a rotated-out key keeps verifying
+    until ``retires_at``, then is retired: inactive, its sealed private key removed.
+    """
+
     __tablename__ = "signing_key"
 
     kid: str = Field(primary_key=True, max_length=64)
     algorithm: str = Field(max_length=16)
-    private_jwk: dict[str, Any] = Field(sa_column=Column(JsonBody, nullable=False))
+    private_jwk: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(
+            JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
+            nullable=True,
+        ),
+    )
+    """The private key in clear: only in rows written before revision 0007, until the first
+    use seals it into ``sealed_private``."""
     created_at: datetime = _tz_column()
     active: bool = True
+    sealed_private: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    public_jwk: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(
+            JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
+            nullable=True,
+        ),
+    )
+    retires_at: datetime | None = _tz_column(nullable=True)
+
+
+class ClientAssertionRow(SQLModel, table=True):
+    """A client assertion (RFC 7523) already used, by its ``jti``: kept until the assertion
+    can no longer be accepted, so that none is accepted twice, whichever API process sees it."""
+
+    __tablename__ = "client_assertion"
+
+    client_id: str = Field(primary_key=True, max_length=128)
+    jti: str = Field(primary_key=True, max_length=255)
+    expires_at: datetime = _tz_column(index=True)
+
+
+class TokenFailureRow(SQLModel, table=True):
+    """A failed token request, counted against the client id it claimed (``kind`` client) and
+    its remote address (``kind`` address) to throttle guessing."""
+
+    __tablename__ = "token_failure"
+
+    seq: int | None = Field(default=None, sa_column=Column(SerialKey, primary_key=True))
+    kind: str = Field(max_length=8)
+    subject: str = Field(max_length=128)
+    failed_at: datetime = _tz_column(index=True)
+
+    __table_args__ = (Index("ix_token_failure_subject", "kind", "subject", "failed_at"),)

@@ -45,6 +45,11 @@ def test_demo_is_idempotent_and_clients_get_tokens(tmp_path: Path, database_url:
 
 def test_client_add_prints_secret_once(tmp_path: Path) -> None:
     env = cli_env(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}")
+    organization = tmp_path / "vien-k.json"  # a client's Organization must be in the hub
+    organization.write_bytes(
+        orjson.dumps({"resourceType": "Organization", "id": "vien-k", "name": "Viện K"})
+    )
+    run(["import", str(organization)], env)
     added = run(
         [
             "client",

@@ -1,24 +1,32 @@
-"""JWT access tokens (RFC 9068 profile): issued by the token endpoint, checked on every request.
+"""JWT access tokens (RFC 9068 profile): issued by the token endpoint and the command line,
+checked on every request.
 
-Tokens are signed ES256 with the hub's key (:mod:`emr_hub.security.keys`) and carry the
-client, its organization and the granted scopes. Verification is local (signature and claims)
-plus one primary-key lookup of the client, so disabling a client cuts off its tokens at once.
+Tokens are signed ES256 with the hub's key (:mod:`emr_hub.security.keys`). A client's token
+carries the client, its organization, the granted scopes and the client's registration
+generation; verification is local (signature and claims) plus one primary-key lookup of the
+client, so disabling or re-registering a client cuts off its tokens at once. A citizen's
+token carries her person key (never her CCCD) and ``patient/`` scopes, and needs no lookup.
+
+Whatever a token says, the hub refuses one that lives longer than
+``EMR_HUB_TOKEN_TTL_SECONDS`` (``exp - iat``) or was issued in the future, so a lowered
+lifetime applies to tokens already out too.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
-from joserfc.errors import ExpiredTokenError, JoseError
+from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol
 
 from emr_hub.errors import FhirError
-from emr_hub.security.clients import check_client_secret, client_scopes, get_client
-from emr_hub.security.keys import ALGORITHM, signing_key, verification_key
-from emr_hub.security.principal import Principal, invalid_token
+from emr_hub.security.clients import client_scopes, get_client
+from emr_hub.security.keys import ALGORITHM, CLOCK_LEEWAY_SECONDS, signing_key, verification_key
+from emr_hub.security.principal import CITIZEN, Principal, invalid_token
 from emr_hub.security.scopes import ScopeSet
 from storage.tables import ApiClient
 
@@ -28,64 +36,19 @@ if TYPE_CHECKING:
     from emr_hub.hub import Hub
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - the RFC 9068 "typ" header, not a secret
-LEEWAY_SECONDS = 30
+LEEWAY_SECONDS = CLOCK_LEEWAY_SECONDS
 # Far above any token this hub issues; refuses junk before any parsing or crypto.
 MAX_TOKEN_LENGTH = 8192
+CITIZEN_CLIENT_ID = "citizen"
+CITIZEN_SCOPE = "patient/*.rs patient/Consent.cu"
+"""What a citizen's token grants by default: read and search her record, write her Consents."""
+_PERSON_KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# What of a foreign token's issuer or audience an error message may repeat.
+_PRINTABLE_URL = re.compile(r"[!-~]{1,200}")
 
 
 class _UnknownKey(JoseError):
     error = "unknown_key"
-
-
-class OAuthError(Exception):
-    """An RFC 6749 §5.2 error of the token endpoint: ``{"error", "error_description"}``."""
-
-    def __init__(self, error: str, description: str | None = None, status: int = 400) -> None:
-        super().__init__(description or error)
-        self.error = error
-        self.description = description
-        self.status = status
-
-    def body(self) -> dict[str, str]:
-        body = {"error": self.error}
-        if self.description:
-            body["error_description"] = self.description
-        return body
-
-
-def client_credentials_grant(
-    hub: Hub, client_id: str, client_secret: str, scope: str | None
-) -> dict[str, Any]:
-    """The client credentials grant (RFC 6749 §4.4) after the HTTP request has been parsed.
-
-    Returns the token response body; raises :class:`OAuthError` (``invalid_client``,
-    ``invalid_scope``). Blocking (database, scrypt): call it from a worker thread.
-    """
-    with hub.db.transaction() as session:
-        client = get_client(session, client_id)
-    # scrypt outside the transaction: on SQLite that transaction holds the write lock.
-    client = check_client_secret(client, client_secret)
-    if client is None:
-        raise OAuthError("invalid_client", "Client authentication failed", status=401)
-    registered = client_scopes(client)
-    granted = registered
-    if scope is not None and scope.strip():
-        try:
-            granted = ScopeSet.parse(scope)
-        except ValueError as exc:
-            raise OAuthError("invalid_scope", str(exc)) from None
-        if not granted.issubset(registered):
-            raise OAuthError(
-                "invalid_scope",
-                f"The requested scope exceeds what this client is registered for: {registered}",
-            )
-    token, lifetime = issue_access_token(hub, client, granted)
-    return {
-        "access_token": token,
-        "token_type": "bearer",
-        "expires_in": lifetime,
-        "scope": str(granted),
-    }
 
 
 def issue_access_token(
@@ -96,22 +59,39 @@ def issue_access_token(
     The caller has already checked that ``scopes`` lie within the client's registration.
     ``now`` (Unix seconds) is for tests.
     """
-    key = signing_key(hub)
-    issued_at = int(time.time()) if now is None else now
-    lifetime = hub.settings.token_ttl_seconds
-    claims: dict[str, Any] = {
-        "iss": hub.settings.base_url,
-        "sub": client.client_id,
-        "aud": hub.settings.fhir_base_url,
-        "client_id": client.client_id,
-        "iat": issued_at,
-        "exp": issued_at + lifetime,
-        "jti": str(uuid.uuid4()),
-        "scope": str(scopes),
-        "organization": client.organization,
-    }
-    header = {"alg": ALGORITHM, "kid": key.kid, "typ": TOKEN_TYPE}
-    return jwt.encode(header, claims, key, algorithms=[ALGORITHM]), lifetime
+    return _sign(
+        hub,
+        {
+            "sub": client.client_id,
+            "client_id": client.client_id,
+            "scope": str(scopes),
+            "organization": client.organization,
+            "gen": client.generation,
+        },
+        now,
+    )
+
+
+def issue_citizen_token(hub: Hub, person: str, scopes: ScopeSet) -> tuple[str, int]:
+    """Sign an access token for the citizen of person key ``person`` (``patient/`` scopes).
+
+    The token names the person by her key only: a CCCD never goes into a token.
+    """
+    if not _PERSON_KEY.fullmatch(person):
+        raise ValueError("a citizen's token names her person key (a UUID)")
+    if not scopes or scopes.contexts != {"patient"}:
+        raise ValueError("a citizen's token carries patient/ scopes only, e.g. patient/*.rs")
+    return _sign(
+        hub,
+        {
+            "sub": f"{CITIZEN}/{person}",
+            "client_id": CITIZEN_CLIENT_ID,
+            "kind": CITIZEN,
+            "person": person,
+            "scope": str(scopes),
+        },
+        None,
+    )
 
 
 def verify_access_token(hub: Hub, token: str) -> Principal:
@@ -128,33 +108,123 @@ def verify_access_token(hub: Hub, token: str) -> Principal:
 
     try:
         decoded = jwt.decode(token, key_for, algorithms=[ALGORITHM])
-        if decoded.header.get("typ") != TOKEN_TYPE:
-            raise _invalid()
-        claims = decoded.claims
-        _claims_registry(hub).validate(claims)
-    except ExpiredTokenError:
-        raise invalid_token("The access token has expired; request a new one") from None
-    except FhirError:
-        raise
     except (JoseError, ValueError, TypeError, KeyError):
         raise _invalid() from None
-
-    client_id, token_id, organization = claims["sub"], claims["jti"], claims.get("organization")
-    scope_text = claims.get("scope")
-    if not isinstance(organization, str) or not isinstance(scope_text, str):
+    if decoded.header.get("typ") != TOKEN_TYPE:
+        raise _invalid()
+    claims = decoded.claims
+    _check_issuer_and_audience(hub, claims)
+    _check_times(hub, claims)
+    token_id, subject, scope_text = claims.get("jti"), claims.get("sub"), claims.get("scope")
+    if not all(isinstance(value, str) and value for value in (token_id, subject, scope_text)):
         raise _invalid()
     try:
-        scopes = ScopeSet.parse(scope_text)
+        scopes = ScopeSet.parse(str(scope_text))
     except ValueError:
         raise _invalid() from None
+    if claims.get("kind") == CITIZEN:
+        return _citizen(claims, scopes, str(token_id))
+    return _client_principal(hub, claims, scopes, str(subject), str(token_id))
 
+
+def _sign(hub: Hub, claims: dict[str, Any], now: int | None) -> tuple[str, int]:
+    key = signing_key(hub)
+    issued_at = int(time.time()) if now is None else now
+    lifetime = hub.settings.token_ttl_seconds
+    claims = {
+        "iss": hub.settings.base_url,
+        "aud": hub.settings.fhir_base_url,
+        "iat": issued_at,
+        "exp": issued_at + lifetime,
+        "jti": str(uuid.uuid4()),
+        **claims,
+    }
+    header = {"alg": ALGORITHM, "kid": key.kid, "typ": TOKEN_TYPE}
+    return jwt.encode(header, claims, key, algorithms=[ALGORITHM]), lifetime
+
+
+def _check_issuer_and_audience(hub: Hub, claims: dict[str, Any]) -> None:
+    """A token signed by this hub's keys but for another base URL (a hub sharing the
+    database, or the base URL changed since): say so, and what the token was for."""
+    ours, our_issuer = hub.settings.fhir_base_url, hub.settings.base_url
+    audience, issuer = claims.get("aud"), claims.get("iss")
+    endpoint = f"{our_issuer.rstrip('/')}/auth/token"
+    if audience != ours:
+        if isinstance(audience, str) and _PRINTABLE_URL.fullmatch(audience):
+            raise invalid_token(
+                f"This token was issued for {audience}; this hub is {ours}: get a token from "
+                f"this hub's {endpoint}"
+            )
+        raise _invalid()
+    if issuer != our_issuer:
+        if isinstance(issuer, str) and _PRINTABLE_URL.fullmatch(issuer):
+            raise invalid_token(
+                f"This token was issued by {issuer}; this hub is {our_issuer}: get a token "
+                f"from this hub's {endpoint}"
+            )
+        raise _invalid()
+
+
+def _check_times(hub: Hub, claims: dict[str, Any]) -> None:
+    now = time.time()
+    issued_at, expires = claims.get("iat"), claims.get("exp")
+    if not _is_time(issued_at) or not _is_time(expires):
+        raise _invalid()
+    if expires <= now - LEEWAY_SECONDS:
+        raise invalid_token("The access token has expired; request a new one")
+    if issued_at > now + LEEWAY_SECONDS:
+        raise _invalid()
+    if expires - issued_at > hub.settings.token_ttl_seconds:
+        raise invalid_token(
+            "The access token lives longer than this hub allows "
+            f"({hub.settings.token_ttl_seconds} s); request a new one"
+        )
+    not_before = claims.get("nbf")
+    if not_before is not None and (not _is_time(not_before) or not_before > now + LEEWAY_SECONDS):
+        raise _invalid()
+
+
+def _citizen(claims: dict[str, Any], scopes: ScopeSet, token_id: str) -> Principal:
+    person = claims.get("person")
+    if (
+        not isinstance(person, str)
+        or not _PERSON_KEY.fullmatch(person)
+        or claims.get("sub") != f"{CITIZEN}/{person}"
+        or scopes.contexts != {"patient"}
+    ):
+        raise _invalid()
+    return Principal(
+        client_id=CITIZEN_CLIENT_ID,
+        organization=None,
+        scopes=scopes,
+        token_id=token_id,
+        kind=CITIZEN,
+        person=person,
+    )
+
+
+def _client_principal(
+    hub: Hub, claims: dict[str, Any], scopes: ScopeSet, client_id: str, token_id: str
+) -> Principal:
+    organization, generation = claims.get("organization"), claims.get("gen")
+    if (
+        not isinstance(organization, str)
+        or not _is_whole(generation)
+        or "patient" in scopes.contexts
+    ):
+        raise _invalid()
     with hub.db.snapshot() as session:
         client = get_client(session, client_id)
         if client is None or not client.active:
             raise invalid_token("The client of this access token is unknown or disabled")
         registered = client_scopes(client)
-        current_organization = client.organization
-        role, break_glass = client.role, client.break_glass
+        current = (client.organization, client.generation, client.role, client.break_glass)
+    current_organization, current_generation, role, break_glass = current
+    if generation != current_generation:
+        raise invalid_token(
+            "The client of this access token has been re-registered or disabled since it was "
+            "issued; request a new one"
+        )
     # The client's registration may have changed since the token was issued.
     if current_organization != organization or not scopes.issubset(registered):
         raise invalid_token("The access token no longer matches its client; request a new one")
@@ -168,15 +238,12 @@ def verify_access_token(hub: Hub, token: str) -> Principal:
     )
 
 
-def _claims_registry(hub: Hub) -> jwt.JWTClaimsRegistry:
-    return jwt.JWTClaimsRegistry(
-        leeway=LEEWAY_SECONDS,
-        iss={"essential": True, "value": hub.settings.base_url},
-        aud={"essential": True, "value": hub.settings.fhir_base_url},
-        exp={"essential": True},
-        sub={"essential": True},
-        jti={"essential": True},
-    )
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _invalid() -> FhirError:

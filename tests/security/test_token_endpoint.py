@@ -17,9 +17,15 @@ from joserfc.jwk import KeySet
 from emr_hub.errors import FhirError
 from emr_hub.hub import Hub
 from emr_hub.security import PrincipalDep, ScopeSet
-from emr_hub.security.clients import get_client, register_client, set_client_active
+from emr_hub.security.clients import (
+    Registration,
+    get_client,
+    register_client,
+    set_client_active,
+)
 from emr_hub.security.tokens import issue_access_token
 from storage.db import Database
+from tests.security.conftest import store_organization
 
 CLIENT_ID = "his-bach-mai"
 ORGANIZATION = "Organization/bv-bach-mai"
@@ -51,10 +57,18 @@ def api(hub: Hub) -> Iterator[TestClient]:
         yield client
 
 
+def add_secret_client(hub: Hub, client_id: str = CLIENT_ID) -> str:
+    with hub.db.transaction() as session:
+        registration = Registration(ORGANIZATION, ScopeSet.parse(REGISTERED))
+        secret = register_client(session, client_id, registration)
+    assert secret is not None
+    return secret
+
+
 @pytest.fixture
 def secret(hub: Hub) -> str:
-    with hub.db.transaction() as session:
-        return register_client(session, CLIENT_ID, ORGANIZATION, ScopeSet.parse(REGISTERED))
+    store_organization(hub, ORGANIZATION.partition("/")[2])
+    return add_secret_client(hub)
 
 
 def request_token(api: TestClient, secret: str, **form: str) -> Any:
@@ -115,9 +129,8 @@ def test_token_with_client_secret_basic(api: TestClient, secret: str) -> None:
     assert api.get("/fhir/Patient/probe", headers=bearer(token)).status_code == 200
 
 
-def test_basic_credentials_are_form_urldecoded(api: TestClient, hub: Hub) -> None:
-    with hub.db.transaction() as session:
-        secret = register_client(session, "a.b_c-d", ORGANIZATION, ScopeSet.parse(REGISTERED))
+def test_basic_credentials_are_form_urldecoded(api: TestClient, hub: Hub, secret: str) -> None:
+    secret = add_secret_client(hub, "a.b_c-d")
     headers = basic("a.b_c-d", secret.replace("-", "%2D"))
     response = api.post("/auth/token", data={"grant_type": "client_credentials"}, headers=headers)
     assert response.status_code == 200, response.text
@@ -310,12 +323,22 @@ def test_smart_configuration(api: TestClient, hub: Hub) -> None:
     assert config["token_endpoint"] == base + "/auth/token"
     assert config["jwks_uri"] == base + "/.well-known/jwks.json"
     assert config["grant_types_supported"] == ["client_credentials"]
-    assert set(config["token_endpoint_auth_methods_supported"]) == {
+    assert config["token_endpoint_auth_methods_supported"] == [
+        "private_key_jwt",
         "client_secret_basic",
         "client_secret_post",
-    }
+    ]
+    assert config["token_endpoint_auth_signing_alg_values_supported"] == [
+        "ES384",
+        "RS384",
+        "ES256",
+    ]
     assert "system/*.cruds" in config["scopes_supported"]
-    assert set(config["capabilities"]) >= {"client-confidential-symmetric", "permission-v2"}
+    assert config["capabilities"] == [
+        "client-confidential-asymmetric",
+        "client-confidential-symmetric",
+        "permission-v2",
+    ]
 
 
 def test_token_from_one_hub_works_on_another(hub: Hub, secret: str) -> None:

@@ -18,6 +18,7 @@ from emr_hub.hub import Hub
 from emr_hub.security import Principal, ScopeSet
 from emr_hub.security.clients import (
     ClientExists,
+    Registration,
     authenticate_client,
     ensure_client,
     get_client,
@@ -28,16 +29,24 @@ from emr_hub.security.keys import public_jwks, signing_key, verification_key
 from emr_hub.security.secrets import hash_secret, verify_secret
 from emr_hub.security.tokens import issue_access_token, verify_access_token
 from storage.db import Database
-from storage.tables import ApiClient, SigningKey
+from storage.tables import ApiClient, ResourceRow, SigningKey
+from tests.security.conftest import store_organization
 
 CLIENT_ID = "his.bach-mai_01"
-ORGANIZATION = "Organization/bv-bach-mai"
+ORGANIZATION_ID = "bv-bach-mai"
+ORGANIZATION = f"Organization/{ORGANIZATION_ID}"
 SCOPES = ScopeSet.parse("system/Patient.rs system/Observation.cruds")
 
 
 def add_client(hub: Hub, client_id: str = CLIENT_ID, scopes: ScopeSet = SCOPES) -> str:
+    with hub.db.snapshot() as session:
+        stored = session.get(ResourceRow, ("Organization", ORGANIZATION_ID)) is not None
+    if not stored:
+        store_organization(hub, ORGANIZATION_ID)
     with hub.db.transaction() as session:
-        return register_client(session, client_id, ORGANIZATION, scopes)
+        secret = register_client(session, client_id, Registration(ORGANIZATION, scopes))
+    assert secret is not None
+    return secret
 
 
 def load_client(hub: Hub, client_id: str = CLIENT_ID) -> ApiClient:
@@ -122,7 +131,7 @@ def test_register_validates_input(
     hub: Hub, client_id: str, organization: str, scopes: ScopeSet, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message), hub.db.transaction() as session:
-        register_client(session, client_id, organization, scopes)
+        register_client(session, client_id, Registration(organization, scopes))
 
 
 def test_ensure_client_is_idempotent(hub: Hub) -> None:
@@ -323,7 +332,13 @@ def test_token_for_another_hub_is_refused(hub: Hub) -> None:
         settings=hub.settings.model_copy(update={"base_url": "https://hub.example.vn"}),
         db=hub.db,
     )
-    assert_unauthorized(hub, token_for(elsewhere), "invalid")
+    assert_unauthorized(
+        hub,
+        token_for(elsewhere),
+        "This token was issued for https://hub.example.vn/fhir; this hub is "
+        f"{hub.settings.fhir_base_url}: get a token from this hub's "
+        f"{hub.settings.base_url}/auth/token",
+    )
 
 
 def test_token_of_a_deleted_or_disabled_client_is_refused(hub: Hub) -> None:
@@ -345,3 +360,54 @@ def test_token_wider_than_the_current_registration_is_refused(hub: Hub) -> None:
         assert client is not None
         client.scopes = "system/Patient.r"
     assert_unauthorized(hub, token, "request a new one")
+
+
+def test_token_living_longer_than_the_ttl_is_refused(hub: Hub) -> None:
+    """Whatever a token says, the hub's lifetime bounds it: e.g. after the TTL was lowered."""
+    add_client(hub)
+    generous = Hub(settings=hub.settings.model_copy(update={"token_ttl_seconds": 7200}), db=hub.db)
+    long_lived = issue_access_token(generous, load_client(hub), SCOPES)[0]
+    assert_unauthorized(hub, long_lived, "lives longer than this hub allows (3600 s)")
+    assert verify_access_token(generous, long_lived).client_id == CLIENT_ID
+
+
+def test_token_issued_in_the_future_is_refused(hub: Hub) -> None:
+    add_client(hub)
+    soon = token_for(hub, now=int(time.time()) + 120)
+    assert_unauthorized(hub, soon, "invalid")
+    within_leeway = token_for(hub, now=int(time.time()) + 10)
+    assert verify_access_token(hub, within_leeway).client_id == CLIENT_ID
+
+
+def test_token_for_another_issuer_names_it(hub: Hub) -> None:
+    add_client(hub)
+    client = load_client(hub)
+    now = int(time.time())
+    claims = {
+        "iss": "http://127.0.0.1:8010",
+        "aud": hub.settings.fhir_base_url,
+        "sub": CLIENT_ID,
+        "iat": now,
+        "exp": now + 60,
+        "jti": "j",
+        "scope": str(SCOPES),
+        "organization": ORGANIZATION,
+        "gen": client.generation,
+    }
+    key = signing_key(hub)
+    token = jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}, claims, key)
+    assert_unauthorized(hub, token, "This token was issued by http://127.0.0.1:8010; this hub is")
+    # A foreign audience that is not printable text is not repeated.
+    odd = jwt.encode(
+        {"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}, {**claims, "aud": "a\nb"}, key
+    )
+    error = assert_unauthorized(hub, odd, "The access token is invalid")
+    assert "a\nb" not in str(error)
+
+
+@pytest.mark.parametrize("kid", ["a\x00b", "x" * 65, "ünïcode", ""])
+def test_odd_kids_are_refused_without_a_lookup_error(hub: Hub, kid: str) -> None:
+    add_client(hub)
+    claims = jwt.decode(token_for(hub), signing_key(hub), ["ES256"]).claims
+    odd = jwt.encode({"alg": "ES256", "kid": kid, "typ": "at+jwt"}, claims, signing_key(hub))
+    assert_unauthorized(hub, odd, "invalid")

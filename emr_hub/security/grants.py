@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, tuple_, update
@@ -120,12 +120,18 @@ def replace_grants(session: Session, grants: dict[Source, list[GrantSpec]]) -> N
             "patient_id": spec.patient_id,
             "source_type": source[0],
             "source_id": source[1],
-            "starts": spec.starts,
-            "ends": spec.ends,
+            "starts": _utc(spec.starts),
+            "ends": _utc(spec.ends),
         }
         for source, spec in dict.fromkeys(specs)
     ]
     write_rows(session, GRANT, rows)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Stored in UTC, like every instant of the hub: SQLite keeps a datetime's wall time and
+    drops its offset, so an end in Vietnam time would be read, and compared, 7 hours late."""
+    return None if moment is None else moment.astimezone(UTC)
 
 
 def persons_of(session: Session, patient_ids: Iterable[str]) -> dict[str, str]:

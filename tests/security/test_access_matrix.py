@@ -6,8 +6,9 @@ The world: hospital ``author`` registered and treated Lan and wrote her results 
 HIV, a restricted label). ``referrer`` sent her a referral letter it wrote (so ``receiver``, the
 letter's performer, has a referral relationship too), ``booker`` holds an Appointment with her,
 ``stranger`` has nothing, ``medic`` has nothing but may break the glass, ``denied`` treated her
-(a visit) but her Consent denies it. Each row says what a principal may do; each column is an
-interaction; every cell is checked.
+(a visit) but her Consent denies it. Lan herself (a citizen) reads everything about her and
+changes none of it; another citizen reads nothing of hers. Each row says what a principal may
+do; each column is an interaction; every cell is checked.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from sqlalchemy import select
 
 from emr_hub.hub import Hub
 from emr_hub.security.audit.log import EVENT
+from emr_hub.security.citizens import citizen_person
+from emr_hub.security.scopes import ScopeSet
+from emr_hub.security.tokens import issue_citizen_token
 from storage.tables import OutboxMessage
 from tests.fhir.conftest import Api, api, app_client, token_for
 
@@ -28,6 +32,8 @@ __all__ = ["api", "app_client"]
 
 CCCD = "http://fhir.hl7.org.vn/core/sid/cccd"
 LAN_CCCD = "027185000123"
+OTHER_CCCD = "001190000456"
+CITIZEN_SCOPES = "patient/*.rs patient/Consent.cu"
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
 REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
 HIV = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}
@@ -55,6 +61,12 @@ class World:
     hub: Hub
     tokens: dict[str, str]
 
+    def citizen(self, cccd: str) -> str:
+        """The token ``emr-hub token --citizen CCCD`` prints."""
+        with self.hub.db.snapshot() as session:
+            person = citizen_person(session, cccd)
+        return issue_citizen_token(self.hub, person, ScopeSet.parse(CITIZEN_SCOPES))[0]
+
     def as_(self, who: str) -> tuple[str, dict[str, Any]]:
         """(token, extra headers) of a principal of the matrix. ``medic-glass`` first breaks
         the glass on Lan's record, then works within the opening, as a doctor would."""
@@ -62,6 +74,10 @@ class World:
             opened = self.api.get("/Patient/lan", token=self.tokens["medic"], headers=EMERGENCY)
             assert opened.status_code == 200, opened.text
             return self.tokens["medic"], {}
+        if who == "citizen":
+            return self.citizen(LAN_CCCD), {}
+        if who == "other-citizen":
+            return self.citizen(OTHER_CCCD), {}
         if who == "medic-no-reason":
             return self.tokens["medic"], {"X-Purpose-Of-Use": "ETREAT"}
         return self.tokens[who], {}
@@ -88,6 +104,13 @@ def world(hub: Hub, api: Api) -> World:
         "birthDate": "1985-04-12",
     }
     assert api.put("/Patient/lan", lan, token=author).status_code == 201
+    someone_else = {
+        "resourceType": "Patient",
+        "id": "other",
+        "identifier": [{"system": CCCD, "value": OTHER_CCCD}],
+        "birthDate": "1990-01-01",
+    }
+    assert api.put("/Patient/other", someone_else, token=author).status_code == 201
     pulse = observation(id="pulse", identifier=[{"system": "urn:x", "value": "pulse"}])
     assert api.put("/Observation/pulse", pulse, token=author).status_code == 201
     hiv = observation(id="hiv", meta={"security": [HIV]}, code={"text": "HIV"})
@@ -307,6 +330,7 @@ READS: dict[str, Check] = {
     "conditional-create": conditional_create,
     "subscription": subscription,
 }
+WRITING_PROBES = frozenset({"conditional-create", "subscription"})
 WRITES: dict[str, Check] = {
     "update": update,
     "patch": patch,
@@ -326,6 +350,8 @@ MATRIX: dict[str, tuple[bool, bool, bool]] = {
     "medic-no-reason": (False, False, False),
     "denied": (False, False, False),
     "operator": (True, True, True),
+    "citizen": (True, True, False),
+    "other-citizen": (False, False, False),
 }
 
 
@@ -335,8 +361,10 @@ def test_the_access_matrix(world: World, who: str) -> None:
     token, headers = world.as_(who)
     wrong = []
     for name, check in READS.items():
-        if check(world, token, headers) != may_read:
-            wrong.append(f"{name}: expected {may_read}")
+        # a citizen writes nothing but her Consents: the columns that probe by writing fail
+        expected = may_read and not (who.endswith("citizen") and name in WRITING_PROBES)
+        if check(world, token, headers) != expected:
+            wrong.append(f"{name}: expected {expected}")
     if restricted_read(world, token, headers) != may_read_restricted:
         wrong.append(f"restricted read: expected {may_read_restricted}")
     if referral_history(world, token, headers) != may_read:
@@ -367,27 +395,21 @@ def restore(world: World) -> None:
 
 
 def refusals_of(world: World, who: str) -> list[dict[str, Any]]:
-    """The failures audited for this principal's hospital."""
-    organization = f"Organization/{who.split('-')[0]}"
+    """The failures audited for this principal (its hospital, or the citizen's person)."""
+    if who.endswith("citizen"):
+        with world.hub.db.snapshot() as session:
+            person = citizen_person(session, OTHER_CCCD)
+        column, value = EVENT.c.person, person
+    else:
+        column, value = EVENT.c.organization, f"Organization/{who.split('-')[0]}"
     with world.hub.db.snapshot() as session:
         return list(
-            session.scalars(
-                select(EVENT.c.content).where(
-                    EVENT.c.organization == organization, EVENT.c.outcome == "4"
-                )
-            )
+            session.scalars(select(EVENT.c.content).where(column == value, EVENT.c.outcome == "4"))
         )
 
 
 def test_totals_and_paging_under_the_policy(hub: Hub, api: Api, world: World) -> None:
     author, booker = world.tokens["author"], world.tokens["booker"]
-    other = {
-        "resourceType": "Patient",
-        "id": "other",
-        "identifier": [{"system": CCCD, "value": "001190000456"}],
-        "birthDate": "1990-01-01",
-    }
-    assert api.put("/Patient/other", other, token=author).status_code == 201
     for _ in range(4):
         assert api.post("/Observation", observation(), token=author).status_code == 201
         elsewhere = observation(subject={"reference": "Patient/other"})

@@ -12,6 +12,9 @@ from sqlalchemy import select, update
 
 from emr_hub.hub import Hub
 from emr_hub.security.audit.log import EVENT
+from emr_hub.security.citizens import citizen_person
+from emr_hub.security.scopes import ScopeSet
+from emr_hub.security.tokens import issue_citizen_token
 from storage.tables import AccessGrant
 from tests.fhir.conftest import Api, api, app_client, outcome_issue, token_for
 
@@ -260,3 +263,56 @@ def test_privacy_consents_are_checked(
     refused = api.post("/Consent", body, token=world["b"])
     assert refused.status_code == 422, refused.text
     assert outcome_issue(refused)["expression"] == [where]
+
+
+def citizen_token(hub: Hub, cccd: str) -> str:
+    with hub.db.snapshot() as session:
+        person = citizen_person(session, cccd)
+    scopes = ScopeSet.parse("patient/*.rs patient/Consent.cu")
+    return issue_citizen_token(hub, person, scopes)[0]
+
+
+def test_the_citizen_shares_her_record_and_reads_who_saw_it(
+    hub: Hub, api: Api, world: dict[str, str]
+) -> None:
+    lan = citizen_token(hub, "027185000123")
+    own = consent({"type": "permit", "actor": actors("c")})
+    del own["sourceAttachment"]  # she consents herself: no paper form
+    created = api.post("/Consent", own, token=lan)
+    assert created.status_code == 201, created.text
+    assert readable(api, world["c"], *PATHS) == [True, True]
+    # nothing else is hers to write, nor anyone else's consent
+    assert api.post("/Observation", {"resourceType": "Observation"}, token=lan).status_code in (
+        400,
+        403,
+    )
+    other = {
+        "resourceType": "Patient",
+        "id": "other",
+        "identifier": [{"system": CCCD, "value": "001190000456"}],
+        "birthDate": "1990-01-01",
+    }
+    assert api.put("/Patient/other", other, token=world["a"]).status_code == 201
+    for_other = own | {"patient": {"reference": "Patient/other"}}
+    assert api.post("/Consent", for_other, token=lan).status_code == 403
+    consent_id = created.json()["id"]
+    assert api.delete(f"/Consent/{consent_id}", token=lan).status_code == 403
+    withdrawn = created.json() | {"status": "inactive"}
+    assert api.put(f"/Consent/{consent_id}", withdrawn, token=lan).status_code == 200
+    assert readable(api, world["c"], *PATHS) == [False, False]
+
+    log = api.get("/Patient/lan/$access-log", token=lan)
+    assert log.status_code == 200
+    accesses = [p for p in log.json()["parameter"] if p["name"] == "access"]
+    organizations = {
+        part["valueReference"]["reference"]
+        for access in accesses
+        for part in access["part"]
+        if part["name"] == "organization"
+    }
+    assert {"Organization/a", "Organization/c"} <= organizations
+    again = api.get("/Patient/lan/$access-log", token=lan).json()["parameter"]
+    assert len([p for p in again if p["name"] == "access"]) == len(accesses)  # hers are left out
+    stranger = citizen_token(hub, "001190000456")
+    assert api.get("/Patient/lan/$access-log", token=stranger).status_code == 404
+    assert api.get("/Patient/lan/$access-log", token=world["a"]).status_code == 403

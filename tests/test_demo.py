@@ -31,8 +31,12 @@ from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from emr_hub.referrals import workflow
 from emr_hub.referrals.enforcement import _partners, install
-from emr_hub.security.clients import get_client
+from emr_hub.security import install as install_security
+from emr_hub.security.citizens import citizen_person
+from emr_hub.security.clients import client_scopes, get_client
 from emr_hub.security.principal import OPERATOR
+from emr_hub.security.scopes import ScopeSet
+from emr_hub.security.tokens import issue_access_token, issue_citizen_token
 from emr_hub.subscriptions import install as install_subscriptions
 from storage.tables import OutboxMessage, SubscriptionRoute
 from tests.fhir.conftest import Api, token_for
@@ -49,7 +53,8 @@ EXPECTED_LEVELS = {
 @pytest.fixture
 def demo(hub: Hub) -> dict[str, str]:
     """The hub with the demo loaded under the referral rules; the secrets it printed."""
-    install()  # the letters must pass the hub's rules, as under `emr-hub demo`
+    install_security(hub.settings)  # as under `emr-hub demo`: grants, then the referral rules
+    install()  # the letters must pass the hub's rules
     install_subscriptions(hub.settings)
     return load_demo(hub)
 
@@ -257,3 +262,47 @@ def test_loading_again_restores_an_edited_resource_in_one_version(
     restored = current(hub, "Task", task_id)
     assert restored["status"] == "completed"
     assert int(restored["meta"]["versionId"]) == int(finished["meta"]["versionId"]) + 2
+
+
+def demo_token(hub: Hub, client_id: str) -> str:
+    """What ``emr-hub token <client>`` prints for a demo client, as it was registered."""
+    with hub.db.transaction() as session:
+        client = get_client(session, client_id)
+        assert client is not None
+        scopes = client_scopes(client)
+    return issue_access_token(hub, client, scopes)[0]
+
+
+def test_the_walk_through_who_may_see_what(hub: Hub, demo: dict[str, str], api: Api) -> None:
+    """The README's four steps: a refused cross-hospital read, one granted through the
+    referral chain, a break-the-glass read, and Lan's own access log."""
+    summary = "/DocumentReference/demo-lan-bach-mai-discharge"
+    commune, district = demo_token(hub, "bac-ninh-commune"), demo_token(hub, "bac-ninh-district")
+    assert api.get(summary, token=commune).status_code == 404
+    granted = api.get(summary, token=district)
+    assert granted.status_code == 200
+    assert granted.json()["author"][0]["reference"] == "Organization/bach-mai"
+    emergency = {
+        "X-Purpose-Of-Use": "ETREAT",
+        "X-Break-Glass-Reason": "Cấp cứu: bệnh nhân bất tỉnh".encode(),
+    }
+    opened = api.get(f"/Patient/{DEMO_PATIENT_ID}/$everything", token=commune, headers=emergency)
+    assert opened.status_code == 200
+    assert any(e["resource"]["id"] == "demo-lan-bach-mai-discharge" for e in opened.json()["entry"])
+    with hub.db.snapshot() as session:
+        person = citizen_person(session, PATIENTS[0].cccd)
+    lan = issue_citizen_token(hub, person, ScopeSet.parse("patient/*.rs patient/Consent.cu"))[0]
+    log = api.get(f"/Patient/{DEMO_PATIENT_ID}/$access-log", token=lan).json()
+    flagged = [
+        {part["name"]: part for part in access["part"]}
+        for access in log["parameter"]
+        if access["name"] == "access"
+    ]
+    by_commune = [
+        a
+        for a in flagged
+        if a.get("organization", {}).get("valueReference", {}).get("reference")
+        == "Organization/bac-ninh-commune"
+    ]
+    assert any(a["breakGlass"]["valueBoolean"] for a in by_commune)
+    assert any(a["outcome"]["valueCode"] == "4" for a in by_commune)  # the refused read

@@ -20,7 +20,9 @@ Usage (see bench/README.md)::
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
 import os
 import platform
 import secrets
@@ -308,6 +310,11 @@ def server_env(data_dir: Path, database_url: str | None, base_url: str) -> dict[
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_HUB_")}
     env["EMR_HUB_DATA_DIR"] = str(data_dir)
     env["EMR_HUB_BASE_URL"] = base_url
+    # A kept benchmark database outlives the temporary data dir, so its signing keys must be
+    # sealed with a key-encryption key every run knows: a fixed one, for benchmark data only.
+    env["EMR_HUB_KEY_ENCRYPTION_KEY"] = base64.b64encode(
+        hashlib.sha256(b"emr_hub benchmark key-encryption key").digest()
+    ).decode("ascii")
     if database_url:
         env["EMR_HUB_DATABASE_URL"] = database_url
     return env

@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 from bench.generate import CCCD, LOINC, Generator, PatientCopy
 from bench.ingest import (
+    BENCH_ORGANIZATION,
     DEFAULT_DATA,
     Server,
     _admin_connect,
@@ -339,7 +340,11 @@ def open_state(url: str, seed: int) -> LoadState:
     state = read_state(url)
     if state is None:
         with _connect(url) as conn:
-            existing = conn.execute("SELECT count(*) FROM resource").fetchone()[0]
+            # the Organization of the benchmark's own client is written before any load
+            existing = conn.execute(
+                "SELECT count(*) FROM resource WHERE NOT (resource_type = %s AND id = %s)",
+                BENCH_ORGANIZATION.split("/"),
+            ).fetchone()[0]
         if existing:
             raise SystemExit(
                 f"the database holds {existing} resources not loaded by this script; "
@@ -349,6 +354,28 @@ def open_state(url: str, seed: int) -> LoadState:
     if state.seed != seed:
         raise SystemExit(f"the database was loaded with --seed {state.seed}, not {seed}")
     return state
+
+
+def sample_patients(
+    api: Api,
+    generator: Generator,
+    state: LoadState,
+    rng: random.Random,
+    size: int,
+    known: dict[int, str],
+    clients: int,
+) -> list[tuple[PatientCopy, str]]:
+    """Up to ``size`` loaded patients drawn with ``rng`` (those with Observations), with their
+    ids: the patients the queries of a run are about."""
+    failed = set(state.failed)
+    candidates = [i for i in range(state.copies) if i not in failed]
+    chosen = sorted(rng.sample(candidates, min(size, len(candidates))))
+    copies = {i: generator.describe(i) for i in chosen}
+    ids = lookup_patients(api, copies, known, clients)
+    patients = [(copies[i], ids[i]) for i in chosen if i in ids and copies[i].observations]
+    if not patients:
+        raise SystemExit("no loaded patients to query")
+    return patients
 
 
 def lookup_patients(
@@ -380,14 +407,18 @@ class Running:
 
 
 def start_server(
-    args: argparse.Namespace, url: str, stack: contextlib.ExitStack, connections: int
+    args: argparse.Namespace,
+    url: str,
+    stack: contextlib.ExitStack,
+    connections: int,
+    settings: dict[str, str] | None = None,
 ) -> Running:
     """``emr-hub serve`` on ``url`` with ``args.workers`` processes (stopped with ``stack``),
-    the ``bench`` client registered."""
+    the ``bench`` client registered; ``settings`` are extra ``EMR_HUB_*`` variables."""
     temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emr_hub_bench_")))
     port = args.port or free_port()
     base = f"http://127.0.0.1:{port}"
-    env = server_env(temp / "data", url, base)
+    env = server_env(temp / "data", url, base) | (settings or {})
     executable = emr_hub_executable()
     log(f"starting emr-hub serve on {base} with {args.workers} worker(s) ...")
     server = Server(executable, port, args.workers, env, temp / "server.log")
@@ -824,16 +855,10 @@ def run(
         figures["loadavg_1min"] = {"before": load_before, "after": _loadavg()}
         return figures
 
-    # ----------------------------------------------------------- query sample
     rng = random.Random(args.seed * 7 + 3)
-    failed = set(state.failed)
-    candidates = [i for i in range(state.copies) if i not in failed]
-    chosen = sorted(rng.sample(candidates, min(args.sample, len(candidates))))
-    copies = {i: generator.describe(i) for i in chosen}
-    ids = lookup_patients(api, copies, loaded.patient_ids, args.clients)
-    patients = [(copies[i], ids[i]) for i in chosen if i in ids and copies[i].observations]
-    if not patients:
-        raise SystemExit("no loaded patients to query")
+    patients = sample_patients(
+        api, generator, state, rng, args.sample, loaded.patient_ids, args.clients
+    )
 
     def draw(kind: str, count: int) -> list[Query]:
         return [make_query(kind, *rng.choice(patients), rng) for _ in range(count)]

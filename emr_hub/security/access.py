@@ -19,6 +19,7 @@ specialised to that type's category, so a search of Organizations carries none a
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from emr_hub.config import Settings
     from emr_hub.security.principal import Principal
 
+log = logging.getLogger(__name__)
 GRANT = AccessGrant.__table__
 
 
@@ -77,6 +79,11 @@ def configure(settings: Settings) -> None:
     policy = policy_of(settings)
     _process["policy"] = policy
     _process["enforced"] = settings.policy_enforced
+    if settings.benchmark_without:
+        log.warning(
+            "EMR_HUB_BENCHMARK_WITHOUT is set: %s off, for a benchmark only",
+            settings.benchmark_without,
+        )
     labels.configure(policy.restricted_labels)
 
 

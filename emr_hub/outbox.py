@@ -16,6 +16,12 @@ each message exactly once.
 Failures are retried with exponential backoff (:func:`backoff`) up to ``max_attempts``;
 a message whose topic is unknown or whose payload can never be sent (see
 :data:`PERMANENT_ERRORS`) is marked failed at once.
+
+Order: messages given the same ``sequence`` key (a Subscription's notifications about one
+resource) are sent in the order of their place in it (the resource's version). A message waits
+while an earlier one of its sequence is still owed, retries and backoff included, so a receiver
+never gets version 2 before version 1; once the earlier one is delivered, or has failed for
+good, the next goes. Messages of different sequences do not wait for each other.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
 
 from emr_hub.hub import Hub
@@ -96,6 +102,7 @@ def add_message(
     *,
     key: str | None = None,
     subject: str | None = None,
+    sequence: tuple[str, int] | None = None,
 ) -> str:
     """Store a message in the caller's transaction and kick the relay after its commit.
 
@@ -103,7 +110,9 @@ def add_message(
     derived from the write (e.g. ``f"wallet:{patient_id}:{version}"``, at most 36
     characters) to make re-enqueueing the same fact a primary-key conflict rather than a
     second message. ``subject`` names what the message belongs to (``Subscription/<id>``),
-    for :func:`messages_about`. Returns the message id.
+    for :func:`messages_about`. ``sequence`` is ``(key, place)``: the message is sent after
+    every message with the same key and a lower place (see the module's docstring). Returns the
+    message id.
     """
     if key is not None and not 0 < len(key) <= 36:
         raise ValueError("an outbox message key is 1 to 36 characters long")
@@ -118,6 +127,8 @@ def add_message(
             available_at=now,
             attempts=0,
             subject=subject,
+            sequence_key=sequence[0] if sequence else None,
+            sequence=sequence[1] if sequence else None,
         )
     )
     if not session.info.get(_KICKED):
@@ -322,13 +333,30 @@ def relay_pending(
 
 
 def _relay_one(hub: Hub, now: datetime, max_attempts: int) -> str | None:
-    """Claim, deliver and settle one due message; return the outcome or None if none due."""
+    """Claim, deliver and settle one due message; return the outcome or None if none due.
+
+    A message whose sequence has an earlier message still owed is not due (whatever its
+    ``available_at``); on PostgreSQL an earlier message another relay holds locked is still
+    owed until that relay commits, so two relays never send one sequence out of order.
+    """
+    earlier = aliased(OutboxMessage)
+    owed_before = (
+        select(earlier.id)
+        .where(
+            earlier.sequence_key == OutboxMessage.sequence_key,
+            col(earlier.sequence) < OutboxMessage.sequence,
+            col(earlier.delivered_at).is_(None),
+            col(earlier.failed_at).is_(None),
+        )
+        .exists()
+    )
     statement = (
         select(OutboxMessage)
         .where(
             col(OutboxMessage.delivered_at).is_(None),
             col(OutboxMessage.failed_at).is_(None),
             col(OutboxMessage.available_at) <= now,
+            or_(col(OutboxMessage.sequence_key).is_(None), ~owed_before),
         )
         .order_by(col(OutboxMessage.available_at), col(OutboxMessage.created_at))
         .limit(1)

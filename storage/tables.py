@@ -377,8 +377,14 @@ class OutboxMessage(SQLModel, table=True):
     failed_at: datetime | None = _tz_column(nullable=True)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     subject: str | None = Field(default=None, max_length=128, nullable=True)
+    sequence_key: str | None = Field(default=None, max_length=255, nullable=True)
+    """Messages with the same key are sent in the order of ``sequence`` (see outbox)."""
+    sequence: int | None = None
 
-    __table_args__ = (Index("ix_outbox_subject", "subject", "created_at"),)
+    __table_args__ = (
+        Index("ix_outbox_subject", "subject", "created_at"),
+        Index("ix_outbox_sequence", "sequence_key", "sequence"),
+    )
 
 
 class SubscriptionRoute(SQLModel, table=True):

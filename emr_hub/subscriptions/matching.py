@@ -75,7 +75,10 @@ def notify(session: Session, subscription_id: str, focus: str, version: int) -> 
     """Queue the notification of ``focus`` at ``version`` for one Subscription."""
     key = str(uuid.uuid5(EVENT_NAMESPACE, f"{subscription_id}|{focus}|{version}"))
     payload = {"subscription": subscription_id, "focus": focus, "version": version}
-    return add_message(session, TOPIC, payload, key=key, subject=f"Subscription/{subscription_id}")
+    subject = f"Subscription/{subscription_id}"
+    return add_message(
+        session, TOPIC, payload, key=key, subject=subject, sequence=(f"{subject}|{focus}", version)
+    )
 
 
 def _matches(

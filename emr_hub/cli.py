@@ -121,17 +121,22 @@ def beat(ctx: click.Context) -> None:
 
 
 @main.command()
-def demo() -> None:
-    """Load the demo hospitals, their clients and a patient (idempotent)."""
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="Write the demo's version over demo resources changed or deleted since.",
+)
+def demo(reset: bool) -> None:
+    """Load the demo hospitals, their clients and patients (idempotent; keeps your edits)."""
     from emr_hub.demo import HOSPITALS, load_demo
 
     hub = _hub()
     try:
-        secrets = load_demo(hub)
+        loaded = load_demo(hub, reset=reset)
     finally:
         hub.close()
     for hospital in HOSPITALS:
-        secret = secrets.get(hospital.client_id)
+        secret = loaded.secrets.get(hospital.client_id)
         if secret:
             click.echo(
                 f"client {hospital.client_id} (Organization/{hospital.client_id}) secret: {secret}"
@@ -141,6 +146,15 @@ def demo() -> None:
                 f"client {hospital.client_id} (Organization/{hospital.client_id}) "
                 "already registered"
             )
+    if loaded.written:
+        click.echo(f"demo resources written: {len(loaded.written)}")
+    else:
+        click.echo("demo resources: all already as the demo wrote them, nothing written")
+    if loaded.kept:
+        click.echo(
+            f"kept as you left them ({len(loaded.kept)} changed or deleted since the demo "
+            f"wrote them): {', '.join(loaded.kept)}; `emr-hub demo --reset` restores them"
+        )
     click.echo("get a token with: emr-hub token bach-mai")
 
 

@@ -14,15 +14,25 @@ so nobody mistakes them for real facilities or people.
 
 Idempotent: every resource has a fixed id and fixed content (no "now" anywhere), and the store
 makes no new version for unchanged content, so a second run writes nothing and registers no
-client (secrets are printed when a client is created, never again).
+client (secrets are printed when a client is created, never again). A demo resource someone
+changed or deleted since is left as it is and named in the output; ``emr-hub demo --reset``
+writes the demo's version over it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from emr_hub.demo_chain import Authored, Cast, Writers, referral_chain, write_versions
+from emr_hub.demo_chain import (
+    KEPT,
+    WRITTEN,
+    Authored,
+    Cast,
+    Writers,
+    referral_chain,
+    write_versions,
+)
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE
 from emr_hub.hub import Hub
 from emr_hub.security.clients import ensure_client
@@ -330,16 +340,39 @@ def cast() -> Cast:
     )
 
 
-def load_demo(hub: Hub) -> dict[str, str]:
-    """Write the demo resources and clients; returns the secrets of clients created now."""
-    secrets: dict[str, str] = {}
+@dataclass
+class DemoLoad:
+    """What one ``emr-hub demo`` did."""
+
+    secrets: dict[str, str] = field(default_factory=dict)
+    """The secrets of the clients created now (printed once)."""
+    written: list[str] = field(default_factory=list)
+    """``Type/id`` of the demo resources written now."""
+    kept: list[str] = field(default_factory=list)
+    """``Type/id`` of the demo resources someone changed or deleted, left as they are."""
+
+
+def load_demo(hub: Hub, *, reset: bool = False) -> DemoLoad:
+    """Write the demo resources and clients. Resources changed since an earlier load are kept
+    as they are unless ``reset`` (:func:`emr_hub.demo_chain.write_versions`)."""
+    result = DemoLoad()
     base_url = hub.settings.fhir_base_url
+
+    def write(writers: Writers, versions: list[Authored]) -> None:
+        outcome = write_versions(writers, versions, reset=reset)
+        first = versions[0][1]
+        name = f"{first['resourceType']}/{first['id']}"
+        if outcome == WRITTEN:
+            result.written.append(name)
+        elif outcome == KEPT:
+            result.kept.append(name)
+
     with hub.db.transaction() as session:
         writers = Writers(session, base_url)
         for authored in network():
-            write_versions(writers, [authored])
+            write(writers, [authored])
         for versions in referral_chain(cast()):
-            write_versions(writers, versions)
+            write(writers, versions)
         for hospital in HOSPITALS:
             secret = ensure_client(
                 session,
@@ -348,7 +381,7 @@ def load_demo(hub: Hub) -> dict[str, str]:
                 ScopeSet.parse(DEMO_SCOPE),
             )
             if secret:
-                secrets[hospital.client_id] = secret
+                result.secrets[hospital.client_id] = secret
             client = session.get(ApiClient, hospital.client_id)
             if client is not None and not client.break_glass:
                 client.break_glass = True  # the demo shows an emergency opening
@@ -356,5 +389,5 @@ def load_demo(hub: Hub) -> dict[str, str]:
     with hub.db.transaction() as session:
         writers = Writers(session, base_url)
         for authored in subscriptions():
-            write_versions(writers, [authored])
-    return secrets
+            write(writers, [authored])
+    return result

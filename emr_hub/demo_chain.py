@@ -193,27 +193,37 @@ class Writers:
         store.flush()
 
 
-def write_versions(writers: Writers, versions: Sequence[Authored]) -> None:
-    """Write the versions of one resource that are not stored yet, each as its author.
+WRITTEN, UNCHANGED, KEPT = "written", "unchanged", "kept"
+
+
+def write_versions(writers: Writers, versions: Sequence[Authored], *, reset: bool = False) -> str:
+    """Write the versions of one resource that are not stored yet, each as its author; returns
+    :data:`WRITTEN`, :data:`UNCHANGED` or :data:`KEPT`.
 
     The stored content is looked up among ``versions`` and only the later ones are written, so
-    a re-run writes nothing. A resource edited since (matching none) gets the last version
-    only, written by the operator: one new version bringing it back to the demo's state (a
-    repair, which the workflow would not allow a hospital: a Task moved to a final status)."""
+    a re-run writes nothing. A resource someone changed or deleted since (its content matching
+    none of the demo's versions) is theirs now: it is kept as it is, unless ``reset``, which
+    writes the last version over it as the operator: one new version bringing it back to the
+    demo's state (a repair, which the workflow would not allow a hospital: a Task moved to a
+    final status)."""
     first = versions[0][1]
     stored = writers.current(first["resourceType"], first["id"])
     contents = [version for _, version in versions]
-    if stored is None or stored.deleted or stored.content is None:
+    if stored is None:
         for author, version in versions:
             writers.write(author, version)
-        return
-    content = _without_meta(stored.content)
+        return WRITTEN
+    content = None if stored.deleted or stored.content is None else _without_meta(stored.content)
     matched = [i for i, version in enumerate(contents) if _without_meta(version) == content]
     if not matched:
+        if not reset:
+            return KEPT
         writers.write(None, contents[-1])
-        return
-    for author, version in versions[matched[0] + 1 :]:
+        return WRITTEN
+    missing = versions[matched[0] + 1 :]
+    for author, version in missing:
         writers.write(author, version)
+    return WRITTEN if missing else UNCHANGED
 
 
 def _without_meta(resource: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,9 +31,11 @@ def test_demo_is_idempotent_and_clients_get_tokens(tmp_path: Path, database_url:
     assert first.stdout.count("secret:") == 4
     for client_id in ("bach-mai", "bac-ninh-general", "bac-ninh-district", "bac-ninh-commune"):
         assert f"client {client_id}" in first.stdout
+    assert "demo resources written:" in first.stdout
     second = run(["demo"], env)
     assert "secret:" not in second.stdout
     assert second.stdout.count("already registered") == 4
+    assert "nothing written" in second.stdout and "kept as you left them" not in second.stdout
     token = run(["token", "bach-mai"], env).stdout.strip()
     assert token.count(".") == 2 and "\n" not in token
     narrowed = run(["token", "bach-mai", "--scope", "system/Patient.rs"], env)

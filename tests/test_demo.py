@@ -56,7 +56,7 @@ def demo(hub: Hub) -> dict[str, str]:
     install_security(hub.settings)  # as under `emr-hub demo`: grants, then the referral rules
     install()  # the letters must pass the hub's rules
     install_subscriptions(hub.settings)
-    return load_demo(hub)
+    return load_demo(hub).secrets
 
 
 @pytest.fixture
@@ -183,7 +183,8 @@ def versions(hub: Hub) -> tuple[list[tuple[str, str, int]], int]:
 
 def test_loading_again_writes_nothing_and_prints_no_secret(hub: Hub, demo: dict[str, str]) -> None:
     before = versions(hub)
-    assert load_demo(hub) == {}
+    again = load_demo(hub)
+    assert (again.secrets, again.written, again.kept) == ({}, [], [])
     assert versions(hub) == before
     every_demo_resource_is_tagged(hub)
 
@@ -248,7 +249,26 @@ def test_each_task_history_is_a_flow_the_hospitals_may_make(api: Api, letter: st
     assert sorted(e["resource"]["status"] for e in sent["entry"]) == ["active", "completed"]
 
 
-def test_loading_again_restores_an_edited_resource_in_one_version(
+def test_loading_again_keeps_what_someone_changed_or_deleted_and_says_so(
+    hub: Hub, demo: dict[str, str]
+) -> None:
+    task_id = f"{FIRST_REFERRAL}-task"
+    finished = current(hub, "Task", task_id)
+    with hub.db.transaction() as session:
+        store = FhirStore(session)
+        interactions.update(store, OPERATOR, "Task", task_id, {**finished, "status": "failed"})
+        interactions.delete(store, OPERATOR, "Patient", "demo-pham-quoc-bao")
+    before = versions(hub)
+
+    again = load_demo(hub)
+
+    assert sorted(again.kept) == ["Patient/demo-pham-quoc-bao", f"Task/{task_id}"]
+    assert again.written == []
+    assert versions(hub) == before
+    assert current(hub, "Task", task_id)["status"] == "failed"
+
+
+def test_a_reset_restores_an_edited_resource_in_one_version(
     hub: Hub, demo: dict[str, str]
 ) -> None:
     """A demo resource changed since (here a Task moved back) returns to the demo's state with
@@ -258,7 +278,8 @@ def test_loading_again_restores_an_edited_resource_in_one_version(
     with hub.db.transaction() as session:
         store = FhirStore(session)
         interactions.update(store, OPERATOR, "Task", task_id, {**finished, "status": "failed"})
-    load_demo(hub)
+    reset = load_demo(hub, reset=True)
+    assert (reset.written, reset.kept) == ([f"Task/{task_id}"], [])
     restored = current(hub, "Task", task_id)
     assert restored["status"] == "completed"
     assert int(restored["meta"]["versionId"]) == int(finished["meta"]["versionId"]) + 2

@@ -24,15 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from emr_hub.demo_chain import (
-    KEPT,
-    WRITTEN,
-    Authored,
-    Cast,
-    Writers,
-    referral_chain,
-    write_versions,
-)
+from emr_hub.demo_chain import Cast, referral_chain
+from emr_hub.demo_writing import KEPT, WRITTEN, Authored, Writers, write_versions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE
 from emr_hub.hub import Hub
 from emr_hub.security.clients import ensure_client

@@ -1,4 +1,4 @@
-"""The demo's finished referral chain, and the version writer that keeps the demo idempotent.
+"""The demo's finished referral chain.
 
 The story of the demo patient (Vietnam time, 2026):
 
@@ -27,16 +27,22 @@ come in a :class:`Cast`.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
 
-from sqlalchemy.orm import Session
-
-from emr_hub.fhir import interactions
+from emr_hub.demo_insurance import (
+    LetterRecord,
+    Signatories,
+    episode_dates,
+    episode_reference,
+    letter_extensions,
+    letter_identifiers,
+    letter_notes,
+    signed_by,
+)
+from emr_hub.demo_writing import Authored, Facility, Resource
 from emr_hub.fhir.identifiers import EPISODE_LINK
-from emr_hub.fhir.store import Author, FhirStore, Stored
 from emr_hub.referrals import rules
 from emr_hub.referrals.xml130 import (
     CONDITION_ACTIVE,
@@ -51,10 +57,6 @@ from emr_hub.referrals.xml130 import (
     REFERRAL_LETTER_SYSTEM,
     TASK_FULFILL,
 )
-from emr_hub.security.principal import OPERATOR, Principal
-from emr_hub.security.scopes import ScopeSet
-
-Resource = dict[str, Any]
 
 # ------------------------------------------------------------------------------------ ids
 TU_SON_VISIT = "demo-lan-tu-son-visit"
@@ -77,19 +79,6 @@ DISCHARGE_SUMMARY = {
     "text": "Giấy ra viện, tóm tắt hồ sơ bệnh án",
 }
 CARE_EPISODE = {"text": "Đợt điều trị tại nơi nhận"}
-
-
-class Facility(Protocol):
-    """A hospital of the chain (the demo's ``DemoHospital``)."""
-
-    @property
-    def client_id(self) -> str: ...
-
-    @property
-    def facility_code(self) -> str: ...
-
-    @property
-    def name(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -126,6 +115,7 @@ class Leg:
     summary: str
     care_encounter: str
     note: str
+    record: LetterRecord
     based_on: str | None = None
 
 
@@ -155,81 +145,6 @@ class Summary:
     text: str
 
 
-# -------------------------------------------------------------------------- writing
-Authored = tuple[Facility | None, Resource]
-"""A version and the hospital that writes it (None: the operator, for the directory)."""
-
-
-class Writers:
-    """One store and principal per hospital on one session, so each version is written as
-    the hospital whose it is (through the rules a hospital's own request meets)."""
-
-    def __init__(self, session: Session, base_url: str) -> None:
-        self.session = session
-        self.base_url = base_url
-        self._stores: dict[str | None, tuple[FhirStore, Principal]] = {}
-
-    def _as(self, author: Facility | None) -> tuple[FhirStore, Principal]:
-        key = author.client_id if author is not None else None
-        if key not in self._stores:
-            if key is None:
-                principal = OPERATOR
-            else:
-                organization = f"Organization/{key}"
-                principal = Principal(key, organization, ScopeSet.parse("system/*.cruds"), "demo")
-            author_row = Author(
-                principal.client_id, principal.organization, operator=principal.is_operator
-            )
-            store = FhirStore(self.session, base_url=self.base_url, author=author_row)
-            self._stores[key] = (store, principal)
-        return self._stores[key]
-
-    def current(self, resource_type: str, resource_id: str) -> Stored | None:
-        return self._as(None)[0].current(resource_type, resource_id)
-
-    def write(self, author: Facility | None, version: Resource) -> None:
-        store, principal = self._as(author)
-        interactions.update(store, principal, version["resourceType"], version["id"], version)
-        store.flush()
-
-
-WRITTEN, UNCHANGED, KEPT = "written", "unchanged", "kept"
-
-
-def write_versions(writers: Writers, versions: Sequence[Authored], *, reset: bool = False) -> str:
-    """Write the versions of one resource that are not stored yet, each as its author; returns
-    :data:`WRITTEN`, :data:`UNCHANGED` or :data:`KEPT`.
-
-    The stored content is looked up among ``versions`` and only the later ones are written, so
-    a re-run writes nothing. A resource someone changed or deleted since (its content matching
-    none of the demo's versions) is theirs now: it is kept as it is, unless ``reset``, which
-    writes the last version over it as the operator: one new version bringing it back to the
-    demo's state (a repair, which the workflow would not allow a hospital: a Task moved to a
-    final status)."""
-    first = versions[0][1]
-    stored = writers.current(first["resourceType"], first["id"])
-    contents = [version for _, version in versions]
-    if stored is None:
-        for author, version in versions:
-            writers.write(author, version)
-        return WRITTEN
-    content = None if stored.deleted or stored.content is None else _without_meta(stored.content)
-    matched = [i for i, version in enumerate(contents) if _without_meta(version) == content]
-    if not matched:
-        if not reset:
-            return KEPT
-        writers.write(None, contents[-1])
-        return WRITTEN
-    missing = versions[matched[0] + 1 :]
-    for author, version in missing:
-        writers.write(author, version)
-    return WRITTEN if missing else UNCHANGED
-
-
-def _without_meta(resource: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in resource.items() if key != "meta"}
-
-
 def referral_chain(cast: Cast) -> list[list[Authored]]:
     """Every resource of the chain as its list of versions, each with the hospital writing
     it, in writing order."""
@@ -250,7 +165,7 @@ def referral_chain(cast: Cast) -> list[list[Authored]]:
             visit.facility,
             [_condition(cast, ATRIAL_FIBRILLATION, AF, visit, "2026-10-19T09:30:00+07:00")],
         ),
-        by(first.sender, _referral_versions(cast, first)),
+        by(first.sender, _referral_versions(cast, first, visit)),
         by(stay.facility, [_encounter(cast, stay)]),
         by(
             stay.facility,
@@ -258,11 +173,11 @@ def referral_chain(cast: Cast) -> list[list[Authored]]:
         ),
         by(bac_ninh_summary.author, [_summary(cast, bac_ninh_summary)]),
         task(first),
-        by(second.sender, _referral_versions(cast, second)),
+        by(second.sender, _referral_versions(cast, second, stay)),
         by(admission.facility, [_encounter(cast, admission)]),
         by(bach_mai_summary.author, [_summary(cast, bach_mai_summary)]),
         task(second),
-        by(cast.central, [_appointment(cast)]),
+        by(cast.central, [_appointment(cast, admission)]),
     ]
 
 
@@ -286,6 +201,17 @@ def _legs(cast: Cast) -> tuple[Leg, Leg]:
         care_encounter=BAC_NINH_STAY,
         note="Hồi hộp, đánh trống ngực 2 tuần; điện tim: rung nhĩ, tần số thất 130 lần/phút. "
         "Chuyển tuyến để điều trị và làm siêu âm tim.",
+        record=LetterRecord(
+            file_number="2026/CT-01873",
+            letter_code=f"{cast.district.facility_code}-20261019-1873",
+            signs="Hồi hộp, đánh trống ngực; mạch không đều 130 lần/phút; HA 125/80 mmHg.",
+            course="Hồi hộp từng cơn 2 tuần nay, tăng dần; chưa điều trị gì.",
+            results="Điện tim: rung nhĩ, tần số thất 130 lần/phút.",
+            state_at_transfer="Tỉnh, tiếp xúc tốt; mạch 110 lần/phút; HA 120/80 mmHg.",
+            plan="Kiểm soát tần số thất, cân nhắc chống đông; siêu âm tim.",
+            transport="Tự túc",
+            signatories=Signatories(doctor="004518/BN-CCHN", head="001276/BN-CCHN"),
+        ),
     )
     second = Leg(
         referral=SECOND_REFERRAL,
@@ -306,6 +232,18 @@ def _legs(cast: Cast) -> tuple[Leg, Leg]:
         care_encounter=BACH_MAI_STAY,
         note="Hẹp van hai lá khít (diện tích lỗ van 1,0 cm²) trên siêu âm tim, rung nhĩ đã "
         "kiểm soát tần số. Chuyển tuyến để đánh giá can thiệp van.",
+        record=LetterRecord(
+            file_number="2026/HS-08215",
+            letter_code=f"{cast.provincial.facility_code}-20261030-4512",
+            signs="Khó thở khi gắng sức; rung tâm trương ở mỏm tim; mạch 88 lần/phút.",
+            course="Vào viện ngày 20/10/2026 vì rung nhĩ; siêu âm tim phát hiện hẹp van hai lá "
+            "khít.",
+            results="Siêu âm tim: hẹp van hai lá khít, diện tích lỗ van 1,0 cm²; INR 2,3.",
+            state_at_transfer="Tỉnh; mạch 84 lần/phút, không đều; HA 115/75 mmHg.",
+            plan="Đánh giá và can thiệp van hai lá; tiếp tục chống đông.",
+            transport="Xe cứu thương của Bệnh viện Đa khoa tỉnh Bắc Ninh",
+            signatories=Signatories(doctor="007731/BN-CCHN", head="000452/BN-CCHN"),
+        ),
         based_on=FIRST_REFERRAL,
     )
     return first, second
@@ -434,8 +372,9 @@ def _condition(
     )
 
 
-def _referral_versions(cast: Cast, leg: Leg) -> list[Resource]:
-    """The letter as signed (active), then fulfilled (completed).
+def _referral_versions(cast: Cast, leg: Leg, source: Visit) -> list[Resource]:
+    """The letter as signed (active), then fulfilled (completed), with what table 13 needs
+    (:mod:`emr_hub.demo_insurance`); ``source`` is the visit it closes.
 
     ``occurrencePeriod`` is the validity the hub would compute from ``authoredOn``, written out
     so that the stored letter equals what this module writes (a re-run then finds it)."""
@@ -448,14 +387,18 @@ def _referral_versions(cast: Cast, leg: Leg) -> list[Resource]:
                 "system": REFERRAL_LETTER_SYSTEM + leg.sender.facility_code,
                 "value": leg.letter,
                 "assigner": _org(leg.sender),
-            }
+            },
+            *letter_identifiers(leg.record, leg.sender.facility_code, _org(leg.sender)),
         ],
+        "extension": letter_extensions(leg.record, source.start, source.end),
         "status": "active",
         "intent": "order",
         "category": [REFERRAL_CATEGORY],
         "priority": "routine",
         "subject": _ref("Patient", cast.patient_id),
-        "encounter": _ref("Encounter", leg.source_encounter),
+        "encounter": episode_reference(
+            f"Encounter/{source.id}", source.episode, source.facility.facility_code
+        ),
         "occurrencePeriod": validity,
         "authoredOn": leg.signed,
         "requester": _org(leg.sender),
@@ -466,7 +409,10 @@ def _referral_versions(cast: Cast, leg: Leg) -> list[Resource]:
             _ref("Encounter", leg.source_encounter),
             _ref("Condition", leg.source_condition),
         ],
-        "note": [{"text": leg.note}],
+        "note": [
+            {"text": leg.note},
+            *letter_notes(leg.record, "; ".join(f"{text} ({code})" for code, text in leg.reasons)),
+        ],
     }
     if leg.based_on:
         body["basedOn"] = [_ref("ServiceRequest", leg.based_on)]
@@ -553,9 +499,10 @@ def _summary(cast: Cast, summary: Summary) -> Resource:
     )
 
 
-def _appointment(cast: Cast) -> Resource:
-    """The re-exam slip: the hospital takes part as R4 allows (see :mod:`emr_hub.referrals.
-    xml130`): type primary performer, the Organization in the participant-org extension."""
+def _appointment(cast: Cast, stay: Visit) -> Resource:
+    """The re-exam slip after ``stay``: the hospital takes part as R4 allows (see
+    :mod:`emr_hub.referrals.xml130`): type primary performer, the Organization in the
+    participant-org extension; with the signatories and the stay table 14 needs."""
     hospital = cast.central
     return _resource(
         cast,
@@ -570,6 +517,10 @@ def _appointment(cast: Cast) -> Resource:
                     "assigner": _org(hospital),
                 }
             ],
+            "extension": [
+                episode_dates(stay.start, stay.end),
+                *signed_by(Signatories(doctor="012877/HNO-CCHN", head="000123/BYT-CCHN")),
+            ],
             "status": "booked",
             "appointmentType": FOLLOW_UP,
             "reasonCode": [_icd(MS)],
@@ -577,9 +528,12 @@ def _appointment(cast: Cast) -> Resource:
             "start": "2026-12-14T08:00:00+07:00",
             "end": "2026-12-14T11:00:00+07:00",
             "created": "2026-11-13",
-            "comment": "Mang theo giấy ra viện và kết quả INR gần nhất.",
+            "comment": "Hẹp van hai lá do thấp (I05.0) đã nong van bằng bóng; rung nhĩ (I48.0)",
+            "patientInstruction": "Mang theo giấy ra viện và kết quả INR gần nhất.",
             "basedOn": [_ref("ServiceRequest", SECOND_REFERRAL)],
-            "supportingInformation": [_ref("Encounter", BACH_MAI_STAY)],
+            "supportingInformation": [
+                episode_reference(f"Encounter/{stay.id}", stay.episode, hospital.facility_code)
+            ],
             "participant": [
                 {
                     "actor": _ref("Patient", cast.patient_id),

@@ -31,6 +31,7 @@ from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from emr_hub.referrals import workflow
 from emr_hub.referrals.enforcement import _partners, install
+from emr_hub.referrals.xml130 import Table13, Table14, parse_envelope, read_tables
 from emr_hub.security import install as install_security
 from emr_hub.security.citizens import citizen_person
 from emr_hub.security.clients import client_scopes, get_client
@@ -268,9 +269,7 @@ def test_loading_again_keeps_what_someone_changed_or_deleted_and_says_so(
     assert current(hub, "Task", task_id)["status"] == "failed"
 
 
-def test_a_reset_restores_an_edited_resource_in_one_version(
-    hub: Hub, demo: dict[str, str]
-) -> None:
+def test_a_reset_restores_an_edited_resource_in_one_version(hub: Hub, demo: dict[str, str]) -> None:
     """A demo resource changed since (here a Task moved back) returns to the demo's state with
     one new version, not a replay of the whole flow."""
     task_id = f"{FIRST_REFERRAL}-task"
@@ -327,3 +326,42 @@ def test_the_walk_through_who_may_see_what(hub: Hub, demo: dict[str, str], api: 
     ]
     assert any(a["breakGlass"]["valueBoolean"] for a in by_commune)
     assert any(a["outcome"]["valueCode"] == "4" for a in by_commune)  # the refused read
+
+
+EXPORTS = (
+    ("bac-ninh-district", f"/ServiceRequest/{FIRST_REFERRAL}/$xml130"),
+    ("bac-ninh-general", f"/ServiceRequest/{SECOND_REFERRAL}/$xml130"),
+    ("bach-mai", "/Appointment/demo-lan-bach-mai-reexam/$xml130"),
+)
+
+
+def test_the_demo_letters_and_re_exam_export_as_xml_130(
+    hub: Hub, demo: dict[str, str], api: Api
+) -> None:
+    """Each referral letter exports as table 13 and the re-exam as table 14 for the hospital
+    that wrote it, with the fields the demo gives them (read back by the hub's own parser)."""
+    envelopes = {}
+    for client_id, path in EXPORTS:
+        response = api.get(path, token=demo_token(hub, client_id), headers={"Accept": "*/*"})
+        assert response.status_code == 200, response.text
+        envelopes[client_id] = response.content
+    (first,) = read_tables(parse_envelope(envelopes["bac-ninh-district"]))
+    letter = first[1]
+    assert isinstance(letter, Table13)
+    assert (letter.ma_lk, letter.so_hoso, letter.giay_chuyen_tuyen) == (
+        "DM272.2610190042",
+        "2026/CT-01873",
+        "DM272-20261019-1873",
+    )
+    assert (letter.ma_noi_di, letter.ma_noi_den, letter.ma_lydo_ct) == ("DM272", "DM271", "1")
+    assert letter.ma_bac_si == ("004518/BN-CCHN",) and letter.ma_ttdv == "001276/BN-CCHN"
+    assert letter.ma_benh_chinh == "I48.0" and letter.chan_doan_rv
+    (second,) = read_tables(parse_envelope(envelopes["bach-mai"]))
+    slip = second[1]
+    assert isinstance(slip, Table14)
+    assert (slip.ma_lk, slip.so_giayhen_kl, slip.ma_cskcb) == (
+        "DM001.2611030577",
+        "HKL-2026-031127",
+        "DM001",
+    )
+    assert slip.ma_bac_si == ("012877/HNO-CCHN",) and slip.ma_benh_chinh == "I05.0"

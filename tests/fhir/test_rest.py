@@ -131,6 +131,7 @@ def test_delete_then_read_is_gone_and_history_keeps_versions(api: Api) -> None:
 def test_read_unknown(api: Api) -> None:
     assert api.get("/Patient/nope").status_code == 404
     assert api.get("/Patient/nope/_history/1").status_code == 404
+    assert api.get("/Patient/nope/_history").status_code == 404  # as read does
     unknown_type = api.get("/Unicorn/1")
     assert unknown_type.status_code == 404
     assert "Unicorn" in outcome_issue(unknown_type)["diagnostics"]

@@ -303,25 +303,20 @@ class FhirStore:
         for resource_type, resource_id in wanted:
             by_type[resource_type].append(resource_id)
         found: dict[tuple[str, str], Stored] = {}
+        policed = checked and self.access is not None
         for resource_type, ids in by_type.items():
+            statement = self._load_statement(resource_type, since is not None, policed)
             for start in range(0, len(ids), 500):
-                query = select(
-                    RESOURCE.c.id,
-                    RESOURCE.c.version_id,
-                    RESOURCE.c.last_updated,
-                    RESOURCE.c.content,
-                    RESOURCE.c.owner_org,
-                ).where(
-                    RESOURCE.c.resource_type == resource_type,
-                    RESOURCE.c.id.in_(ids[start : start + 500]),
-                    RESOURCE.c.deleted.is_(False),
-                )
-                if since is not None:
-                    query = query.where(RESOURCE.c.last_updated >= since)
-                condition = self.visible(RESOURCE, resource_type) if checked else None
-                if condition is not None:
-                    query = query.where(condition)
-                for rid, version, updated, content, owner in self.session.execute(query):
+                params: dict[str, Any] = {
+                    "load_type": resource_type,
+                    "load_ids": ids[start : start + 500],
+                    "load_since": since,
+                }
+                if policed and self.access is not None:
+                    params.update(self.access.params())
+                for rid, version, updated, content, owner in self.session.execute(
+                    statement, params
+                ):
                     found[(resource_type, rid)] = Stored(
                         resource_type, rid, version, as_utc(updated), False, content, owner=owner
                     )
@@ -329,6 +324,32 @@ class FhirStore:
         if checked and disclose:
             self.disclose(loaded)
         return loaded
+
+    def _load_statement(self, resource_type: str, since: bool, policed: bool) -> Any:
+        """The statement of :meth:`load_many`, built once per type, use of ``since`` and kind
+        of principal (as the read's is): the ids and the principal's values are parameters."""
+        shape = self.access.shape(resource_type) if policed and self.access is not None else None
+        key = (resource_type, since, shape)
+        statement = _LOAD_STATEMENTS.get(key)
+        if statement is None:
+            statement = select(
+                RESOURCE.c.id,
+                RESOURCE.c.version_id,
+                RESOURCE.c.last_updated,
+                RESOURCE.c.content,
+                RESOURCE.c.owner_org,
+            ).where(
+                RESOURCE.c.resource_type == bindparam("load_type"),
+                RESOURCE.c.id.in_(bindparam("load_ids", expanding=True)),
+                RESOURCE.c.deleted.is_(False),
+            )
+            if since:
+                statement = statement.where(RESOURCE.c.last_updated >= bindparam("load_since"))
+            condition = self.visible(RESOURCE, resource_type) if policed else None
+            if condition is not None:
+                statement = statement.where(condition)
+            _LOAD_STATEMENTS[key] = statement
+        return statement
 
     def history(
         self,
@@ -617,6 +638,8 @@ class FhirStore:
 
 _READ_STATEMENTS: dict[tuple[str, Any], Any] = {}
 """The read statement of each (type, shape of the principal's access): built once."""
+_LOAD_STATEMENTS: dict[tuple[str, bool, Any], Any] = {}
+"""The statement of :meth:`FhirStore.load_many` per (type, since, shape): built once."""
 
 
 def _members(text: str | None) -> list[tuple[str, str]]:

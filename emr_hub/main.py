@@ -17,6 +17,7 @@ from emr_hub.config import Settings, get_settings
 from emr_hub.errors import FhirError, Issue, operation_outcome
 from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
+from emr_hub.fhir.unstorable import NulGuard
 from emr_hub.hub import Hub
 from emr_hub.logs import install_access_log
 from emr_hub.referrals.enforcement import install as install_referral_rules
@@ -70,6 +71,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     app.include_router(fhir_router)
     install_error_handlers(app)
     install_access_log(app)
+    app.add_middleware(NulGuard)  # inside the audit: its refusals are audited
     app.add_middleware(AuditMiddleware)
     return app
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from emr_hub.errors import FhirError, Issue
 from emr_hub.fhir.identifiers import identifier_problem
 from emr_hub.fhir.strict import strict_issues
+from emr_hub.fhir.unstorable import may_hold_nul, nul_path
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 LOCAL_REFERENCE = re.compile(
@@ -232,6 +233,11 @@ def validate_resource(
             ],
         )
     root = where or resource_type
+    if may_hold_nul(data):
+        found = nul_path(data, root)
+        if found:
+            message = "The text holds a NUL character (U+0000), which cannot be stored"
+            raise FhirError(400, [Issue("invalid", message, (found,))])
     checker = _RuleChecker(root, data)
     checker.check(data)
     structural = [issue for issue in checker.issues if issue.code != "business-rule"]

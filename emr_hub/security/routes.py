@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from emr_hub.deps import HubDep
+from emr_hub.fhir.unstorable import NUL
 from emr_hub.security import throttle
 from emr_hub.security.assertions import ASSERTION_TYPE, claimed_client_id
 from emr_hub.security.client_credentials import TokenRequest, grant_token
@@ -214,6 +215,8 @@ def _parse_form(body: bytes) -> dict[str, str]:
         raise OAuthError(INVALID_REQUEST, "The form body could not be parsed") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if NUL in name or NUL in value:
+            raise OAuthError(INVALID_REQUEST, "The form holds a NUL character (U+0000)")
         if name in form:  # RFC 6749 §3.2: parameters must not repeat
             raise OAuthError(INVALID_REQUEST, f"Parameter {name} is repeated")
         form[name] = value
@@ -235,6 +238,7 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise invalid_client("Malformed Basic credentials") from None
     user, colon, password = decoded.partition(":")
-    if not colon or not user:
+    user, password = unquote_plus(user), unquote_plus(password)
+    if not colon or not user or NUL in user or NUL in password:
         raise invalid_client("Malformed Basic credentials")
-    return unquote_plus(user), unquote_plus(password)
+    return user, password

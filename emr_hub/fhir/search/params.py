@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from emr_hub.errors import bad_request
 from emr_hub.fhir.search.composite import composite_parts
 from emr_hub.fhir.search.registry import SearchParam, get_param
+from emr_hub.fhir.unstorable import NUL, REPLACEMENT
 from emr_hub.fhir.validation import is_resource_type
 
 if TYPE_CHECKING:
@@ -148,6 +149,9 @@ def parse_search(
 ) -> SearchRequest:
     request = SearchRequest(resource_type, count=default_count)
     for name, raw in items:
+        if NUL in name or NUL in raw:  # in the URL, a form, a Bundle entry or a criteria
+            shown = name.replace(NUL, REPLACEMENT)
+            raise bad_request(f"The search parameter {shown!r} holds a NUL character", shown)
         base, _, modifier = name.partition(":")
         if base in ("_include", "_revinclude"):
             if modifier not in ("", "iterate", "recurse"):

@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from emr_hub.fhir.unstorable import may_hold_nul, without_nul
 from emr_hub.security.audit.events import (
     CLIENT_SYSTEM,
     OBJECT_ROLE,
@@ -65,6 +66,8 @@ def append(session: Session, events: list[dict[str, Any]]) -> list[int]:
     last_seq, last_hash = session.execute(head).one()
     rows, patients, entities, positions = [], [], [], []
     for event in events:
+        if may_hold_nul(event):  # a hostile URL's text, kept readable and storable
+            event = without_nul(event)
         last_seq += 1
         digest = link_hash(last_seq, last_hash, event)
         rows.append(

@@ -84,6 +84,14 @@ def parse_json_body(raw: bytes, content_type: str | None) -> Any:
         ) from None
 
 
+def public_url(request: Request, base_url: str, **query: str) -> str:
+    """The request's URL on the hub's public base (``EMR_HUB_BASE_URL``), for the links of an
+    answer: never from the Host header, which the caller chooses. ``query`` replaces those
+    query parameters."""
+    url = request.url.replace_query_params(**query) if query else request.url
+    return f"{base_url.rstrip('/')}{url.path}" + (f"?{url.query}" if url.query else "")
+
+
 def parse_if_match(header: str | None, expression: str = "If-Match") -> int | None:
     if header is None:
         return None

@@ -26,6 +26,7 @@ from emr_hub.fhir.http import (
     parse_if_match,
     parse_json_body,
     prefer_return,
+    public_url,
     version_headers,
     wants_pretty,
 )
@@ -166,7 +167,13 @@ def system_search(request: Request, hub: HubDep, principal: PrincipalDep) -> Res
         hub,
         principal,
         lambda store: system_search_bundle(
-            store, principal, types, items, base, str(request.url), lenient=lenient
+            store,
+            principal,
+            types,
+            items,
+            base,
+            public_url(request, hub.settings.base_url),
+            lenient=lenient,
         ),
     )
     return fhir_response(bundle, pretty=pretty)
@@ -237,7 +244,7 @@ def _search(
             resource_type,
             items,
             base,
-            str(request.url),
+            public_url(request, hub.settings.base_url),
             lenient=lenient,
             scope=scope,
         ),
@@ -374,7 +381,10 @@ def patient_everything(
         next_url = f"{base}/Patient/{patient_id}/$everything?" + urlencode(
             [*kept, ("_cursor", page.next_cursor)]
         )
-    return fhir_response(everything_bundle(page, base, str(request.url), next_url), pretty=pretty)
+    return fhir_response(
+        everything_bundle(page, base, public_url(request, hub.settings.base_url), next_url),
+        pretty=pretty,
+    )
 
 
 @router.get("/Patient/{patient_id}/{resource_type}")
@@ -499,7 +509,7 @@ def _history(
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "history",
-        "link": [{"relation": "self", "url": str(request.url)}],
+        "link": [{"relation": "self", "url": public_url(request, hub.settings.base_url)}],
         "entry": [_history_entry(stored, base) for stored in page],
     }
     if next_cursor is not None:
@@ -507,7 +517,7 @@ def _history(
         params["_cursor"] = str(next_cursor)
         params["_count"] = str(count)
         bundle["link"].append(
-            {"relation": "next", "url": str(request.url.replace_query_params(**params))}
+            {"relation": "next", "url": public_url(request, hub.settings.base_url, **params)}
         )
     return fhir_response(bundle, pretty=pretty)
 

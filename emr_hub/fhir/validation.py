@@ -22,7 +22,9 @@ from emr_hub.fhir.identifiers import identifier_problem
 from emr_hub.fhir.strict import strict_issues
 from emr_hub.fhir.unstorable import may_hold_nul, nul_path
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# R4 ids, but not "." or "..", which are path segments to every URL library (a link to
+# Patient/.. is a link to the FHIR base)
+ID_PATTERN = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9\-.]{1,64}")
 LOCAL_REFERENCE = re.compile(
     r"(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/(?P<version>[A-Za-z0-9\-.]{1,64}))?"
 )
@@ -188,7 +190,8 @@ def check_id(value: str, expression: str) -> None:
             [
                 Issue(
                     "value",
-                    f"Invalid id {value!r}: 1 to 64 letters, digits, '-' or '.'",
+                    f"Invalid id {value!r}: 1 to 64 letters, digits, '-' or '.' "
+                    "(and not '.' or '..' alone)",
                     (expression,),
                 )
             ],

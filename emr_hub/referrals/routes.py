@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from emr_hub.deps import HubDep
 from emr_hub.errors import FhirError, Issue, bad_request
 from emr_hub.fhir import operations
-from emr_hub.fhir.http import fhir_response, wants_pretty
+from emr_hub.fhir.http import fhir_response, public_url, wants_pretty
 from emr_hub.fhir.routes import in_snapshot, in_transaction, read_raw_body
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.hub import Hub
@@ -82,7 +82,9 @@ def _history(
         return referral_history(store, principal, target, base)
 
     entries = in_snapshot(hub, principal, history)
-    return fhir_response(history_bundle(entries, base, str(request.url)), pretty=pretty)
+    return fhir_response(
+        history_bundle(entries, base, public_url(request, hub.settings.base_url)), pretty=pretty
+    )
 
 
 # --------------------------------------------------------------- XML 13 / 14

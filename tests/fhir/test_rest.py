@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from emr_hub.hub import Hub
 from tests.fhir.conftest import Api, outcome_issue, token_for
 
 CCCD = "http://fhir.hl7.org.vn/core/sid/cccd"
@@ -451,3 +452,30 @@ def test_search_paging_survives_writes_between_pages(api: Api, sort: str | None)
     assert writes >= 3
     assert len(seen) == len(set(seen))  # nothing repeated
     assert before <= set(seen)  # nothing that was there all along skipped
+
+
+def test_ids_dot_and_dot_dot_are_refused_everywhere_an_id_is_named(api: Api) -> None:
+    """R4's id grammar allows them, but every URL library reads them as path segments."""
+    for raw in ("%2E", "%2E%2E"):
+        response = api.put(f"/Patient/{raw}", {**patient(), "id": raw.replace("%2E", ".")})
+        assert response.status_code == 400, raw
+        assert "'.' or '..'" in outcome_issue(response)["diagnostics"]
+    entry = {
+        "resource": {**patient(), "id": ".."},
+        "request": {"method": "PUT", "url": "Patient/.."},
+    }
+    batch = api.post("", {"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+    assert batch.json()["entry"][0]["response"]["status"].startswith("400")
+    assert api.get("/Patient", params={"_summary": "count"}).json()["total"] == 0
+
+
+def test_links_are_built_on_the_base_url_not_the_host_header(api: Api, hub: Hub) -> None:
+    api.post("/Patient", patient())
+    api.post("/Patient", patient())
+    forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+    for path, params in (("/Patient", {"_count": "1"}), ("/_history", {"_count": "1"})):
+        bundle = api.get(path, params=params, headers=forged).json()
+        urls = [link["url"] for link in bundle["link"]]
+        base = f"{hub.settings.fhir_base_url}/"
+        assert len(urls) == 2 and all(u.startswith(base) for u in urls), urls
+        assert all("evil" not in e["fullUrl"] for e in bundle["entry"])

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from emr_hub.deps import HubDep
 from emr_hub.errors import FhirError, Issue, bad_request, forbidden, not_found
 from emr_hub.fhir import capability, operations
-from emr_hub.fhir.http import fhir_response, wants_pretty
+from emr_hub.fhir.http import fhir_response, public_url, wants_pretty
 from emr_hub.fhir.search.compile import date_condition
 from emr_hub.fhir.search.indexer import COMPARTMENT
 from emr_hub.fhir.search.params import parse_count, split_values
@@ -92,7 +92,7 @@ def search_audit_events(request: Request, hub: HubDep, principal: PrincipalDep) 
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "link": [{"relation": "self", "url": str(request.url)}],
+        "link": [{"relation": "self", "url": public_url(request, hub.settings.base_url)}],
         "entry": [
             {
                 "fullUrl": f"{base}/AuditEvent/{content['id']}",

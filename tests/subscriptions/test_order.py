@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
-from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from emr_hub import outbox
 from emr_hub.hub import Hub
-from emr_hub.main import create_app
 from emr_hub.outbox import add_message, relay_pending, utcnow
 from emr_hub.subscriptions.matching import notify
 from storage.db import Database
 from storage.migrate import alembic_config
 from storage.tables import OutboxMessage
 from tests.conftest import make_settings
-from tests.fhir.conftest import Api, token_for
+from tests.fhir.conftest import Api
 from tests.processes import Worker, all_delivered, wait_for
 from tests.receiver import Receiver
 from tests.subscriptions.test_subscriptions import delivered, messages, subscription, task
@@ -98,12 +95,6 @@ def test_sequences_of_different_resources_do_not_wait_for_each_other(hub: Hub) -
 
 def messages_of(session: Session, topic: str) -> list[OutboxMessage]:
     return list(session.scalars(select(OutboxMessage).where(OutboxMessage.topic == topic)))
-
-
-@pytest.fixture
-def broker_api(broker_hub: Hub) -> Iterator[Api]:
-    with TestClient(create_app(broker_hub)) as client:
-        yield Api(client, token_for(broker_hub))
 
 
 @pytest.mark.postgres

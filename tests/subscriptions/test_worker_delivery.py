@@ -5,28 +5,19 @@ and every notification reaches the receiver under one idempotency key."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from emr_hub.hub import Hub
-from emr_hub.main import create_app
 from storage.tables import OutboxMessage
-from tests.fhir.conftest import Api, token_for
+from tests.fhir.conftest import Api
 from tests.processes import Worker, all_delivered, wait_for
 from tests.receiver import Receiver
 from tests.subscriptions.test_subscriptions import subscription, task
 
 TASKS = 6
-
-
-@pytest.fixture
-def broker_api(broker_hub: Hub) -> Iterator[Api]:
-    with TestClient(create_app(broker_hub)) as client:
-        yield Api(client, token_for(broker_hub))
 
 
 @pytest.mark.postgres

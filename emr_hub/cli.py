@@ -152,8 +152,9 @@ def demo(reset: bool) -> None:
         click.echo("demo resources: all already as the demo wrote them, nothing written")
     if loaded.kept:
         click.echo(
-            f"kept as you left them ({len(loaded.kept)} changed or deleted since the demo "
-            f"wrote them): {', '.join(loaded.kept)}; `emr-hub demo --reset` restores them"
+            f"kept as you left them ({len(loaded.kept)} that differ from this demo's version: "
+            f"changed or deleted since, or written by an older demo): {', '.join(loaded.kept)}; "
+            "`emr-hub demo --reset` writes this demo's version over them"
         )
     click.echo("get a token with: emr-hub token bach-mai")
 

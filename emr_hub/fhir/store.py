@@ -19,9 +19,8 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -31,6 +30,14 @@ from emr_hub.fhir import hooks
 from emr_hub.fhir.labels import is_restricted
 from emr_hub.fhir.search.compartment import compartment_rows, propagate_person, resolve_persons
 from emr_hub.fhir.search.indexer import COMPARTMENT, REFERENCE, ROW_TABLES, index_rows
+from emr_hub.fhir.stored import (
+    OPERATOR_AUTHOR,
+    Author,
+    Stored,
+    WriteResult,
+    format_instant,
+    now_instant,
+)
 from storage.bulk import write_rows
 from storage.db import as_utc, before_commit
 from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
@@ -43,62 +50,6 @@ if TYPE_CHECKING:
 RESOURCE = ResourceRow.__table__
 HISTORY = ResourceHistoryRow.__table__
 TOKEN = SearchTokenRow.__table__
-
-
-def now_instant() -> datetime:
-    """Current time truncated to milliseconds, the precision we publish in meta.lastUpdated."""
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def format_instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Author(NamedTuple):
-    """Who writes a version: the API client and its Organization (None for the command line).
-    What the operator creates is owned by no hospital (``operator``): no hospital may change
-    it, and the operator sees everything anyway."""
-
-    client: str
-    organization: str | None
-    operator: bool = False
-
-    @property
-    def owner(self) -> str | None:
-        return None if self.operator else self.organization
-
-
-OPERATOR_AUTHOR = Author("operator", None, operator=True)
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One version of a resource as stored (``owner``: the Organization that created it)."""
-
-    resource_type: str
-    id: str
-    version_id: int
-    last_updated: datetime
-    deleted: bool
-    content: dict[str, Any] | None
-    method: str = "PUT"
-    owner: str | None = None
-
-    @property
-    def etag(self) -> str:
-        return f'W/"{self.version_id}"'
-
-    @property
-    def reference(self) -> str:
-        return f"{self.resource_type}/{self.id}"
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    stored: Stored
-    created: bool
-    changed: bool = True
 
 
 def _strip_volatile_meta(resource: dict[str, Any]) -> dict[str, Any]:

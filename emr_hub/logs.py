@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,9 +28,24 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["error"] = error_without_message(record.exc_info[1])
         return orjson.dumps(entry).decode()
+
+
+def error_without_message(error: BaseException) -> str:
+    """An exception's types and stack, without its messages: a message may hold what the
+    request carried (a name, a CCCD, a SQL statement's values), which never goes to a log."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        kind = type(current)
+        parts.append(f"{frames}{kind.__module__}.{kind.__qualname__} (message not logged)")
+        current = current.__cause__ or current.__context__
+    return "\n--- caused by ---\n".join(parts)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -48,17 +64,27 @@ def install_access_log(app: FastAPI) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "method": request.method,
-                    "route": getattr(route, "path", "unmatched"),
-                    "status": response.status_code,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                }
-            },
-        )
+
+        def log(status: int) -> None:
+            route = request.scope.get("route")
+            trail = request.scope.get("state", {}).get("audit_trail")
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": request.method,
+                        "route": getattr(route, "path", "unmatched"),
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                        "request_id": getattr(trail, "request_id", None),
+                    }
+                },
+            )
+
+        try:
+            response = await call_next(request)
+        except Exception:
+            log(500)  # the error itself is logged, and answered, by the audit middleware
+            raise
+        log(response.status_code)
         return response

@@ -43,6 +43,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             url,
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
+            hide_parameters=True,  # errors never show the values (names, CCCDs) of a statement
             connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
         )
         _configure_sqlite(engine)
@@ -54,6 +55,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        hide_parameters=True,
         connect_args={"options": "-c timezone=UTC"},
     )
 

@@ -91,7 +91,7 @@ class AuditMiddleware:
                 raise
             # An error no handler turned into an answer: answer it here, audited like any
             # other (or withheld when even that fails).
-            log.exception("unhandled error")
+            log.exception("unhandled error", extra={"fields": {"request_id": trail.request_id}})
             try:
                 await record(hub, scope, trail, 500)
             except Exception:  # noqa: BLE001 - no audit, no answer

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import select
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +187,47 @@ def test_logs_carry_no_identifiers(caplog: pytest.LogCaptureFixture, tmp_path: P
     server_side = [r.getMessage() for r in caplog.records if r.name != "httpx"]
     assert server_side and not any(cccd in line for line in server_side)
     hub.close()
+
+
+def test_a_chunked_body_is_cut_at_the_limit_while_it_streams(tmp_path: Path) -> None:
+    """A chunked body declares no length: the server counts it as it arrives and answers 413
+    once the limit is passed, long before the sender is done (it never holds the whole)."""
+    import socket
+
+    port, limit = free_port(), 1024 * 1024
+    env = cli_env(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'hub.db'}",
+        EMR_HUB_BASE_URL=f"http://127.0.0.1:{port}",
+        EMR_HUB_MAX_REQUEST_BYTES=str(limit),
+    )
+    run(["demo"], env)
+    token = run(["token", "bach-mai"], env).stdout.strip()
+    api = ApiServer(env, port, tmp_path / "serve.log")
+    sent, answer = 0, b""
+    try:
+        api.wait_ready()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\n"
+                + f"Authorization: Bearer {token}\r\n\r\n".encode()
+            )
+            chunk = b" " * 65536
+            framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+            sock.setblocking(False)
+            deadline = time.monotonic() + 60  # a bound on a hung server, not a wait
+            while sent < 64 * limit and not answer and time.monotonic() < deadline:
+                try:
+                    sock.sendall(framed)
+                    sent += len(chunk)
+                except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                    pass
+                try:
+                    answer = sock.recv(4096)
+                except BlockingIOError:
+                    select.select([sock], [sock], [], 0.05)
+    finally:
+        api.stop()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 16 * limit  # answered while the body was still coming

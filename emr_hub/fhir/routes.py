@@ -70,15 +70,18 @@ def in_snapshot(hub: Hub, principal: Principal, work: Callable[[FhirStore], T]) 
 
 async def read_raw_body(request: Request, hub: Hub) -> bytes:
     """The body's bytes, refused (413) past ``EMR_HUB_MAX_REQUEST_BYTES``: by its declared
-    length before reading, by what arrived after."""
+    length before reading anything, else as soon as what has arrived passes the limit (a
+    chunked body declares no length: it is counted while it streams, never held whole)."""
     declared = request.headers.get("content-length")
     limit = hub.settings.max_request_bytes
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    raw = await request.body()
-    if len(raw) > limit:
-        raise _too_large(limit)
-    return raw
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
 
 
 async def read_body(request: Request, hub: Hub) -> Any:
@@ -213,7 +216,7 @@ async def search_type_post(
         raise FhirError(
             415, [Issue("not-supported", "POST _search takes application/x-www-form-urlencoded")]
         )
-    raw = await request.body()
+    raw = await read_raw_body(request, hub)
     try:
         form = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -122,14 +124,43 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def database_unavailable(_: Request, error: OperationalError) -> Response:
         log.error("database error: %s", type(error.orig).__name__)
+        if beyond_database_limits(error.orig):
+            message = (
+                "The request is beyond what the database takes in one statement (too many "
+                "values, parameters or terms): narrow or split it"
+            )
+            return outcome_response(400, [Issue("too-costly", message)])
         return outcome_response(
-            503, [Issue("transient", "The database is unavailable or busy; retry")]
+            503,
+            [Issue("transient", "The database is unavailable or busy; retry")],
+            {"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> Response:
         log.exception("unhandled error")
         return outcome_response(500, [Issue("exception", "Internal error; it has been logged")])
+
+
+_SQLITE_LIMITS = (
+    "expression tree is too large",
+    "too many sql variables",
+    "parser stack overflow",
+    "too many terms in compound select",
+    "string or blob too big",
+    "like or glob pattern too complex",
+)
+
+
+def beyond_database_limits(error: BaseException | None) -> bool:
+    """A database error that the same request meets every time (a limit of the statement's
+    size), as opposed to an outage or a lock: a 400, not a 503 that invites a retry."""
+    if isinstance(error, psycopg.Error):  # SQLSTATE class 54: program limit exceeded
+        return (error.sqlstate or "").startswith("54")
+    if isinstance(error, sqlite3.OperationalError):
+        message = str(error).lower()
+        return any(message.startswith(limit) for limit in _SQLITE_LIMITS)
+    return False
 
 
 def install_operations_routes(app: FastAPI) -> None:

@@ -479,3 +479,50 @@ def test_links_are_built_on_the_base_url_not_the_host_header(api: Api, hub: Hub)
         base = f"{hub.settings.fhir_base_url}/"
         assert len(urls) == 2 and all(u.startswith(base) for u in urls), urls
         assert all("evil" not in e["fullUrl"] for e in bundle["entry"])
+
+
+def test_a_search_lists_at_most_200_values_per_parameter_and_40_parameters(api: Api) -> None:
+    """Bounded work: each value is a term of the SQL (SQLite's parser stops at a depth of
+    1,000, which 1,000 names used to reach: a 503 inviting a retry that could never work)."""
+    names = [f"n{i}" for i in range(201)]
+    too_many = api.get("/Patient", params={"name": ",".join(names)})
+    assert too_many.status_code == 400
+    issue = outcome_issue(too_many)
+    assert (issue["code"], issue["expression"]) == ("too-costly", ["name"])
+    assert api.get("/Patient", params={"name": ",".join(names[:200])}).status_code == 200
+    parameters = [("gender", "male")] * 41
+    assert api.get("/Patient", params=parameters).status_code == 400
+    assert api.get("/Patient", params=parameters[:40]).status_code == 200
+
+
+def test_limits_of_the_database_are_told_apart_from_outages(database_url: str) -> None:
+    """What the same statement meets every time is a 400; a lost connection stays a 503."""
+    import sqlite3
+
+    import psycopg
+
+    from emr_hub.main import beyond_database_limits
+
+    if database_url.startswith("sqlite"):
+        with sqlite3.connect(":memory:") as conn:
+            try:
+                conn.execute("SELECT 1 WHERE " + " OR ".join(["1 = 0"] * 1100))
+            except sqlite3.OperationalError as error:
+                assert beyond_database_limits(error)
+            else:
+                pytest.skip("this SQLite takes 1,100 terms")
+            try:
+                conn.execute("SELECT * FROM no_such_table")
+            except sqlite3.OperationalError as error:
+                assert not beyond_database_limits(error)
+        return
+    libpq = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(libpq) as conn:
+        try:
+            conn.execute("SELECT concat(" + ", ".join(["1"] * 101) + ")")
+        except psycopg.OperationalError as error:
+            assert beyond_database_limits(error)
+    try:
+        psycopg.connect("postgresql://postgres@127.0.0.1:1/none", connect_timeout=2)
+    except psycopg.OperationalError as error:
+        assert not beyond_database_limits(error)

@@ -38,6 +38,10 @@ MODIFIERS = {
 }
 UNSUPPORTED_MODIFIERS = {"in", "not-in", "of-type", "above-token", "below-token"}
 MAX_CHAIN = 3
+MAX_VALUES = 200
+"""Values one parameter may list (``code=a,b,c``): each is a term of the SQL, and a search's
+work must stay bounded (SQLite's parser stops at an expression depth of 1,000)."""
+MAX_PARAMETERS = 40
 _SPLIT = re.compile(r"(?<!\\),")
 
 
@@ -148,6 +152,10 @@ def parse_search(
     max_count: int = 1000,
 ) -> SearchRequest:
     request = SearchRequest(resource_type, count=default_count)
+    if len(items) > MAX_PARAMETERS:
+        raise bad_request(
+            f"The search has {len(items)} parameters; at most {MAX_PARAMETERS}", code="too-costly"
+        )
     for name, raw in items:
         if NUL in name or NUL in raw:  # in the URL, a form, a Bundle entry or a criteria
             shown = name.replace(NUL, REPLACEMENT)
@@ -213,6 +221,12 @@ def _plain(param: SearchParam, modifier: str | None, raw: str, name: str) -> Fil
             code="not-supported",
         )
     values = split_values(raw)
+    if len(values) > MAX_VALUES:
+        raise bad_request(
+            f"{name} lists {len(values)} values; at most {MAX_VALUES} (split the search)",
+            name,
+            code="too-costly",
+        )
     if modifier == "missing" and raw not in ("true", "false"):
         raise bad_request(f"{name} takes true or false", name)
     if any(v == "" for v in values) and modifier != "missing":

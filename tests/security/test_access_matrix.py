@@ -27,6 +27,7 @@ from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_citizen_token
 from storage.tables import OutboxMessage
 from tests.fhir.conftest import Api, api, app_client, token_for
+from tests.security.consents import actors, privacy_consent
 
 __all__ = ["api", "app_client"]
 
@@ -37,7 +38,6 @@ CITIZEN_SCOPES = "patient/*.rs patient/Consent.cu"
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
 REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
 HIV = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}
-PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 EMERGENCY: dict[str, Any] = {
     "X-Purpose-Of-Use": "ETREAT",
     "X-Break-Glass-Reason": "Ngừng tuần hoàn tại cấp cứu".encode(),
@@ -142,30 +142,11 @@ def world(hub: Hub, api: Api) -> World:
     }
     for carer in ("author", "denied"):  # both treated her; her Consent denies the second
         assert api.post("/Encounter", visit, token=tokens[carer]).status_code == 201
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": "Patient/lan"},
-        "provision": {
-            "type": "deny",
-            "actor": [
-                {
-                    "role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
-                    "reference": {"reference": "Organization/denied"},
-                }
-            ],
-        },
-        "sourceAttachment": {"contentType": "application/pdf", "title": "Phiếu từ chối"},
-    }
+    consent = privacy_consent(
+        "lan",
+        {"type": "deny", "actor": actors("denied")},
+        sourceAttachment={"contentType": "application/pdf", "title": "Phiếu từ chối"},
+    )
     assert api.post("/Consent", consent, token=author).status_code == 201
     return World(api, hub, tokens)
 

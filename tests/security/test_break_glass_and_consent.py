@@ -17,12 +17,12 @@ from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_citizen_token
 from storage.tables import AccessGrant
 from tests.fhir.conftest import Api, api, app_client, outcome_issue, token_for
+from tests.security.consents import actors, privacy_consent
 
 __all__ = ["api", "app_client"]
 
 CCCD = "http://fhir.hl7.org.vn/core/sid/cccd"
 HIV = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}
-PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 GRANT = AccessGrant.__table__
 REASON = "Bất tỉnh, cấp cứu"
 # a header carries bytes: the reason, in Vietnamese, travels as UTF-8
@@ -155,33 +155,7 @@ def test_break_the_glass_by_identifier(api: Api, world: dict[str, str]) -> None:
 
 
 def consent(provision: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": "Patient/lan"},
-        "provision": provision,
-        "sourceAttachment": {"contentType": "application/pdf", "title": "Phiếu đồng ý"},
-        **extra,
-    }
-
-
-def actors(*organizations: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
-            "reference": {"reference": f"Organization/{organization}"},
-        }
-        for organization in organizations
-    ]
+    return privacy_consent("lan", provision, **extra)
 
 
 def post_consent(api: Api, token: str, body: dict[str, Any]) -> str:
@@ -240,17 +214,7 @@ def test_a_denied_hospital_that_may_break_the_glass_gets_in(
             "Consent.provision.data",
         ),
         (
-            {
-                "provision": {
-                    "type": "permit",
-                    "actor": [
-                        {
-                            "role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
-                            "reference": {"reference": "Practitioner/p"},
-                        }
-                    ],
-                }
-            },
+            {"provision": {"type": "permit", "actor": actors("Practitioner/p")}},
             "Consent.provision.actor[0].reference",
         ),
         ({"sourceAttachment": None}, "Consent.source[x]"),

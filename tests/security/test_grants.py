@@ -18,6 +18,7 @@ from emr_hub.security.principal import Principal
 from emr_hub.security.scopes import ScopeSet
 from storage.db import as_utc
 from storage.tables import AccessGrant
+from tests.security.consents import privacy_consent
 
 SCOPES = ScopeSet.parse("system/*.cruds")
 OPERATOR = Principal("operator", None, SCOPES, "t", kind="operator")
@@ -47,32 +48,17 @@ def test_a_consent_period_in_vietnam_time_ends_when_it_says(hub: Hub) -> None:
         write(hub, OPERATOR, {"resourceType": "Organization", "id": organization})
     write(hub, HOSPITAL_A, {"resourceType": "Patient", "id": "p", "birthDate": "1985-04-12"})
     local = ended.astimezone(LOCAL_ZONE).isoformat(timespec="seconds")
-    consent = {
-        "resourceType": "Consent",
-        "id": "c",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": "Patient/p"},
-        "sourceAttachment": {"contentType": "application/pdf", "title": "signed form"},
-        "provision": {
-            "type": "permit",
-            "period": {"end": local},
-            "actor": [
-                {
-                    "role": {"text": "recipient"},
-                    "reference": {"reference": "Organization/b"},
-                }
-            ],
-        },
+    provision = {
+        "type": "permit",
+        "period": {"end": local},
+        "actor": [{"role": {"text": "recipient"}, "reference": {"reference": "Organization/b"}}],
     }
+    consent = privacy_consent(
+        "p",
+        provision,
+        id="c",
+        sourceAttachment={"contentType": "application/pdf", "title": "signed form"},
+    )
     write(hub, HOSPITAL_A, consent)
     with hub.db.snapshot() as session:
         ends = session.execute(select(AccessGrant.__table__.c.ends)).scalar_one()

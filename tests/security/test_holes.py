@@ -11,6 +11,7 @@ import pytest
 
 from emr_hub.hub import Hub
 from tests.fhir.conftest import Api, api, app_client, outcome_issue, token_for
+from tests.security.consents import actors, privacy_consent
 
 __all__ = ["api", "app_client"]
 
@@ -19,7 +20,6 @@ FACILITY = "http://fhir.hl7.org.vn/core/sid/ma-cskcb"
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
 REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
 HIV = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}
-PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 
 @pytest.fixture
@@ -318,30 +318,11 @@ def test_audit_events_and_consents_resist_forgery(
     commune = network["commune"]
     forged = {"resourceType": "AuditEvent", "recorded": "2026-01-01T00:00:00Z"}
     assert api.post("/AuditEvent", forged, token=commune).status_code == 405
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": "Patient/bm-patient"},
-        "provision": {
-            "type": "deny",
-            "actor": [
-                {
-                    "role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
-                    "reference": {"reference": "Organization/commune"},
-                }
-            ],
-        },
-        "sourceAttachment": {"contentType": "application/pdf", "data": "JVBERi0="},
-    }
+    consent = privacy_consent(
+        "bm-patient",
+        {"type": "deny", "actor": actors("commune")},
+        sourceAttachment={"contentType": "application/pdf", "data": "JVBERi0="},
+    )
     created = api.post("/Consent", consent, token=network["bach-mai"])
     assert created.status_code == 201, created.text
     consent_id = created.json()["id"]

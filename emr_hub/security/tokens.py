@@ -147,19 +147,14 @@ def _check_issuer_and_audience(hub: Hub, claims: dict[str, Any]) -> None:
     """A token signed by this hub's keys but for another base URL (a hub sharing the
     database, or the base URL changed since): say so, and what the token was for."""
     ours, our_issuer = hub.settings.fhir_base_url, hub.settings.base_url
-    audience, issuer = claims.get("aud"), claims.get("iss")
     endpoint = f"{our_issuer.rstrip('/')}/auth/token"
-    if audience != ours:
-        if isinstance(audience, str) and _PRINTABLE_URL.fullmatch(audience):
+    for claim, expected, issued in (("aud", ours, "for"), ("iss", our_issuer, "by")):
+        value = claims.get(claim)
+        if value == expected:
+            continue
+        if isinstance(value, str) and _PRINTABLE_URL.fullmatch(value):
             raise invalid_token(
-                f"This token was issued for {audience}; this hub is {ours}: get a token from "
-                f"this hub's {endpoint}"
-            )
-        raise _invalid()
-    if issuer != our_issuer:
-        if isinstance(issuer, str) and _PRINTABLE_URL.fullmatch(issuer):
-            raise invalid_token(
-                f"This token was issued by {issuer}; this hub is {our_issuer}: get a token "
+                f"This token was issued {issued} {value}; this hub is {expected}: get a token "
                 f"from this hub's {endpoint}"
             )
         raise _invalid()

@@ -23,14 +23,15 @@ from emr_hub.errors import Issue, operation_outcome
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
-_ESCAPED = b"\\u0000"
+NUL_ESCAPE = b"\\u0000"
+"""How orjson writes U+0000 (the six characters ``\\u0000`` of a string also read so)."""
 
 
 def may_hold_nul(value: Any) -> bool:
     """Whether ``value`` (parsed JSON) may hold a NUL: False is certain, True is checked by
     :func:`nul_path` (a string holding the six characters ``\\u0000`` also hits)."""
     try:
-        return _ESCAPED in orjson.dumps(value)
+        return NUL_ESCAPE in orjson.dumps(value)
     except TypeError:  # what orjson cannot write (an integer past 64 bits): walk instead
         return True
 

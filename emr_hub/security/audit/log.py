@@ -26,7 +26,7 @@ import orjson
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from emr_hub.fhir.unstorable import may_hold_nul, without_nul
+from emr_hub.fhir.unstorable import NUL_ESCAPE, without_nul
 from emr_hub.security.audit.events import (
     CLIENT_SYSTEM,
     OBJECT_ROLE,
@@ -50,8 +50,12 @@ def canonical(content: dict[str, Any]) -> bytes:
 
 
 def link_hash(seq: int, prev_hash: str, content: dict[str, Any]) -> str:
+    return _chain_hash(seq, prev_hash, canonical(content))
+
+
+def _chain_hash(seq: int, prev_hash: str, body: bytes) -> str:
     digest = hashlib.sha256(f"{seq}|{prev_hash}|".encode())
-    digest.update(canonical(content))
+    digest.update(body)
     return digest.hexdigest()
 
 
@@ -66,10 +70,12 @@ def append(session: Session, events: list[dict[str, Any]]) -> list[int]:
     last_seq, last_hash = session.execute(head).one()
     rows, patients, entities, positions = [], [], [], []
     for event in events:
-        if may_hold_nul(event):  # a hostile URL's text, kept readable and storable
+        body = canonical(event)
+        if NUL_ESCAPE in body:  # a hostile URL's text, kept readable and storable
             event = without_nul(event)
+            body = canonical(event)
         last_seq += 1
-        digest = link_hash(last_seq, last_hash, event)
+        digest = _chain_hash(last_seq, last_hash, body)
         rows.append(
             {"seq": last_seq, **columns_of(event), "content": event, "prev_hash": last_hash}
             | {"hash": digest}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from email.utils import format_datetime
 from typing import Any
 
@@ -115,6 +116,17 @@ def _refuse_duplicate_keys(raw: bytes) -> None:
         ) from None
     except RecursionError:  # deeper than orjson allows already, so never reached in practice
         raise bad_request("The JSON is nested too deeply", code="structure") from None
+
+
+async def read_limited(request: Request, limit: int, too_large: Callable[[], Exception]) -> bytes:
+    """The body's bytes, counted while they stream: ``too_large()`` is raised as soon as more
+    than ``limit`` have arrived (a chunked body declares no length, and is never held whole)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large()
+    return bytes(body)
 
 
 def public_url(request: Request, base_url: str, **query: str) -> str:

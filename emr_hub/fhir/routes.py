@@ -27,6 +27,7 @@ from emr_hub.fhir.http import (
     parse_json_body,
     prefer_return,
     public_url,
+    read_limited,
     version_headers,
     wants_pretty,
 )
@@ -76,12 +77,7 @@ async def read_raw_body(request: Request, hub: Hub) -> bytes:
     limit = hub.settings.max_request_bytes
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
+    return await read_limited(request, limit, lambda: _too_large(limit))
 
 
 async def read_body(request: Request, hub: Hub) -> Any:

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from emr_hub.deps import HubDep
+from emr_hub.fhir.http import read_limited
 from emr_hub.fhir.unstorable import NUL
 from emr_hub.security import throttle
 from emr_hub.security.assertions import ASSERTION_TYPE, claimed_client_id
@@ -136,7 +137,13 @@ async def _read_token_request(request: Request) -> TokenRequest:
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise OAuthError(INVALID_REQUEST, "The body must be application/x-www-form-urlencoded")
-    form = _parse_form(await _read_body(request))
+    form = _parse_form(
+        await read_limited(
+            request,
+            MAX_TOKEN_REQUEST_BYTES,
+            lambda: OAuthError(INVALID_REQUEST, "The token request is too large"),
+        )
+    )
     basic = _basic_credentials(request.headers.get("authorization"))
     posted_id = form.get("client_id")
     assertion = form.get("client_assertion")
@@ -195,15 +202,6 @@ def _secret_request(
         f"client_assertion_type {ASSERTION_TYPE}), or use HTTP Basic or client_id and "
         "client_secret"
     )
-
-
-async def _read_body(request: Request) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_TOKEN_REQUEST_BYTES:
-            raise OAuthError(INVALID_REQUEST, "The token request is too large")
-    return bytes(body)
 
 
 def _parse_form(body: bytes) -> dict[str, str]:

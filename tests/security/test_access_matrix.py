@@ -27,7 +27,7 @@ from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_citizen_token
 from storage.tables import OutboxMessage
 from tests.fhir.conftest import Api, api, app_client, token_for
-from tests.security.consents import actors, privacy_consent
+from tests.security.builders import actors, privacy_consent, referral_letter
 
 __all__ = ["api", "app_client"]
 
@@ -36,7 +36,6 @@ LAN_CCCD = "027185000123"
 OTHER_CCCD = "001190000456"
 CITIZEN_SCOPES = "patient/*.rs patient/Consent.cu"
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
-REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
 HIV = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}
 EMERGENCY: dict[str, Any] = {
     "X-Purpose-Of-Use": "ETREAT",
@@ -115,16 +114,7 @@ def world(hub: Hub, api: Api) -> World:
     assert api.put("/Observation/pulse", pulse, token=author).status_code == 201
     hiv = observation(id="hiv", meta={"security": [HIV]}, code={"text": "HIV"})
     assert api.put("/Observation/hiv", hiv, token=author).status_code == 201
-    letter = {
-        "resourceType": "ServiceRequest",
-        "status": "active",
-        "intent": "order",
-        "category": [REFERRAL],
-        "subject": {"reference": "Patient/lan"},
-        "requester": {"reference": "Organization/referrer"},
-        "performer": [{"reference": "Organization/receiver"}],
-        "authoredOn": "2026-12-01T09:00:00+07:00",
-    }
+    letter = referral_letter("lan", "referrer", "receiver")
     assert api.post("/ServiceRequest", letter, token=tokens["referrer"]).status_code == 201
     booking = {
         "resourceType": "Appointment",

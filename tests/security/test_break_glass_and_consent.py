@@ -17,7 +17,7 @@ from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_citizen_token
 from storage.tables import AccessGrant
 from tests.fhir.conftest import Api, api, app_client, outcome_issue, token_for
-from tests.security.consents import actors, privacy_consent
+from tests.security.builders import actors, privacy_consent
 
 __all__ = ["api", "app_client"]
 

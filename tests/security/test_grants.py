@@ -18,7 +18,7 @@ from emr_hub.security.principal import Principal
 from emr_hub.security.scopes import ScopeSet
 from storage.db import as_utc
 from storage.tables import AccessGrant
-from tests.security.consents import privacy_consent
+from tests.security.builders import privacy_consent
 
 SCOPES = ScopeSet.parse("system/*.cruds")
 OPERATOR = Principal("operator", None, SCOPES, "t", kind="operator")

@@ -11,14 +11,13 @@ import pytest
 
 from emr_hub.hub import Hub
 from tests.fhir.conftest import Api, api, app_client, outcome_issue, token_for
-from tests.security.consents import actors, privacy_consent
+from tests.security.builders import actors, privacy_consent, referral_letter
 
 __all__ = ["api", "app_client"]
 
 CCCD = "http://fhir.hl7.org.vn/core/sid/cccd"
 FACILITY = "http://fhir.hl7.org.vn/core/sid/ma-cskcb"
 LEVEL = "http://fhir.hl7.org.vn/core/CodeSystem/vn-facility-care-level-cs"
-REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
 HIV = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}
 
 
@@ -248,16 +247,7 @@ def referral_network(api: Api, hub: Hub, operator: str) -> dict[str, str]:
 def test_referrals_cannot_leave_the_workflow(hub: Hub, api: Api, network: dict[str, str]) -> None:
     tokens = referral_network(api, hub, network["operator"])
     district, general = tokens["district"], tokens["general"]
-    letter = {
-        "resourceType": "ServiceRequest",
-        "status": "active",
-        "intent": "order",
-        "category": [REFERRAL],
-        "subject": {"reference": "Patient/p1"},
-        "requester": {"reference": "Organization/district"},
-        "performer": [{"reference": "Organization/general"}],
-        "authoredOn": "2026-12-01T09:00:00+07:00",
-    }
+    letter = referral_letter("p1", "district", "general")
     forged = api.post("/ServiceRequest", letter, token=general)  # in the district's name
     assert forged.status_code == 403
     sr = api.post("/ServiceRequest", letter, token=district).json()["id"]

@@ -1,4 +1,4 @@
-"""Privacy Consents as the tests post them: one builder, the provision and its extras given."""
+"""Resources the security tests post more than once: privacy Consents and referral letters."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from emr_hub.security.consent import PRIVACY, SCOPE_SYSTEM
 
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+REFERRAL = {"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}
 SIGNED_FORM = {"contentType": "application/pdf", "title": "Phiếu đồng ý"}
 
 
@@ -34,3 +35,17 @@ def actors(*references: str) -> list[dict[str, Any]]:
         }
         for ref in references
     ]
+
+
+def referral_letter(patient: str, requester: str, performer: str) -> dict[str, Any]:
+    """An active referral ServiceRequest from hospital ``requester`` to ``performer``."""
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "category": [REFERRAL],
+        "subject": {"reference": f"Patient/{patient}"},
+        "requester": {"reference": f"Organization/{requester}"},
+        "performer": [{"reference": f"Organization/{performer}"}],
+        "authoredOn": "2026-12-01T09:00:00+07:00",
+    }

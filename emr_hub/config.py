@@ -79,6 +79,25 @@ class Settings(BaseSettings):
         ),
     )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    statement_timeout_seconds: float = Field(
+        default=30,
+        ge=0.001,
+        le=3600,
+        description=(
+            "The longest one database statement of a request may run (PostgreSQL's "
+            "statement_timeout; on SQLite a work limit checked while the statement runs); "
+            "beyond it the request is answered 400 too-costly."
+        ),
+    )
+    worker_threads: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description=(
+            "Requests one API process works on at once (its thread pool); its database pool "
+            "holds as many connections plus a few for its background threads."
+        ),
+    )
     endpoint_allowed_hosts: str = Field(
         default="127.0.0.1,localhost,::1",
         description=(
@@ -121,15 +140,11 @@ class Settings(BaseSettings):
 
     @property
     def policy_enforced(self) -> bool:
-        return "policy" not in self._benchmark_off
+        return "policy" not in _switched_off(self.benchmark_without)
 
     @property
     def audit_enabled(self) -> bool:
-        return "audit" not in self._benchmark_off
-
-    @property
-    def _benchmark_off(self) -> set[str]:
-        return {part.strip() for part in self.benchmark_without.split(",") if part.strip()}
+        return "audit" not in _switched_off(self.benchmark_without)
 
     @property
     def effective_database_url(self) -> str:
@@ -144,6 +159,12 @@ class Settings(BaseSettings):
     @property
     def fhir_base_url(self) -> str:
         return self.base_url.rstrip("/") + "/fhir"
+
+
+@lru_cache(maxsize=8)
+def _switched_off(benchmark_without: str) -> frozenset[str]:
+    """The parts of ``EMR_HUB_BENCHMARK_WITHOUT`` (asked on every request: parsed once)."""
+    return frozenset(part.strip() for part in benchmark_without.split(",") if part.strip())
 
 
 def normalise_database_url(url: str) -> str:

@@ -16,6 +16,7 @@ from storage.migrate import upgrade
 
 if TYPE_CHECKING:
     from emr_hub.security.audit.writer import AuditWriter
+    from emr_hub.security.token_cache import TokenCache
     from storage.objects import ObjectStore
 
 
@@ -29,7 +30,11 @@ class Hub:
     def from_settings(cls, settings: Settings | None = None, *, migrate: bool = False) -> Hub:
         settings = settings or get_settings()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.effective_database_url)
+        db = Database(
+            settings.effective_database_url,
+            pool_size=settings.worker_threads + 4,
+            statement_timeout=settings.statement_timeout_seconds,
+        )
         if migrate:
             upgrade(db.engine)
         return cls(settings=settings, db=db)
@@ -54,9 +59,18 @@ class Hub:
 
         return AuditWriter(self.db)
 
+    @cached_property
+    def token_cache(self) -> TokenCache:
+        """The access tokens this process has verified (its listener starts on first use)."""
+        from emr_hub.security.token_cache import TokenCache
+
+        return TokenCache(self)
+
     def close(self) -> None:
         if not self._closed:
             if "audit_writer" in self.__dict__:
                 self.audit_writer.stop()
+            if "token_cache" in self.__dict__:
+                self.token_cache.stop()
             self.db.dispose()
             self._closed = True

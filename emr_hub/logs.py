@@ -9,12 +9,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("emr_hub.access")
 
@@ -58,21 +56,42 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def install_access_log(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def log_request(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
+class AccessLog:
+    """One log line per request: method, route template, status, time, request id.
 
-        def log(status: int) -> None:
-            route = request.scope.get("route")
-            trail = request.scope.get("state", {}).get("audit_trail")
+    A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` runs every request in a task
+    of its own and streams the answer through a queue, which costs more than the line).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except Exception:
+            status = 500  # the error itself is logged, and answered, by the audit middleware
+            raise
+        finally:
+            route = scope.get("route")
+            trail = scope.get("state", {}).get("audit_trail")
             access_log.info(
                 "request",
                 extra={
                     "fields": {
-                        "method": request.method,
+                        "method": scope["method"],
                         "route": getattr(route, "path", "unmatched"),
                         "status": status,
                         "ms": round((time.perf_counter() - started) * 1000, 1),
@@ -80,11 +99,3 @@ def install_access_log(app: FastAPI) -> None:
                     }
                 },
             )
-
-        try:
-            response = await call_next(request)
-        except Exception:
-            log(500)  # the error itself is logged, and answered, by the audit middleware
-            raise
-        log(response.status_code)
-        return response

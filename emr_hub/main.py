@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 import psycopg
+import psycopg.errors
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from emr_hub import __version__
 from emr_hub.config import Settings, get_settings
@@ -21,7 +25,7 @@ from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.fhir.unstorable import NulGuard
 from emr_hub.hub import Hub
-from emr_hub.logs import install_access_log
+from emr_hub.logs import AccessLog
 from emr_hub.referrals.enforcement import install as install_referral_rules
 from emr_hub.referrals.routes import router as referral_router
 from emr_hub.security import install as install_security
@@ -34,6 +38,7 @@ from emr_hub.tasks import configure_celery, in_process, start_relay_thread
 
 log = logging.getLogger("emr_hub")
 
+CLIENT_CLOSED = 499
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 415: "not-supported"}
 
 
@@ -48,6 +53,15 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = hub is None
         app.state.hub = hub or Hub.from_settings(settings)
+        # The thread pool runs the blocking work; it never holds more requests than the
+        # database pool has connections for (see Hub.from_settings).
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = app.state.hub.settings.worker_threads
+        # Hundreds of thousands of long-lived objects (the FHIR models, the search
+        # registry ...) exist by now; a full collection walks them all (~200 ms here),
+        # stalling every request in flight. Frozen, the collector leaves them alone.
+        gc.collect()
+        gc.freeze()
         stop_relay = start_background_work(app.state.hub)
         try:
             yield
@@ -72,7 +86,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     app.include_router(audit_router)  # before the FHIR router: AuditEvent is not in the store
     app.include_router(fhir_router)
     install_error_handlers(app)
-    install_access_log(app)
+    app.add_middleware(AccessLog)
     app.add_middleware(NulGuard)  # inside the audit: its refusals are audited
     app.add_middleware(AuditMiddleware)
     return app
@@ -122,7 +136,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(OperationalError)
-    async def database_unavailable(_: Request, error: OperationalError) -> Response:
+    async def database_unavailable(request: Request, error: OperationalError) -> Response:
+        if took_too_long(error.orig):
+            log.warning("statement stopped at the time limit: %s", type(error.orig).__name__)
+            seconds = request.app.state.hub.settings.statement_timeout_seconds
+            message = (
+                f"The request needed longer than the {seconds:g} s the hub gives one database "
+                "statement: narrow it (a more selective search, a smaller _count)"
+            )
+            return outcome_response(400, [Issue("too-costly", message)])
         log.error("database error: %s", type(error.orig).__name__)
         if beyond_database_limits(error.orig):
             message = (
@@ -135,6 +157,12 @@ def install_error_handlers(app: FastAPI) -> None:
             [Issue("transient", "The database is unavailable or busy; retry")],
             {"Retry-After": "5"},
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, __: ClientDisconnect) -> Response:
+        # Nobody is left to answer; 499 (the status nginx logs for it) goes to the access
+        # log and the audit trail, not to an error log.
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> Response:
@@ -152,6 +180,14 @@ _SQLITE_LIMITS = (
 )
 
 
+def took_too_long(error: BaseException | None) -> bool:
+    """A statement stopped at the hub's time limit (PostgreSQL's statement_timeout, SQLite's
+    work limit): the same request would meet it again, so a 400, not a 503."""
+    if isinstance(error, psycopg.errors.QueryCanceled):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and str(error) == "interrupted"
+
+
 def beyond_database_limits(error: BaseException | None) -> bool:
     """A database error that the same request meets every time (a limit of the statement's
     size), as opposed to an outage or a lock: a 400, not a 503 that invites a retry."""
@@ -165,7 +201,7 @@ def beyond_database_limits(error: BaseException | None) -> bool:
 
 def install_operations_routes(app: FastAPI) -> None:
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
     @app.get("/readyz", include_in_schema=False)

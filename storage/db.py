@@ -9,6 +9,7 @@ writes against subscriptions) is registered with :func:`before_commit`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 _AFTER_COMMIT = "emr_hub.after_commit"
 _BEFORE_COMMIT = "emr_hub.before_commit"
 READ_ONLY = "emr_hub_read_only"
+UNBOUNDED = "emr_hub_unbounded"
+"""Execution option: this connection's statements have no time limit (migrations)."""
+_DEADLINE = "emr_hub_deadline"
+_PROGRESS_STEPS = 10_000
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -33,8 +38,19 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine with orjson for JSON columns and dialect-specific hardening."""
+def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | None = None) -> Engine:
+    """An engine with orjson for JSON columns and dialect-specific hardening.
+
+    On PostgreSQL the pool holds ``pool_size`` connections and never opens more (a pool that
+    overflows under load opens and closes a backend per burst, which costs more than the
+    wait); a request that finds none free within 30 s is answered 503. Connections are not
+    pinged on every checkout (a round trip per request): one that the server dropped fails
+    its statement, and SQLAlchemy then discards every connection older than that failure, so
+    one request sees the outage, not every later one. Connections are renewed after an hour.
+
+    ``statement_timeout`` (seconds) bounds every statement: PostgreSQL cancels it
+    (``statement_timeout``), SQLite interrupts it from its progress handler.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -46,35 +62,58 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             hide_parameters=True,  # errors never show the values (names, CCCDs) of a statement
             connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, statement_timeout)
         return engine
+    options = "-c timezone=UTC"
+    if statement_timeout is not None:
+        options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
     return create_engine(
         url,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
+        max_overflow=0,
+        pool_timeout=30,
+        pool_recycle=3600,
+        pool_use_lifo=True,  # the busy few stay warm; idle ones age out by the recycle
         hide_parameters=True,
-        connect_args={"options": "-c timezone=UTC"},
+        connect_args={"options": options},
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL, foreign keys, and an explicit BEGIN IMMEDIATE for transactions.
+def _configure_sqlite(engine: Engine, statement_timeout: float | None) -> None:
+    """WAL, foreign keys, an explicit BEGIN IMMEDIATE for transactions, a work limit.
 
     pysqlite's own transaction handling starts transactions lazily, which lets two writers
     deadlock on lock upgrade; taking the write lock at BEGIN serialises writers cleanly.
+
+    The work limit: every statement gets a deadline when it is executed, and SQLite's progress
+    handler (called every few thousand virtual-machine steps, rows fetched later included)
+    interrupts it once the deadline has passed ("interrupted", a 400 for the request).
     """
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+        if statement_timeout is not None:
+            deadline = record.info[_DEADLINE] = [float("inf")]
+            dbapi_connection.set_progress_handler(
+                lambda: int(time.monotonic() > deadline[0]), _PROGRESS_STEPS
+            )
+
+    if statement_timeout is not None:
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _start_clock(conn: Any, *_args: Any) -> None:
+            deadline = conn.info.get(_DEADLINE)
+            if deadline is not None:
+                unbounded = conn.get_execution_options().get(UNBOUNDED, False)
+                deadline[0] = float("inf") if unbounded else time.monotonic() + statement_timeout
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -85,14 +124,27 @@ def _configure_sqlite(engine: Engine) -> None:
 class Database:
     """Owns the engine and hands out transactional sessions."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, statement_timeout: float | None = None
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self.engine = make_engine(url, pool_size=pool_size, statement_timeout=statement_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._read_sessions = sessionmaker(
             self.engine.execution_options(**{READ_ONLY: True}),
             expire_on_commit=False,
             autoflush=False,
+        )
+        # A single statement is its own snapshot: on PostgreSQL it runs without BEGIN and
+        # ROLLBACK around it (two round trips of three). SQLite keeps its deferred BEGIN.
+        self._single_sessions = (
+            sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+                autoflush=False,
+            )
+            if self.dialect == "postgresql"
+            else self._read_sessions
         )
 
     @property
@@ -131,6 +183,17 @@ class Database:
             yield session
         finally:
             session.rollback()
+            session.close()
+
+    @contextmanager
+    def single_read(self) -> Iterator[Session]:
+        """A session for work that reads with one statement (a read, a vread): no transaction
+        is opened for it where the database allows, since one statement sees one snapshot.
+        Work that may run a second statement must use :meth:`snapshot`."""
+        session = self._single_sessions()
+        try:
+            yield session
+        finally:
             session.close()
 
     def ping(self) -> bool:

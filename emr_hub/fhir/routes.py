@@ -59,10 +59,15 @@ def in_transaction(hub: Hub, principal: Principal, work: Callable[[FhirStore], T
         return result
 
 
-def in_snapshot(hub: Hub, principal: Principal, work: Callable[[FhirStore], T]) -> T:
+def in_snapshot(
+    hub: Hub, principal: Principal, work: Callable[[FhirStore], T], *, single: bool = False
+) -> T:
     """Run a read-only interaction on one consistent snapshot, without taking a write lock,
-    with ``principal``'s store; what it returned goes to the request's audit trail."""
-    with hub.db.snapshot() as session:
+    with ``principal``'s store; what it returned goes to the request's audit trail.
+
+    ``single``: the work reads with one statement (read, vread), which needs no transaction
+    around it (:meth:`storage.db.Database.single_read`)."""
+    with hub.db.single_read() if single else hub.db.snapshot() as session:
         store = store_for(session, hub.settings, principal)
         result = work(store)
         absorb_read(principal, store)
@@ -318,6 +323,7 @@ def read(
         hub,
         principal,
         lambda store: interactions.read(store, principal, resource_type, resource_id),
+        single=True,
     )
     return render_resource(request, stored, hub)
 
@@ -344,6 +350,7 @@ def vread(
         hub,
         principal,
         lambda store: interactions.vread(store, principal, resource_type, resource_id, version),
+        single=True,
     )
     return render_resource(request, stored, hub)
 

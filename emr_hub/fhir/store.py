@@ -40,6 +40,7 @@ from emr_hub.fhir.stored import (
 )
 from storage.bulk import write_rows
 from storage.db import as_utc, before_commit
+from storage.prepared import Prepared
 from storage.tables import ResourceHistoryRow, ResourceRow, SearchTokenRow
 
 if TYPE_CHECKING:
@@ -139,12 +140,12 @@ class FhirStore:
         shape = self.access.shape(resource_type) if self.access is not None else None
         statement = _READ_STATEMENTS.get((resource_type, shape))
         if statement is None:
-            statement = self._read_statement(resource_type)
+            statement = Prepared(self._read_statement(resource_type))
             _READ_STATEMENTS[(resource_type, shape)] = statement
         params = {"read_type": resource_type, "read_id": resource_id}
         if self.access is not None:
             params.update(self.access.params())
-        row = self.session.execute(statement, params).first()
+        row = statement.first(self.session, params)
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
         stored = Stored(

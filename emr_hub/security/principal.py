@@ -126,15 +126,12 @@ def invalid_token(message: str) -> FhirError:
     return error
 
 
-def current_principal(request: Request, hub: HubDep) -> Principal:
+async def current_principal(request: Request, hub: HubDep) -> Principal:
     """FastAPI dependency: the principal of the request's bearer token, or 401; with the
-    request's own facts (acting practitioner, purpose of use, audit trail) attached.
-
-    A plain ``def`` so FastAPI runs it in the thread pool: verification may read the database.
-    """
+    request's own facts (acting practitioner, purpose of use, audit trail) attached."""
     from emr_hub.security.request import principal_for_request
 
-    return principal_for_request(request, hub)
+    return await principal_for_request(request, hub)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
+from storage.db import UNBOUNDED
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -31,8 +33,10 @@ def upgrade(engine: Engine) -> None:
     the later ones find nothing left to do. SQLite's write lock does the same job there.
     """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
+    # A migration may rewrite large tables: the requests' statement timeout is not for it.
+    with engine.execution_options(**{UNBOUNDED: True}).begin() as connection:
         if connection.dialect.name == "postgresql":
+            connection.execute(text("SET LOCAL statement_timeout = 0"))
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import free_port
-from tests.processes import EMR_HUB, ApiServer, cli_env
+from tests.processes import EMR_HUB, ApiServer, cli_env, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -231,3 +231,35 @@ def test_a_chunked_body_is_cut_at_the_limit_while_it_streams(tmp_path: Path) -> 
         api.stop()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert sent < 16 * limit  # answered while the body was still coming
+
+
+def test_a_client_that_disconnects_mid_body_is_not_an_error(tmp_path: Path) -> None:
+    """The sender promises 100 kB, sends 100 bytes and hangs up: the server notes the request
+    as closed by the client (499 in the access log), logs no error, and goes on serving."""
+    import socket
+
+    port = free_port()
+    env = cli_env(
+        tmp_path, f"sqlite:///{tmp_path / 'hub.db'}", EMR_HUB_BASE_URL=f"http://127.0.0.1:{port}"
+    )
+    run(["demo"], env)
+    token = run(["token", "bach-mai"], env).stdout.strip()
+    log = tmp_path / "serve.log"
+    api = ApiServer(env, port, log)
+    try:
+        api.wait_ready()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/fhir+json\r\nContent-Length: 100000\r\n"
+                + f"Authorization: Bearer {token}\r\n\r\n".encode()
+                + b'{"resourceType": "Patient", '
+                + b" " * 72
+            )
+        wait_for(lambda: '"status":499' in log.read_text(), 30, "the access log line", log)
+        assert httpx.get(f"{api.base}/healthz", timeout=5).status_code == 200
+    finally:
+        api.stop()
+    lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert not [line for line in lines if line["level"] in ("error", "critical")], lines
+    assert any(line.get("status") == 499 for line in lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -526,3 +528,88 @@ def test_limits_of_the_database_are_told_apart_from_outages(database_url: str) -
         psycopg.connect("postgresql://postgres@127.0.0.1:1/none", connect_timeout=2)
     except psycopg.OperationalError as error:
         assert not beyond_database_limits(error)
+
+
+def test_a_statement_is_stopped_at_the_time_limit(tmp_path: Path, database_url: str) -> None:
+    """Every statement of the hub's engine is bounded (PostgreSQL's statement_timeout, SQLite's
+    progress handler); a migration's are not. The stop is a 400, told apart from an outage."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from emr_hub.main import took_too_long
+    from storage.db import UNBOUNDED, Database
+
+    endless = (
+        "SELECT pg_sleep(30)"
+        if database_url.startswith("postgresql")
+        else "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT count(*) FROM c"
+    )
+    db = Database(database_url, statement_timeout=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as stopped, db.snapshot() as session:
+            session.execute(text(endless))
+        assert time.monotonic() - started < 10
+        assert took_too_long(stopped.value.orig)
+        short = (
+            "SELECT pg_sleep(0.4)"
+            if database_url.startswith("postgresql")
+            else (
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
+                "SELECT count(*) FROM c"
+            )
+        )
+        with db.engine.execution_options(**{UNBOUNDED: True}).begin() as connection:
+            if database_url.startswith("postgresql"):
+                connection.execute(text("SET LOCAL statement_timeout = 0"))
+            connection.execute(text(short))  # longer than 0.2 s, and not stopped
+    finally:
+        db.dispose()
+
+
+def test_a_request_stopped_at_the_time_limit_is_a_400(tmp_path: Path, database_url: str) -> None:
+    """A search within the parameter limits (10 parameters of 200 values) that would scan
+    every name 2,000 times over (half a minute on PostgreSQL), on a hub that gives a
+    statement 50 ms, far more than its other statements need: stopped there, and answered 400
+    too-costly saying what to do, not a 503 that invites the same request again."""
+    from fastapi.testclient import TestClient
+
+    from emr_hub.hub import Hub
+    from emr_hub.main import create_app
+    from tests.conftest import make_settings
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "name": [{"family": f"Họ{i:05}"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            }
+            for i in range(2000)
+        ],
+    }
+    loader = Hub.from_settings(make_settings(tmp_path, database_url), migrate=True)
+    try:
+        token = token_for(loader)
+        with TestClient(create_app(loader)) as client:
+            assert Api(client, token).post("", bundle).status_code == 200
+    finally:
+        loader.close()
+    values = ",".join([*(f"x{i:03}" for i in range(199)), "ọ0"])
+    costly = [("name:contains", values)] * 10 + [("_sort", "-family")]
+    hub = Hub.from_settings(make_settings(tmp_path, database_url, statement_timeout_seconds=0.05))
+    try:
+        with TestClient(create_app(hub)) as client:
+            api = Api(client, token)
+            assert api.get("/Patient", params={"name": "Họ00001"}).status_code == 200
+            started = time.monotonic()
+            answer = client.get("/fhir/Patient", params=costly, headers=api.headers())
+            took = time.monotonic() - started
+    finally:
+        hub.close()
+    assert answer.status_code == 400, answer.text
+    issue = outcome_issue(answer)
+    assert issue["code"] == "too-costly" and "0.05 s" in issue["diagnostics"]
+    assert took < 10  # stopped, not run to the end

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, literal_column, select, update
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.orm import Session
 
 from emr_hub.fhir.unstorable import NUL_ESCAPE, without_nul
@@ -43,6 +44,8 @@ ENTITY = AuditEntityRow.__table__
 HEAD = AuditChainHead.__table__
 GENESIS = "0" * 64
 VERIFY_BATCH = 1000
+PATIENT_COLUMNS = ("audit_seq", "patient_id", "person", "types")
+ENTITY_COLUMNS = ("audit_seq", "resource_type", "resource_id")
 
 
 def canonical(content: dict[str, Any]) -> bytes:
@@ -59,6 +62,48 @@ def _chain_hash(seq: int, prev_hash: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class _Links:
+    """The rows of a run of events appended after (``last_seq``, ``last_hash``)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    patients: list[dict[str, Any]] = field(default_factory=list)
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    bodies: list[str] = field(default_factory=list)
+    """The canonical JSON each record's hash covers (what the driver path stores)."""
+    last_seq: int = 0
+    last_hash: str = GENESIS
+
+
+def _link(events: list[dict[str, Any]], last_seq: int, last_hash: str) -> _Links:
+    links = _Links()
+    for event in events:
+        body = canonical(event)
+        if NUL_ESCAPE in body:  # a hostile URL's text, kept readable and storable
+            event = without_nul(event)
+            body = canonical(event)
+        last_seq += 1
+        digest = _chain_hash(last_seq, last_hash, body)
+        links.events.append(
+            {"seq": last_seq, **columns_of(event), "content": event, "prev_hash": last_hash}
+            | {"hash": digest}
+        )
+        links.bodies.append(body.decode())
+        links.patients += [
+            {"audit_seq": last_seq, "patient_id": p, "person": person, "types": types}
+            for p, person, types in patients_of(event)
+        ]
+        links.entities += [
+            {"audit_seq": last_seq, "resource_type": t, "resource_id": i}
+            for t, i in entities_of(event)
+        ]
+        links.positions.append(last_seq)
+        last_hash = digest
+    links.last_seq, links.last_hash = last_seq, last_hash
+    return links
+
+
 def append(session: Session, events: list[dict[str, Any]]) -> list[int]:
     """Append ``events`` (AuditEvent resources) to the chain in the session's transaction;
     returns their positions. Takes the chain's lock until the transaction ends."""
@@ -68,37 +113,75 @@ def append(session: Session, events: list[dict[str, Any]]) -> list[int]:
     if session.get_bind().dialect.name == "postgresql":
         head = head.with_for_update()
     last_seq, last_hash = session.execute(head).one()
-    rows, patients, entities, positions = [], [], [], []
-    for event in events:
-        body = canonical(event)
-        if NUL_ESCAPE in body:  # a hostile URL's text, kept readable and storable
-            event = without_nul(event)
-            body = canonical(event)
-        last_seq += 1
-        digest = _chain_hash(last_seq, last_hash, body)
-        rows.append(
-            {"seq": last_seq, **columns_of(event), "content": event, "prev_hash": last_hash}
-            | {"hash": digest}
-        )
-        patients += [
-            {"audit_seq": last_seq, "patient_id": p, "person": person, "types": types}
-            for p, person, types in patients_of(event)
-        ]
-        entities += [
-            {"audit_seq": last_seq, "resource_type": t, "resource_id": i}
-            for t, i in entities_of(event)
-        ]
-        positions.append(last_seq)
-        last_hash = digest
-    session.execute(insert(EVENT), rows)
-    if patients:
-        session.execute(insert(PATIENT), patients)
-    if entities:
-        session.execute(insert(ENTITY), entities)
+    links = _link(events, last_seq, last_hash)
+    session.execute(insert(EVENT), links.events)
+    if links.patients:
+        session.execute(insert(PATIENT), links.patients)
+    if links.entities:
+        session.execute(insert(ENTITY), links.entities)
     session.execute(
-        update(HEAD).where(HEAD.c.id == 1).values(last_seq=last_seq, last_hash=last_hash)
+        update(HEAD)
+        .where(HEAD.c.id == 1)
+        .values(last_seq=links.last_seq, last_hash=links.last_hash)
     )
-    return positions
+    return links.positions
+
+
+def _driver_sql(statement: Any) -> str:
+    """``statement`` as psycopg SQL (named parameters; constants rendered in)."""
+    return str(statement.compile(dialect=_PG, compile_kwargs={"render_postcompile": True}))
+
+
+_PG = psycopg_dialect.dialect()
+_EVENT_INSERT = _driver_sql(insert(EVENT))
+_PATIENT_INSERT = _driver_sql(
+    insert(PATIENT).inline().values({c: bindparam(c) for c in PATIENT_COLUMNS})
+)
+_ENTITY_INSERT = _driver_sql(
+    insert(ENTITY).inline().values({c: bindparam(c) for c in ENTITY_COLUMNS})
+)
+_HEAD_LOCK = _driver_sql(
+    select(HEAD.c.last_seq, HEAD.c.last_hash)
+    .where(HEAD.c.id == literal_column("1"))
+    .with_for_update()
+)
+_HEAD_MOVE = _driver_sql(
+    update(HEAD)
+    .where(HEAD.c.id == literal_column("1"))
+    .values(last_seq=bindparam("last_seq"), last_hash=bindparam("last_hash"))
+)
+
+
+def append_committed(db: Database, events: list[dict[str, Any]]) -> list[int]:
+    """Append ``events`` in a transaction of their own and commit it (the group writer's
+    path). On PostgreSQL it runs on the driver in pipeline mode: two round trips (the head's
+    lock and read; the rows, the head's move and the commit) instead of one per statement,
+    and the content goes in as the canonical text already made for its hash."""
+    if db.dialect != "postgresql":
+        with db.transaction() as session:
+            return append(session, events)
+    if not events:
+        return []
+    raw = db.engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        assert conn is not None
+        with conn.pipeline(), conn.cursor() as cursor:
+            cursor.execute(_HEAD_LOCK)
+            last_seq, last_hash = cursor.fetchone()  # type: ignore[misc]
+            links = _link(events, last_seq, last_hash)
+            for row, body in zip(links.events, links.bodies, strict=True):
+                row["content"] = body
+            cursor.executemany(_EVENT_INSERT, links.events)
+            if links.patients:
+                cursor.executemany(_PATIENT_INSERT, links.patients)
+            if links.entities:
+                cursor.executemany(_ENTITY_INSERT, links.entities)
+            cursor.execute(_HEAD_MOVE, {"last_seq": links.last_seq, "last_hash": links.last_hash})
+            conn.commit()
+        return links.positions
+    finally:
+        raw.close()  # back to the pool, which rolls back whatever a failure left open
 
 
 # ------------------------------------------------------------- derived columns

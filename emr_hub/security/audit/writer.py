@@ -7,7 +7,8 @@ requests. Under load that is one commit (one WAL flush) for a batch of requests 
 each; alone, a request waits for its own commit only. A request whose record could not be
 written is answered 503 instead of its answer: nothing is disclosed unaudited.
 
-Successful writes put their record in their own transaction instead
+The batch is appended by :func:`emr_hub.security.audit.log.append_committed` (on PostgreSQL
+in two round trips). Successful writes put their record in their own transaction instead
 (:func:`emr_hub.security.audit.log.append` just before the commit), so a write and its audit
 record commit together or not at all.
 """
@@ -20,7 +21,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from emr_hub.security.audit.log import append
+from emr_hub.security.audit.log import append_committed
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,7 @@ class AuditWriter:
 
     def _commit(self, batch: list[tuple[list[dict[str, Any]], Future[None]]]) -> None:
         try:
-            with self.db.transaction() as session:
-                append(session, [event for events, _ in batch for event in events])
+            append_committed(self.db, [event for events, _ in batch for event in events])
         except Exception as exc:  # noqa: BLE001 - every waiting request learns of the failure
             log.error("audit records could not be written: %s", type(exc).__name__)
             for _, future in batch:

@@ -34,7 +34,12 @@ from emr_hub.fhir.http import (
 from emr_hub.fhir.operations.everything import everything, everything_bundle
 from emr_hub.fhir.search.compartment import in_patient_compartment
 from emr_hub.fhir.search.params import Condition, parse_count
-from emr_hub.fhir.search.searchset import search_bundle, system_search_bundle
+from emr_hub.fhir.search.searchset import (
+    one_statement,
+    parsed_search,
+    parsed_search_bundle,
+    system_search_bundle,
+)
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.fhir.validation import is_resource_type
 from emr_hub.hub import Hub
@@ -239,19 +244,13 @@ def _search(
     pretty = wants_pretty(request)
     lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
     base = hub.settings.fhir_base_url
+    parsed = parsed_search(resource_type, items, lenient=lenient, scope=scope)
+    self_url = public_url(request, hub.settings.base_url)
     bundle = in_snapshot(
         hub,
         principal,
-        lambda store: search_bundle(
-            store,
-            principal,
-            resource_type,
-            items,
-            base,
-            public_url(request, hub.settings.base_url),
-            lenient=lenient,
-            scope=scope,
-        ),
+        lambda store: parsed_search_bundle(store, principal, parsed, items, base, self_url),
+        single=one_statement(parsed),
     )
     return fhir_response(bundle, pretty=pretty)
 

@@ -29,11 +29,40 @@ def search_bundle(
     """Parse, run and render one search: what GET/POST on a type and bundle GETs share.
 
     ``scope`` is an extra condition every match must meet (a compartment)."""
+    request = parsed_search(resource_type, query, lenient=lenient, scope=scope)
+    return parsed_search_bundle(store, principal, request, query, base_url, self_url)
+
+
+def parsed_search(
+    resource_type: str,
+    query: list[tuple[str, str]],
+    *,
+    lenient: bool = False,
+    scope: Condition | None = None,
+) -> SearchRequest:
     request = parse_search(resource_type, query, lenient=lenient)
     if scope is not None:
         request.filters.append(scope)
+    return request
+
+
+def parsed_search_bundle(
+    store: FhirStore,
+    principal: Principal,
+    request: SearchRequest,
+    query: list[tuple[str, str]],
+    base_url: str,
+    self_url: str,
+) -> dict[str, Any]:
     result = run_search(store, principal, request, base_url)
     return searchset(request, result, base_url, self_url, query)
+
+
+def one_statement(request: SearchRequest) -> bool:
+    """Whether :func:`run_search` answers ``request`` with a single statement (no includes;
+    no count beside the page), which then needs no transaction around it."""
+    only_count = request.summary == "count" or request.count == 0
+    return not request.includes and (only_count or request.total != "accurate")
 
 
 def system_search_bundle(

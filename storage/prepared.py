@@ -39,6 +39,19 @@ class Prepared:
             cursor.execute(sql, constants | params, prepare=True)
             return cursor.fetchone()  # type: ignore[no-any-return]
 
+    def all(self, session: Session, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row for ``params``."""
+        connection = session.connection()
+        dialect = connection.dialect
+        if dialect.name != "postgresql":
+            return [tuple(row) for row in session.execute(self.statement, params)]
+        sql, constants = self._compiled.get(dialect.name) or self._compile(dialect, params)
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cursor:
+            cursor.execute(sql, constants | params, prepare=True)
+            return cursor.fetchall()
+
     def _compile(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         # IN lists of constants are expanded once, here; every call passes its own values for
         # the named parameters, so only the constants are kept from this first call.

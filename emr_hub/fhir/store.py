@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
@@ -137,15 +137,12 @@ class FhirStore:
         there), 410 when it was deleted. One statement, cached per type and kind of principal,
         that also brings the patients the resource is about (for the audit record)."""
         self.flush()
-        shape = self.access.shape(resource_type) if self.access is not None else None
-        statement = _READ_STATEMENTS.get((resource_type, shape))
-        if statement is None:
-            statement = Prepared(self._read_statement(resource_type))
-            _READ_STATEMENTS[(resource_type, shape)] = statement
-        params = {"read_type": resource_type, "read_id": resource_id}
-        if self.access is not None:
-            params.update(self.access.params())
-        row = statement.first(self.session, params)
+        statement = self._prepared(
+            "read", resource_type, lambda: self._read_statement(resource_type)
+        )
+        row = statement.first(
+            self.session, self._params(read_type=resource_type, read_id=resource_id)
+        )
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
         stored = Stored(
@@ -160,17 +157,7 @@ class FhirStore:
         return stored
 
     def _read_statement(self, resource_type: str) -> Any:
-        member = COMPARTMENT.alias("member")
-        members = (
-            select(
-                func.aggregate_strings(member.c.patient_id.concat("|").concat(member.c.person), ",")
-            )
-            .where(
-                member.c.resource_type == RESOURCE.c.resource_type,
-                member.c.resource_id == RESOURCE.c.id,
-            )
-            .scalar_subquery()
-        )
+        members = _members_of(RESOURCE.c.resource_type, RESOURCE.c.id)
         statement = select(
             RESOURCE.c.version_id,
             RESOURCE.c.last_updated,
@@ -188,15 +175,23 @@ class FhirStore:
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored:
         """One version, if the principal may see the resource (as it is now)."""
         self.flush()
-        query = select(
-            HISTORY.c.last_updated, HISTORY.c.deleted, HISTORY.c.content, HISTORY.c.method
-        ).where(
-            HISTORY.c.resource_type == resource_type,
-            HISTORY.c.id == resource_id,
-            HISTORY.c.version_id == version_id,
-        )
-        query = self._where_visible(query, resource_type)
-        row = self.session.execute(query).first()
+
+        def build() -> Any:
+            query = select(
+                HISTORY.c.last_updated,
+                HISTORY.c.deleted,
+                HISTORY.c.content,
+                HISTORY.c.method,
+                _members_of(HISTORY.c.resource_type, HISTORY.c.id),
+            ).where(
+                HISTORY.c.resource_type == bindparam("read_type"),
+                HISTORY.c.id == bindparam("read_id"),
+                HISTORY.c.version_id == bindparam("read_version"),
+            )
+            return self._where_visible(query, resource_type)
+
+        params = self._params(read_type=resource_type, read_id=resource_id, read_version=version_id)
+        row = self._prepared("vread", resource_type, build).first(self.session, params)
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
         stored = Stored(
@@ -205,19 +200,43 @@ class FhirStore:
         if stored.deleted:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         self.disclose([stored])
+        self.members[(resource_type, resource_id)] = _members(row[4])
         return stored
 
     def exists(self, resource_type: str, resource_id: str) -> bool:
         """Whether the principal may see that ``resource_type/resource_id`` was ever stored
         (live or deleted): an instance history of something unseen is a 404."""
         self.flush()
-        query = select(RESOURCE.c.id).where(
-            RESOURCE.c.resource_type == resource_type, RESOURCE.c.id == resource_id
+
+        def build() -> Any:
+            query = select(RESOURCE.c.id).where(
+                RESOURCE.c.resource_type == bindparam("read_type"),
+                RESOURCE.c.id == bindparam("read_id"),
+            )
+            condition = self.visible(RESOURCE, resource_type)
+            return query if condition is None else query.where(condition)
+
+        params = self._params(read_type=resource_type, read_id=resource_id)
+        return (
+            self._prepared("exists", resource_type, build).first(self.session, params) is not None
         )
-        condition = self.visible(RESOURCE, resource_type)
-        if condition is not None:
-            query = query.where(condition)
-        return self.session.execute(query).first() is not None
+
+    def _prepared(
+        self, name: str, resource_type: str | None, build: Callable[[], Any], *variant: Any
+    ) -> Prepared:
+        """The statement ``name`` for ``resource_type`` and this principal's kind of access,
+        built once (the principal's values are parameters: :meth:`_params`)."""
+        shape = self.access.shape(resource_type) if self.access is not None else None
+        key = (name, resource_type, shape, *variant)
+        statement = _STATEMENTS.get(key)
+        if statement is None:
+            statement = _STATEMENTS[key] = Prepared(build())
+        return statement
+
+    def _params(self, **values: Any) -> dict[str, Any]:
+        if self.access is not None:
+            values.update(self.access.params())
+        return values
 
     def _where_visible(self, query: Any, resource_type: str | None) -> Any:
         """Keep the history rows of resources the principal may see (the current row decides:
@@ -314,26 +333,43 @@ class FhirStore:
     ) -> tuple[list[Stored], int | None]:
         """Versions newest first; returns the page and the cursor for the next page (or None)."""
         self.flush()
-        query = select(
-            HISTORY.c.seq,
-            HISTORY.c.resource_type,
-            HISTORY.c.id,
-            HISTORY.c.version_id,
-            HISTORY.c.last_updated,
-            HISTORY.c.deleted,
-            HISTORY.c.content,
-            HISTORY.c.method,
-        )
-        if resource_type:
-            query = query.where(HISTORY.c.resource_type == resource_type)
-        if resource_id:
-            query = query.where(HISTORY.c.id == resource_id)
-        if since is not None:
-            query = query.where(HISTORY.c.last_updated >= since)
-        if before_seq is not None:
-            query = query.where(HISTORY.c.seq < before_seq)
-        query = self._where_visible(query, resource_type)
-        rows = self.session.execute(query.order_by(HISTORY.c.seq.desc()).limit(count + 1)).all()
+        values = {
+            "history_type": resource_type or None,
+            "history_id": resource_id or None,
+            "history_since": since,
+            "history_before": before_seq,
+        }
+        given = tuple(name for name, value in values.items() if value is not None)
+
+        def build() -> Any:
+            query = select(
+                HISTORY.c.seq,
+                HISTORY.c.resource_type,
+                HISTORY.c.id,
+                HISTORY.c.version_id,
+                HISTORY.c.last_updated,
+                HISTORY.c.deleted,
+                HISTORY.c.content,
+                HISTORY.c.method,
+            )
+            if "history_type" in given:
+                query = query.where(HISTORY.c.resource_type == bindparam("history_type"))
+            if "history_id" in given:
+                query = query.where(HISTORY.c.id == bindparam("history_id"))
+            if "history_since" in given:
+                since_type = HISTORY.c.last_updated.type
+                query = query.where(
+                    HISTORY.c.last_updated >= bindparam("history_since", type_=since_type)
+                )
+            if "history_before" in given:
+                query = query.where(HISTORY.c.seq < bindparam("history_before", type_=Integer))
+            query = self._where_visible(query, resource_type)
+            limit = bindparam("history_limit", type_=Integer)
+            return query.order_by(HISTORY.c.seq.desc()).limit(limit)
+
+        statement = self._prepared("history", resource_type, build, given)
+        params = self._params(history_limit=count + 1, **{name: values[name] for name in given})
+        rows = statement.all(self.session, params)
         page = [Stored(r[1], r[2], r[3], as_utc(r[4]), r[5], r[6], r[7]) for r in rows[:count]]
         cursor = rows[count - 1][0] if len(rows) > count else None
         self.disclose(page)
@@ -588,8 +624,20 @@ class FhirStore:
             self._queue_index(resource_type, resource_id, content)
 
 
-_READ_STATEMENTS: dict[tuple[str, Any], Any] = {}
-"""The read statement of each (type, shape of the principal's access): built once."""
+def _members_of(resource_type: Any, resource_id: Any) -> Any:
+    """The ``patient|person`` pairs of the patients a resource is about, comma-separated (so
+    a read brings what its audit record names without a second statement)."""
+    member = COMPARTMENT.alias("member")
+    return (
+        select(func.aggregate_strings(member.c.patient_id.concat("|").concat(member.c.person), ","))
+        .where(member.c.resource_type == resource_type, member.c.resource_id == resource_id)
+        .scalar_subquery()
+    )
+
+
+_STATEMENTS: dict[tuple[Any, ...], Prepared] = {}
+"""The statements of the read paths per (name, type, shape of the principal's access, variant):
+a few per type, built once."""
 _LOAD_STATEMENTS: dict[tuple[str, bool, Any], Any] = {}
 """The statement of :meth:`FhirStore.load_many` per (type, since, shape): built once."""
 

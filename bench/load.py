@@ -86,6 +86,7 @@ WEIGHTS = {
     "everything": 10,
     "referral-history": 10,
 }
+SUBSCRIPTION_REASON = "bench/load.py: the visits' Encounters"
 PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
 VITALS = (
     ("8867-4", "Heart rate", 72, "/min"),
@@ -116,7 +117,8 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                focus = self.headers.get("X-Emr-Hub-Focus", "")
+                # <type>/<id>/_history/<version>: the visit posted version 1 of its Encounter
+                focus = "/".join(self.headers.get("X-Emr-Hub-Focus", "").split("/")[:2])
                 key = self.headers.get("Idempotency-Key", "")
                 with receiver.lock:
                     if key in self.keys:
@@ -373,14 +375,20 @@ class Sampler:
 
 
 # ------------------------------------------------------------------------------ main
-def subscribe(client: httpx.Client, endpoint: str) -> None:
+def subscribe(client: httpx.Client, endpoint: str) -> str:
+    """The bench hospital's Subscription to its finished Encounters (those of earlier runs,
+    whose receivers are gone, are deleted first: they would pile notifications up)."""
+    found = client.get("/fhir/Subscription", params={"_count": "200"})
+    for entry in found.json().get("entry", []) if found.status_code == 200 else []:
+        if entry["resource"].get("reason") == SUBSCRIPTION_REASON:
+            client.delete(f"/fhir/Subscription/{entry['resource']['id']}")
     response = client.post(
         "/fhir/Subscription",
         content=orjson.dumps(
             {
                 "resourceType": "Subscription",
                 "status": "requested",
-                "reason": "bench/load.py: the visits' Encounters",
+                "reason": SUBSCRIPTION_REASON,
                 "criteria": "Encounter?status=finished",
                 "channel": {"type": "rest-hook", "endpoint": endpoint},
             }
@@ -389,6 +397,7 @@ def subscribe(client: httpx.Client, endpoint: str) -> None:
     )
     if response.status_code != 201:
         raise SystemExit(f"the Subscription was refused: {response.status_code} {response.text}")
+    return str(response.json()["id"])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -437,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(_stop_group, worker)
         receiver = Receiver()
         stack.callback(receiver.close)
-        subscribe(running.api.client, receiver.url)
+        subscription = subscribe(running.api.client, receiver.url)
+        stack.callback(running.api.client.delete, f"/fhir/Subscription/{subscription}")
         patients = sample_patients(
             running.api,
             Generator(args.data, args.seed),

@@ -22,7 +22,20 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Integer, Table, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    Integer,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
@@ -89,6 +102,7 @@ class FhirStore:
         self._pending_keys: set[tuple[str, str]] = set()
         self._pending_persons: dict[str, str] = {}
         self._changes: list[Stored] = []
+        self._loaded_members: dict[tuple[str, str], str | None] = {}
         self.members: dict[tuple[str, str], list[tuple[str, str]]] = {}
         """The (patient, person) pairs of resources read or deleted here, when the read
         already knew them (the audit record need not look them up again)."""
@@ -102,8 +116,13 @@ class FhirStore:
         return None if self.access is None else self.access.visible(resource, resource_type)
 
     def disclose(self, items: Iterable[Stored]) -> None:
-        """Remember what a read path is about to return."""
-        self.disclosed.extend(items)
+        """Remember what a read path is about to return (with the patients of what
+        :meth:`load_many` loaded, so the audit record need not look them up)."""
+        for stored in items:
+            self.disclosed.append(stored)
+            key = (stored.resource_type, stored.id)
+            if key in self._loaded_members:
+                self.members[key] = _members(self._loaded_members[key])
 
     @property
     def changes(self) -> list[Stored]:
@@ -285,42 +304,46 @@ class FhirStore:
                 }
                 if policed and self.access is not None:
                     params.update(self.access.params())
-                for rid, version, updated, content, owner in self.session.execute(
-                    statement, params
-                ):
+                rows = statement.all(self.session, params)
+                for rid, version, updated, content, owner, members in rows:
                     found[(resource_type, rid)] = Stored(
                         resource_type, rid, version, as_utc(updated), False, content, owner=owner
                     )
+                    self._loaded_members[(resource_type, rid)] = members
         loaded = [found[key] for key in wanted if key in found]
         if checked and disclose:
             self.disclose(loaded)
         return loaded
 
-    def _load_statement(self, resource_type: str, since: bool, policed: bool) -> Any:
+    def _load_statement(self, resource_type: str, since: bool, policed: bool) -> Prepared:
         """The statement of :meth:`load_many`, built once per type, use of ``since`` and kind
-        of principal (as the read's is): the ids and the principal's values are parameters."""
-        shape = self.access.shape(resource_type) if policed and self.access is not None else None
-        key = (resource_type, since, shape)
-        statement = _LOAD_STATEMENTS.get(key)
-        if statement is None:
+        of principal (as the read's is): the ids and the principal's values are parameters
+        (on PostgreSQL the ids are one array, so the SQL is the same whatever their number).
+        Each row brings the patients its resource is about, for the audit record."""
+
+        def build() -> Any:
+            if self.is_postgres:
+                ids = RESOURCE.c.id == any_(bindparam("load_ids", type_=ARRAY(String)))
+            else:
+                ids = RESOURCE.c.id.in_(bindparam("load_ids", expanding=True))
             statement = select(
                 RESOURCE.c.id,
                 RESOURCE.c.version_id,
                 RESOURCE.c.last_updated,
                 RESOURCE.c.content,
                 RESOURCE.c.owner_org,
+                _members_of(RESOURCE.c.resource_type, RESOURCE.c.id),
             ).where(
                 RESOURCE.c.resource_type == bindparam("load_type"),
-                RESOURCE.c.id.in_(bindparam("load_ids", expanding=True)),
+                ids,
                 RESOURCE.c.deleted.is_(False),
             )
             if since:
                 statement = statement.where(RESOURCE.c.last_updated >= bindparam("load_since"))
             condition = self.visible(RESOURCE, resource_type) if policed else None
-            if condition is not None:
-                statement = statement.where(condition)
-            _LOAD_STATEMENTS[key] = statement
-        return statement
+            return statement if condition is None else statement.where(condition)
+
+        return self._prepared("load", resource_type, build, since, policed, self.is_postgres)
 
     def history(
         self,
@@ -638,7 +661,6 @@ def _members_of(resource_type: Any, resource_id: Any) -> Any:
 _STATEMENTS: dict[tuple[Any, ...], Prepared] = {}
 """The statements of the read paths per (name, type, shape of the principal's access, variant):
 a few per type, built once."""
-_LOAD_STATEMENTS: dict[tuple[str, bool, Any], Any] = {}
 """The statement of :meth:`FhirStore.load_many` per (type, since, shape): built once."""
 
 

@@ -1,7 +1,8 @@
 """``Patient/$everything``: the patient, everything in the patient's compartment and the
 resources those point at (practitioners, organizations, medications, locations ...).
 
-Membership comes from the reference index in one query (``search_reference`` by target);
+Membership comes from the compartment table in one query, what the members point at from
+the reference index in one more;
 the result is ordered by (type, id) and paged by keyset on that order, so the ``next`` link
 stays right while others write. ``_since`` keeps resources changed since an instant,
 ``_type`` keeps some types. Only what the caller may see is loaded (the access policy is in
@@ -18,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, select
 
 from emr_hub.errors import bad_request
-from emr_hub.fhir.search.compartment import patient_compartment
-from emr_hub.fhir.search.indexer import REFERENCE
+from emr_hub.fhir.search.indexer import COMPARTMENT, REFERENCE
 from emr_hub.fhir.store import FhirStore, Stored
 
 if TYPE_CHECKING:
@@ -75,42 +75,40 @@ def everything(
 
 
 def _members(store: FhirStore, patient_id: str) -> set[tuple[str, str]]:
-    compartment = patient_compartment()
+    """The patient's compartment: its ``patient_compartment`` rows (kept with every write,
+    from the compartment definition's parameters), the Patient itself included."""
     rows = store.session.execute(
-        select(REFERENCE.c.resource_type, REFERENCE.c.resource_id, REFERENCE.c.param).where(
-            REFERENCE.c.target_type == "Patient", REFERENCE.c.target_id == patient_id
+        select(COMPARTMENT.c.resource_type, COMPARTMENT.c.resource_id).where(
+            COMPARTMENT.c.patient_id == patient_id
         )
     )
-    members = {("Patient", patient_id)}
-    members.update((t, i) for t, i, param in rows if param in compartment.get(t, ()))
-    return members
+    return {("Patient", patient_id), *((t, i) for t, i in rows)}
 
 
 def _referenced(
     store: FhirStore, patient_id: str, members: set[tuple[str, str]]
 ) -> set[tuple[str, str]]:
-    """Resources the members point at, outside the compartment, in one self-join of the
-    reference index (the members are the resources pointing at the patient)."""
-    via, out = REFERENCE.alias("via"), REFERENCE.alias("out")
+    """What the members point at outside the compartment (practitioners, organizations,
+    medications ...): the distinct targets of their references, found in one join."""
+    out = REFERENCE.alias("out")
     rows = store.session.execute(
-        select(via.c.resource_type, via.c.resource_id, out.c.target_type, out.c.target_id)
+        select(out.c.target_type, out.c.target_id)
         .join(
-            out,
+            COMPARTMENT,
             and_(
-                out.c.resource_type == via.c.resource_type,
-                out.c.resource_id == via.c.resource_id,
+                COMPARTMENT.c.resource_type == out.c.resource_type,
+                COMPARTMENT.c.resource_id == out.c.resource_id,
             ),
         )
         .where(
-            via.c.target_type == "Patient",
-            via.c.target_id == patient_id,
+            COMPARTMENT.c.patient_id == patient_id,
             out.c.target_type != "Patient",
+            out.c.target_type.is_not(None),
             out.c.target_id.is_not(None),
         )
         .distinct()
     )
-    found = {(t, i) for source_type, source_id, t, i in rows if (source_type, source_id) in members}
-    return {key for key in found if key[0]} - members
+    return {(t, i) for t, i in rows if t} - members
 
 
 def _encode(key: tuple[str, str]) -> str:

@@ -7,13 +7,20 @@ PostgreSQL a :class:`Prepared` statement is compiled to SQL once per dialect, it
 statement (``prepare=True``: parsed and planned once per connection). Rows come back as
 tuples, typed by psycopg as SQLAlchemy would type them for these columns (JSON through the
 hub's orjson loader, timestamps aware). Other databases go through SQLAlchemy as usual.
+
+A driver error is raised as SQLAlchemy's (``OperationalError`` ...), as SQLAlchemy would
+raise it, so the API answers it the same way; a lost connection is discarded with every
+other connection of the pool (the server has likely restarted), as SQLAlchemy does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Dialect
+import psycopg
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
@@ -28,29 +35,42 @@ class Prepared:
     def first(self, session: Session, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row for ``params``, or None."""
         connection = session.connection()
-        dialect = connection.dialect
-        if dialect.name != "postgresql":
+        if connection.dialect.name != "postgresql":
             row = session.execute(self.statement, params).first()
             return None if row is None else tuple(row)
-        sql, constants = self._compiled.get(dialect.name) or self._compile(dialect, params)
-        driver = connection.connection.driver_connection
-        assert driver is not None
-        with driver.cursor() as cursor:
-            cursor.execute(sql, constants | params, prepare=True)
-            return cursor.fetchone()  # type: ignore[no-any-return]
+        return self._run(connection, params, lambda cursor: cursor.fetchone())  # type: ignore[no-any-return]
 
     def all(self, session: Session, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Every row for ``params``."""
         connection = session.connection()
-        dialect = connection.dialect
-        if dialect.name != "postgresql":
+        if connection.dialect.name != "postgresql":
             return [tuple(row) for row in session.execute(self.statement, params)]
+        return self._run(connection, params, lambda cursor: cursor.fetchall())  # type: ignore[no-any-return]
+
+    def _run(
+        self, connection: Connection, params: dict[str, Any], fetch: Callable[[Any], Any]
+    ) -> Any:
+        dialect = connection.dialect
         sql, constants = self._compiled.get(dialect.name) or self._compile(dialect, params)
         driver = connection.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cursor:
-            cursor.execute(sql, constants | params, prepare=True)
-            return cursor.fetchall()
+        try:
+            with driver.cursor() as cursor:
+                cursor.execute(sql, constants | params, prepare=True)
+                return fetch(cursor)
+        except psycopg.Error as error:
+            if dialect.is_disconnect(error, driver, None):
+                connection.invalidate(error)
+                connection.engine.dispose()
+            raise DBAPIError.instance(
+                sql,
+                None,
+                error,
+                psycopg.Error,
+                hide_parameters=True,
+                dialect=dialect,
+                connection_invalidated=connection.invalidated,
+            ) from error
 
     def _compile(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         # IN lists of constants are expanded once, here; every call passes its own values for

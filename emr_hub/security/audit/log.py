@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import bindparam, insert, literal_column, select, update
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.orm import Session
@@ -180,6 +181,10 @@ def append_committed(db: Database, events: list[dict[str, Any]]) -> list[int]:
             cursor.execute(_HEAD_MOVE, {"last_seq": links.last_seq, "last_hash": links.last_hash})
             conn.commit()
         return links.positions
+    except psycopg.Error as error:
+        if db.engine.dialect.is_disconnect(error, raw.driver_connection, None):
+            raw.invalidate(error)  # a lost connection never goes back to the pool
+        raise
     finally:
         raw.close()  # back to the pool, which rolls back whatever a failure left open
 

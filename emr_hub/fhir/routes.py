@@ -503,13 +503,18 @@ def _history(
     cursor = int(cursor_text) if cursor_text else None
 
     def read_history(store: FhirStore) -> tuple[list[Stored], int | None]:
-        if resource_type and resource_id and not store.exists(resource_type, resource_id):
-            raise not_found(f"{resource_type}/{resource_id} is not known")
-        return store.history(
+        found = store.history(
             resource_type, resource_id, since=since, before_seq=cursor, count=count
         )
+        # An empty page of an instance: nothing there (404) or nothing in this window.
+        empty = not found[0]
+        if resource_type and resource_id and empty and not store.exists(resource_type, resource_id):
+            raise not_found(f"{resource_type}/{resource_id} is not known")
+        return found
 
-    page, next_cursor = in_snapshot(hub, principal, read_history)
+    # One statement in the common case; an empty instance page adds the existence check, whose
+    # own snapshot may be a moment later (a resource created meanwhile reads as empty history).
+    page, next_cursor = in_snapshot(hub, principal, read_history, single=True)
     base = hub.settings.fhir_base_url
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",

@@ -23,15 +23,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
-    ARRAY,
-    Integer,
-    String,
     Table,
-    any_,
-    bindparam,
     delete,
-    exists,
-    func,
     insert,
     select,
     update,
@@ -40,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
 from emr_hub.fhir import hooks
+from emr_hub.fhir import read_sql as sql
 from emr_hub.fhir.labels import is_restricted
 from emr_hub.fhir.search.compartment import compartment_rows, propagate_person, resolve_persons
 from emr_hub.fhir.search.indexer import COMPARTMENT, REFERENCE, ROW_TABLES, index_rows
@@ -122,7 +116,7 @@ class FhirStore:
             self.disclosed.append(stored)
             key = (stored.resource_type, stored.id)
             if key in self._loaded_members:
-                self.members[key] = _members(self._loaded_members[key])
+                self.members[key] = sql.members(self._loaded_members[key])
 
     @property
     def changes(self) -> list[Stored]:
@@ -157,7 +151,7 @@ class FhirStore:
         that also brings the patients the resource is about (for the audit record)."""
         self.flush()
         statement = self._prepared(
-            "read", resource_type, lambda: self._read_statement(resource_type)
+            "read", resource_type, lambda: sql.read_statement(self.visible, resource_type)
         )
         row = statement.first(
             self.session, self._params(read_type=resource_type, read_id=resource_id)
@@ -172,45 +166,17 @@ class FhirStore:
             error.headers["ETag"] = stored.etag
             raise error
         self.disclose([stored])
-        self.members[(resource_type, resource_id)] = _members(row[5])
+        self.members[(resource_type, resource_id)] = sql.members(row[5])
         return stored
-
-    def _read_statement(self, resource_type: str) -> Any:
-        members = _members_of(RESOURCE.c.resource_type, RESOURCE.c.id)
-        statement = select(
-            RESOURCE.c.version_id,
-            RESOURCE.c.last_updated,
-            RESOURCE.c.deleted,
-            RESOURCE.c.content,
-            RESOURCE.c.owner_org,
-            members,
-        ).where(
-            RESOURCE.c.resource_type == bindparam("read_type"),
-            RESOURCE.c.id == bindparam("read_id"),
-        )
-        condition = self.visible(RESOURCE, resource_type)
-        return statement if condition is None else statement.where(condition)
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored:
         """One version, if the principal may see the resource (as it is now)."""
         self.flush()
-
-        def build() -> Any:
-            query = select(
-                HISTORY.c.last_updated,
-                HISTORY.c.deleted,
-                HISTORY.c.content,
-                HISTORY.c.method,
-                _members_of(HISTORY.c.resource_type, HISTORY.c.id),
-            ).where(
-                HISTORY.c.resource_type == bindparam("read_type"),
-                HISTORY.c.id == bindparam("read_id"),
-                HISTORY.c.version_id == bindparam("read_version"),
-            )
-            return self._where_visible(query, resource_type)
-
         params = self._params(read_type=resource_type, read_id=resource_id, read_version=version_id)
-        row = self._prepared("vread", resource_type, build).first(self.session, params)
+        statement = self._prepared(
+            "vread", resource_type, lambda: sql.vread_statement(self.visible, resource_type)
+        )
+        row = statement.first(self.session, params)
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
         stored = Stored(
@@ -219,26 +185,18 @@ class FhirStore:
         if stored.deleted:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         self.disclose([stored])
-        self.members[(resource_type, resource_id)] = _members(row[4])
+        self.members[(resource_type, resource_id)] = sql.members(row[4])
         return stored
 
     def exists(self, resource_type: str, resource_id: str) -> bool:
         """Whether the principal may see that ``resource_type/resource_id`` was ever stored
         (live or deleted): an instance history of something unseen is a 404."""
         self.flush()
-
-        def build() -> Any:
-            query = select(RESOURCE.c.id).where(
-                RESOURCE.c.resource_type == bindparam("read_type"),
-                RESOURCE.c.id == bindparam("read_id"),
-            )
-            condition = self.visible(RESOURCE, resource_type)
-            return query if condition is None else query.where(condition)
-
         params = self._params(read_type=resource_type, read_id=resource_id)
-        return (
-            self._prepared("exists", resource_type, build).first(self.session, params) is not None
+        statement = self._prepared(
+            "exists", resource_type, lambda: sql.exists_statement(self.visible, resource_type)
         )
+        return statement.first(self.session, params) is not None
 
     def _prepared(
         self, name: str, resource_type: str | None, build: Callable[[], Any], *variant: Any
@@ -246,33 +204,12 @@ class FhirStore:
         """The statement ``name`` for ``resource_type`` and this principal's kind of access,
         built once (the principal's values are parameters: :meth:`_params`)."""
         shape = self.access.shape(resource_type) if self.access is not None else None
-        key = (name, resource_type, shape, *variant)
-        statement = _STATEMENTS.get(key)
-        if statement is None:
-            statement = _STATEMENTS[key] = Prepared(build())
-        return statement
+        return sql.prepared((name, resource_type, shape, *variant), build)
 
     def _params(self, **values: Any) -> dict[str, Any]:
         if self.access is not None:
             values.update(self.access.params())
         return values
-
-    def _where_visible(self, query: Any, resource_type: str | None) -> Any:
-        """Keep the history rows of resources the principal may see (the current row decides:
-        its owner and the patients it is about now)."""
-        if self.access is None:
-            return query
-        current = RESOURCE.alias("current")
-        condition = self.visible(current, resource_type)
-        if condition is None:
-            return query
-        return query.where(
-            exists().where(
-                current.c.resource_type == HISTORY.c.resource_type,
-                current.c.id == HISTORY.c.id,
-                condition,
-            )
-        )
 
     def load_many(
         self,
@@ -322,26 +259,8 @@ class FhirStore:
         Each row brings the patients its resource is about, for the audit record."""
 
         def build() -> Any:
-            if self.is_postgres:
-                ids = RESOURCE.c.id == any_(bindparam("load_ids", type_=ARRAY(String)))
-            else:
-                ids = RESOURCE.c.id.in_(bindparam("load_ids", expanding=True))
-            statement = select(
-                RESOURCE.c.id,
-                RESOURCE.c.version_id,
-                RESOURCE.c.last_updated,
-                RESOURCE.c.content,
-                RESOURCE.c.owner_org,
-                _members_of(RESOURCE.c.resource_type, RESOURCE.c.id),
-            ).where(
-                RESOURCE.c.resource_type == bindparam("load_type"),
-                ids,
-                RESOURCE.c.deleted.is_(False),
-            )
-            if since:
-                statement = statement.where(RESOURCE.c.last_updated >= bindparam("load_since"))
-            condition = self.visible(RESOURCE, resource_type) if policed else None
-            return statement if condition is None else statement.where(condition)
+            visible = self.visible if policed else None
+            return sql.load_statement(visible, resource_type, since, self.is_postgres)
 
         return self._prepared("load", resource_type, build, since, policed, self.is_postgres)
 
@@ -365,30 +284,7 @@ class FhirStore:
         given = tuple(name for name, value in values.items() if value is not None)
 
         def build() -> Any:
-            query = select(
-                HISTORY.c.seq,
-                HISTORY.c.resource_type,
-                HISTORY.c.id,
-                HISTORY.c.version_id,
-                HISTORY.c.last_updated,
-                HISTORY.c.deleted,
-                HISTORY.c.content,
-                HISTORY.c.method,
-            )
-            if "history_type" in given:
-                query = query.where(HISTORY.c.resource_type == bindparam("history_type"))
-            if "history_id" in given:
-                query = query.where(HISTORY.c.id == bindparam("history_id"))
-            if "history_since" in given:
-                since_type = HISTORY.c.last_updated.type
-                query = query.where(
-                    HISTORY.c.last_updated >= bindparam("history_since", type_=since_type)
-                )
-            if "history_before" in given:
-                query = query.where(HISTORY.c.seq < bindparam("history_before", type_=Integer))
-            query = self._where_visible(query, resource_type)
-            limit = bindparam("history_limit", type_=Integer)
-            return query.order_by(HISTORY.c.seq.desc()).limit(limit)
+            return sql.history_statement(self.visible, resource_type, given)
 
         statement = self._prepared("history", resource_type, build, given)
         params = self._params(history_limit=count + 1, **{name: values[name] for name in given})
@@ -645,29 +541,6 @@ class FhirStore:
         self._queue_history(resource_type, resource_id, version, deleted, content, method)
         if content is not None:
             self._queue_index(resource_type, resource_id, content)
-
-
-def _members_of(resource_type: Any, resource_id: Any) -> Any:
-    """The ``patient|person`` pairs of the patients a resource is about, comma-separated (so
-    a read brings what its audit record names without a second statement)."""
-    member = COMPARTMENT.alias("member")
-    return (
-        select(func.aggregate_strings(member.c.patient_id.concat("|").concat(member.c.person), ","))
-        .where(member.c.resource_type == resource_type, member.c.resource_id == resource_id)
-        .scalar_subquery()
-    )
-
-
-_STATEMENTS: dict[tuple[Any, ...], Prepared] = {}
-"""The statements of the read paths per (name, type, shape of the principal's access, variant):
-a few per type, built once."""
-"""The statement of :meth:`FhirStore.load_many` per (type, since, shape): built once."""
-
-
-def _members(text: str | None) -> list[tuple[str, str]]:
-    """The (patient, person) pairs of an aggregated ``patient|person,...`` column."""
-    pairs = (item.split("|", 1) for item in (text or "").split(",") if "|" in item)
-    return [(patient, person) for patient, person in pairs]
 
 
 def _check_if_match(current: Stored | None, if_match: int | None, reference: str) -> None:

@@ -65,8 +65,7 @@ def read_statement(visible: Visible, resource_type: str) -> Any:
         RESOURCE.c.resource_type == bindparam("read_type"),
         RESOURCE.c.id == bindparam("read_id"),
     )
-    condition = visible(RESOURCE, resource_type)
-    return statement if condition is None else statement.where(condition)
+    return _where(statement, visible(RESOURCE, resource_type))
 
 
 def vread_statement(visible: Visible, resource_type: str) -> Any:
@@ -89,8 +88,7 @@ def exists_statement(visible: Visible, resource_type: str) -> Any:
         RESOURCE.c.resource_type == bindparam("read_type"),
         RESOURCE.c.id == bindparam("read_id"),
     )
-    condition = visible(RESOURCE, resource_type)
-    return query if condition is None else query.where(condition)
+    return _where(query, visible(RESOURCE, resource_type))
 
 
 def load_statement(visible: Visible | None, resource_type: str, since: bool, arrays: bool) -> Any:
@@ -113,8 +111,7 @@ def load_statement(visible: Visible | None, resource_type: str, since: bool, arr
     )
     if since:
         statement = statement.where(RESOURCE.c.last_updated >= bindparam("load_since"))
-    condition = visible(RESOURCE, resource_type) if visible is not None else None
-    return statement if condition is None else statement.where(condition)
+    return statement if visible is None else _where(statement, visible(RESOURCE, resource_type))
 
 
 def history_statement(visible: Visible, resource_type: str | None, given: tuple[str, ...]) -> Any:
@@ -141,6 +138,10 @@ def history_statement(visible: Visible, resource_type: str | None, given: tuple[
         query = query.where(HISTORY.c.seq < bindparam("history_before", type_=Integer))
     query = where_visible(visible, query, resource_type)
     return query.order_by(HISTORY.c.seq.desc()).limit(bindparam("history_limit", type_=Integer))
+
+
+def _where(statement: Any, condition: ColumnElement[bool] | None) -> Any:
+    return statement if condition is None else statement.where(condition)
 
 
 def where_visible(visible: Visible, query: Any, resource_type: str | None) -> Any:

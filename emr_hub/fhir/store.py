@@ -22,13 +22,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    Table,
-    delete,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.errors import conflict, gone, not_found, precondition_failed
@@ -199,11 +193,17 @@ class FhirStore:
         return statement.first(self.session, params) is not None
 
     def _prepared(
-        self, name: str, resource_type: str | None, build: Callable[[], Any], *variant: Any
+        self,
+        name: str,
+        resource_type: str | None,
+        build: Callable[[], Any],
+        *variant: Any,
+        policed: bool = True,
     ) -> Prepared:
         """The statement ``name`` for ``resource_type`` and this principal's kind of access,
-        built once (the principal's values are parameters: :meth:`_params`)."""
-        shape = self.access.shape(resource_type) if self.access is not None else None
+        built once (the principal's values are parameters: :meth:`_params`). ``policed=False``:
+        the statement holds no access condition, so one serves every principal."""
+        shape = self.access.shape(resource_type) if policed and self.access is not None else None
         return sql.prepared((name, resource_type, shape, *variant), build)
 
     def _params(self, **values: Any) -> dict[str, Any]:
@@ -262,7 +262,9 @@ class FhirStore:
             visible = self.visible if policed else None
             return sql.load_statement(visible, resource_type, since, self.is_postgres)
 
-        return self._prepared("load", resource_type, build, since, policed, self.is_postgres)
+        # The variant names the dialect: an array parameter on PostgreSQL, an IN list elsewhere.
+        variant = (since, policed, self.is_postgres)
+        return self._prepared("load", resource_type, build, *variant, policed=policed)
 
     def history(
         self,

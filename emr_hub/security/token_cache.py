@@ -85,9 +85,9 @@ class TokenCache:
     # ------------------------------------------------------------------ requests
     def verify(self, token: str) -> Principal:
         """The principal of ``token``, from what is kept or verified in full (401 if invalid)."""
-        kept = self._entries.get(token)
-        if kept is not None and self._usable(kept):
-            return kept.principal
+        principal = self.cached(token)
+        if principal is not None:
+            return principal
         with self._lock:
             seen = self._changes
         principal = verify_access_token(self.hub, token)

@@ -45,8 +45,6 @@ ENTITY = AuditEntityRow.__table__
 HEAD = AuditChainHead.__table__
 GENESIS = "0" * 64
 VERIFY_BATCH = 1000
-PATIENT_COLUMNS = ("audit_seq", "patient_id", "person", "types")
-ENTITY_COLUMNS = ("audit_seq", "resource_type", "resource_id")
 
 
 def canonical(content: dict[str, Any]) -> bytes:
@@ -135,12 +133,19 @@ def _driver_sql(statement: Any) -> str:
 
 _PG = psycopg_dialect.dialect()
 _EVENT_INSERT = _driver_sql(insert(EVENT))
-_PATIENT_INSERT = _driver_sql(
-    insert(PATIENT).inline().values({c: bindparam(c) for c in PATIENT_COLUMNS})
-)
-_ENTITY_INSERT = _driver_sql(
-    insert(ENTITY).inline().values({c: bindparam(c) for c in ENTITY_COLUMNS})
-)
+
+
+def _insert_without_key(table: Any) -> Any:
+    """An INSERT of every column but the table's own sequence (the database numbers it)."""
+    return (
+        insert(table)
+        .inline()
+        .values({c.name: bindparam(c.name) for c in table.c if c.name != "seq"})
+    )
+
+
+_PATIENT_INSERT = _driver_sql(_insert_without_key(PATIENT))
+_ENTITY_INSERT = _driver_sql(_insert_without_key(ENTITY))
 _HEAD_LOCK = _driver_sql(
     select(HEAD.c.last_seq, HEAD.c.last_hash)
     .where(HEAD.c.id == literal_column("1"))

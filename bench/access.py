@@ -64,6 +64,7 @@ from bench.search import (
     _connect,
     kept_database,
     machine,
+    machine_line,
     make_query,
     read_state,
     run_mix,
@@ -379,12 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_figures(f: dict[str, Any]) -> None:
-    m, modes = f["machine"], f["modes"]
-    print(
-        f"machine: nproc {m['nproc']}, Python {m['python']}; load average (1 min) "
-        f"{f['loadavg_1min']['before']} before, {f['loadavg_1min']['after']} after; "
-        f"code {f['code']}"
-    )
+    modes = f["modes"]
+    print(machine_line(f))
     print(
         f"database {f['database']}: {f['resources']} generated resources, {f['patients']} "
         f"patients; the reader consented by {f['sample_patients']}; order {' '.join(f['order'])}"

@@ -70,6 +70,7 @@ from bench.ingest import DEFAULT_DATA, _code_version, _loadavg, database_kind, l
 from bench.search import (
     _connect,
     machine,
+    machine_line,
     make_query,
     percentile,
     read_state,
@@ -545,12 +546,7 @@ def _ms(sorted_ms: list[float], q: float) -> float | None:
 
 
 def print_figures(f: dict[str, Any]) -> None:
-    m = f["machine"]
-    print(
-        f"machine: nproc {m['nproc']}, Python {m['python']}; load average (1 min) "
-        f"{f['loadavg_1min']['before']} before, {f['loadavg_1min']['after']} after; "
-        f"code {f['code']}; database {f['database']} ({f['resources_before']} resources)"
-    )
+    print(f"{machine_line(f)}; database {f['database']} ({f['resources_before']} resources)")
     print(
         f"asked {f['rate']:g}/s for {f['seconds']:g} s; achieved {f['achieved_per_s']}/s; "
         f"{f['errors']} errors; {f['late_starts']} requests sent late by the generator"

@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 from bench.access import audit_rows, loaded_database, run_wrk
 from bench.ingest import _code_version, _loadavg, database_kind, log
-from bench.search import _connect, machine, start_server
+from bench.search import _connect, machine, machine_line, start_server
 
 KINDS = ("read", "read-obs", "vread", "history", "healthz")
 
@@ -160,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_figures(f: dict[str, Any]) -> None:
-    m = f["machine"]
-    print(
-        f"machine: nproc {m['nproc']}, Python {m['python']}; load average (1 min) "
-        f"{f['loadavg_1min']['before']} before, {f['loadavg_1min']['after']} after; "
-        f"code {f['code']}; database {f['database']}; {f['workers']} workers"
-    )
+    print(f"{machine_line(f)}; database {f['database']}; {f['workers']} workers")
     print(
         f"{'kind':10}{'conn':>6}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'non-2xx':>9}{'errors':>8}{'sessions':>10}{'audit':>9}{'cpu ms/req':>12}"

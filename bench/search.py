@@ -434,6 +434,15 @@ def start_server(
     return Running(base, env, executable, server, api)
 
 
+def machine_line(f: dict[str, Any]) -> str:
+    """The first line of a report: the machine, its load average around the run, the code."""
+    m, load = f["machine"], f["loadavg_1min"]
+    return (
+        f"machine: nproc {m['nproc']}, Python {m['python']}; load average (1 min) "
+        f"{load['before']} before, {load['after']} after; code {f['code']}"
+    )
+
+
 def machine() -> dict[str, Any]:
     return {
         "nproc": len(os.sched_getaffinity(0))

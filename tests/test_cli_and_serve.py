@@ -189,21 +189,28 @@ def test_logs_carry_no_identifiers(caplog: pytest.LogCaptureFixture, tmp_path: P
     hub.close()
 
 
+def demo_server(tmp_path: Path, **settings: str) -> tuple[ApiServer, int, str]:
+    """The demo on SQLite and ``emr-hub serve`` started on it (the caller waits for it and
+    stops it), with its port and a token of Bạch Mai's client."""
+    port = free_port()
+    env = cli_env(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'hub.db'}",
+        EMR_HUB_BASE_URL=f"http://127.0.0.1:{port}",
+        **settings,
+    )
+    run(["demo"], env)
+    token = run(["token", "bach-mai"], env).stdout.strip()
+    return ApiServer(env, port, tmp_path / "serve.log"), port, token
+
+
 def test_a_chunked_body_is_cut_at_the_limit_while_it_streams(tmp_path: Path) -> None:
     """A chunked body declares no length: the server counts it as it arrives and answers 413
     once the limit is passed, long before the sender is done (it never holds the whole)."""
     import socket
 
-    port, limit = free_port(), 1024 * 1024
-    env = cli_env(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'hub.db'}",
-        EMR_HUB_BASE_URL=f"http://127.0.0.1:{port}",
-        EMR_HUB_MAX_REQUEST_BYTES=str(limit),
-    )
-    run(["demo"], env)
-    token = run(["token", "bach-mai"], env).stdout.strip()
-    api = ApiServer(env, port, tmp_path / "serve.log")
+    limit = 1024 * 1024
+    api, port, token = demo_server(tmp_path, EMR_HUB_MAX_REQUEST_BYTES=str(limit))
     sent, answer = 0, b""
     try:
         api.wait_ready()
@@ -238,14 +245,8 @@ def test_a_client_that_disconnects_mid_body_is_not_an_error(tmp_path: Path) -> N
     as closed by the client (499 in the access log), logs no error, and goes on serving."""
     import socket
 
-    port = free_port()
-    env = cli_env(
-        tmp_path, f"sqlite:///{tmp_path / 'hub.db'}", EMR_HUB_BASE_URL=f"http://127.0.0.1:{port}"
-    )
-    run(["demo"], env)
-    token = run(["token", "bach-mai"], env).stdout.strip()
-    log = tmp_path / "serve.log"
-    api = ApiServer(env, port, log)
+    api, port, token = demo_server(tmp_path)
+    log = api.log
     try:
         api.wait_ready()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:

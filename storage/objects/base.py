@@ -51,6 +51,8 @@ class StoredObject:
     size: int
     sha256_hex: str
     content_type: str
+    content_encoding: str | None = None
+    """``gzip`` for an object stored compressed and served as such (HTTP Content-Encoding)."""
 
 
 @runtime_checkable
@@ -70,11 +72,13 @@ class ObjectStore(Protocol):
         *,
         content_type: str = DEFAULT_CONTENT_TYPE,
         length: int | None = None,
+        content_encoding: str | None = None,
     ) -> StoredObject:
         """Store ``data`` under ``key`` (replacing any previous object).
 
         ``length``, when given, must equal the number of bytes ``data`` yields, else
-        ``ValueError`` and nothing is stored.
+        ``ValueError`` and nothing is stored. ``content_encoding`` (``gzip``) is kept with
+        the object and sent as its Content-Encoding by the store's own links.
         """
         ...
 

@@ -72,9 +72,12 @@ class FileObjectStore:
         *,
         content_type: str = DEFAULT_CONTENT_TYPE,
         length: int | None = None,
+        content_encoding: str | None = None,
     ) -> StoredObject:
         path = self._path(key)
         validate_content_type(content_type)
+        if content_encoding is not None:
+            validate_content_type(content_encoding)
         reader = HashingReader(data, validate_length(length))
         try:
             _makedirs_durably(path.parent)
@@ -96,7 +99,7 @@ class FileObjectStore:
             if isinstance(exc, IsADirectoryError):
                 raise _conflict(key) from None
             raise
-        stored = StoredObject(key, reader.size, sha256_hex, content_type)
+        stored = StoredObject(key, reader.size, sha256_hex, content_type, content_encoding)
         _write_sidecar(_sidecar(path), stored, identity)
         _fsync_dir(path.parent)
         return stored
@@ -110,7 +113,14 @@ class FileObjectStore:
         with handle:
             meta = _read_sidecar(_sidecar(self._path(key)))
             if meta is not None and meta.get("file") == _identity(st):
-                return StoredObject(key, st.st_size, meta["sha256"], meta["content_type"])
+                encoding = meta.get("content_encoding")
+                return StoredObject(
+                    key,
+                    st.st_size,
+                    meta["sha256"],
+                    meta["content_type"],
+                    encoding if isinstance(encoding, str) else None,
+                )
             # Sidecar missing or describing other content (crash between the two renames).
             digest = hashlib.sha256()
             for chunk in _read_chunks(handle):
@@ -181,7 +191,12 @@ def _identity(st: os.stat_result) -> list[int]:
 
 def _write_sidecar(path: Path, stored: StoredObject, identity: list[int]) -> None:
     payload = json.dumps(
-        {"sha256": stored.sha256_hex, "content_type": stored.content_type, "file": identity}
+        {
+            "sha256": stored.sha256_hex,
+            "content_type": stored.content_type,
+            "content_encoding": stored.content_encoding,
+            "file": identity,
+        }
     ).encode()
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
     try:

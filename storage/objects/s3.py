@@ -135,9 +135,13 @@ class S3ObjectStore:
         *,
         content_type: str = DEFAULT_CONTENT_TYPE,
         length: int | None = None,
+        content_encoding: str | None = None,
     ) -> StoredObject:
         name = self._name(key)
         validate_content_type(content_type)
+        headers = {"Content-Type": content_type}
+        if content_encoding is not None:
+            headers["Content-Encoding"] = validate_content_type(content_encoding)
         reader = HashingReader(data, validate_length(length))
         staging = f"{self.prefix}{STAGING_FOLDER}/{uuid.uuid4().hex}"
         try:
@@ -155,7 +159,7 @@ class S3ObjectStore:
                 self.bucket,
                 name,
                 CopySource(self.bucket, staging),
-                metadata={"Content-Type": content_type, SHA256_HEADER: sha256_hex},
+                metadata={**headers, SHA256_HEADER: sha256_hex},
                 metadata_directive=REPLACE,
             )
         finally:
@@ -163,7 +167,7 @@ class S3ObjectStore:
                 self._client.remove_object(self.bucket, staging)
             except Exception:  # noqa: BLE001 - never hide the put's own error; the object is only litter
                 log.warning("could not remove staging object %s/%s", self.bucket, staging)
-        return StoredObject(key, reader.size, sha256_hex, content_type)
+        return StoredObject(key, reader.size, sha256_hex, content_type, content_encoding)
 
     def get(self, key: str) -> Iterator[bytes]:
         name = self._name(key)
@@ -176,7 +180,8 @@ class S3ObjectStore:
             response.close()
             response.release_conn()
 
-        return ObjectReader(response.stream(CHUNK_SIZE), release)
+        # The bytes as stored: urllib3 would otherwise undo a Content-Encoding of gzip.
+        return ObjectReader(response.stream(CHUNK_SIZE, decode_content=False), release)
 
     def stat(self, key: str) -> StoredObject:
         name = self._name(key)
@@ -187,8 +192,13 @@ class S3ObjectStore:
         sha256_hex = info.metadata.get(SHA256_HEADER) if info.metadata else None
         if not is_sha256_hex(sha256_hex):
             sha256_hex = self._hash_object(key, info.etag)
+        encoding = info.metadata.get("Content-Encoding") if info.metadata else None
         return StoredObject(
-            key, int(info.size or 0), str(sha256_hex), info.content_type or DEFAULT_CONTENT_TYPE
+            key,
+            int(info.size or 0),
+            str(sha256_hex),
+            info.content_type or DEFAULT_CONTENT_TYPE,
+            encoding or None,
         )
 
     def exists(self, key: str) -> bool:

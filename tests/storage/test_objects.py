@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -139,6 +140,20 @@ def test_overwrite_replaces_content_and_metadata(any_store: ObjectStore) -> None
     assert second.sha256_hex == hashlib.sha256(b"second").hexdigest()
 
 
+def test_content_encoding_is_kept_and_a_new_put_forgets_it(any_store: ObjectStore) -> None:
+    packed = gzip.compress(b'{"resourceType":"Patient"}\n')
+    stored = any_store.put(
+        "x/p.ndjson", packed, content_type="application/fhir+ndjson", content_encoding="gzip"
+    )
+    assert stored.content_encoding == "gzip"
+    assert any_store.stat("x/p.ndjson") == stored
+    assert read_all(any_store, "x/p.ndjson") == packed  # stored as given, not decoded
+    assert any_store.put("x/p.ndjson", b"plain").content_encoding is None
+    assert any_store.stat("x/p.ndjson").content_encoding is None
+    with pytest.raises(ValueError):
+        any_store.put("x/q", b"", content_encoding="gzip\r\nX-Evil: 1")
+
+
 @pytest.mark.parametrize("length", [5, 7])
 def test_length_mismatch_is_refused_and_keeps_the_old_object(
     any_store: ObjectStore, length: int
@@ -263,6 +278,17 @@ def test_s3_presigned_url_downloads_the_object(s3_store: S3ObjectStore) -> None:
     assert response.headers["content-type"] == "application/pdf"
     with pytest.raises(ValueError):
         s3_store.presigned_get_url("share/report.pdf", expires_seconds=3601)
+
+
+@pytest.mark.s3
+def test_s3_presigned_url_sends_the_content_encoding(s3_store: S3ObjectStore) -> None:
+    lines = b'{"resourceType":"Patient","id":"a"}\n'
+    s3_store.put("e/p.ndjson", gzip.compress(lines), content_encoding="gzip")
+    url = s3_store.presigned_get_url("e/p.ndjson", expires_seconds=60)
+    assert url is not None
+    response = httpx.get(url, timeout=10)
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.content == lines  # the client decoded it
 
 
 @pytest.mark.s3

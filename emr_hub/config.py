@@ -122,6 +122,41 @@ class Settings(BaseSettings):
     break_glass_hours: float = Field(
         default=4, gt=0, le=72, description="Hours a break-the-glass request opens a record for."
     )
+    export_links: str = Field(
+        default="auto",
+        pattern="^(auto|presigned|hub)$",
+        description=(
+            "How $export files are downloaded: 'presigned' object-store links (no token; "
+            "needs an S3 store), 'hub' links served by the API (the export's token needed), "
+            "'auto' presigned when the object store can sign, else hub."
+        ),
+    )
+    export_link_seconds: int = Field(
+        default=3600, ge=60, le=3600, description="Lifetime of a presigned $export file link."
+    )
+    export_file_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Uncompressed NDJSON bytes of one $export file; a type spills into more.",
+    )
+    export_retention_hours: float = Field(
+        default=24, gt=0, le=720, description="Hours a finished export's files are kept."
+    )
+    export_lease_seconds: float = Field(
+        default=120,
+        ge=1,
+        le=3600,
+        description=(
+            "How long a worker's claim on a running export lasts without a checkpoint; after "
+            "it the sweep hands the export to another worker, which resumes it."
+        ),
+    )
+    export_poll_seconds: int = Field(
+        default=2,
+        ge=1,
+        le=300,
+        description="The Retry-After of an $export status poll; polls at under half are 429.",
+    )
     benchmark_without: str = Field(
         default="",
         description=(

@@ -21,6 +21,8 @@ from starlette.requests import ClientDisconnect
 from emr_hub import __version__
 from emr_hub.config import Settings, get_settings
 from emr_hub.errors import FhirError, Issue, operation_outcome
+from emr_hub.export import install as install_export
+from emr_hub.export.routes import router as export_router
 from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.fhir.unstorable import NulGuard
@@ -74,6 +76,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     install_security(configured)  # first: the access grants precede the Subscription matching
     install_referral_rules()
     install_subscriptions(configured)
+    install_export()
     app = FastAPI(
         title="emr_hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
@@ -84,6 +87,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     app.include_router(referral_router)  # before the FHIR router: see referrals.routes
     app.include_router(subscription_router)
     app.include_router(audit_router)  # before the FHIR router: AuditEvent is not in the store
+    app.include_router(export_router)  # before the FHIR router: $export and _export paths
     app.include_router(fhir_router)
     install_error_handlers(app)
     app.add_middleware(AccessLog)

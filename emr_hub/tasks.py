@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,20 @@ RELAY_INTERVAL = 10.0
 IN_PROCESS_BROKER = "memory://"
 RELAY_TASK = "emr_hub.relay_outbox"
 
-celery_app = Celery("emr_hub", include=["emr_hub.outbox", "emr_hub.subscriptions.delivery"])
+celery_app = Celery(
+    "emr_hub",
+    include=["emr_hub.outbox", "emr_hub.subscriptions.delivery", "emr_hub.export.tasks"],
+)
+SWEEP_INTERVAL = 30.0
+"""Seconds between two runs of the periodic housekeeping of the feature packages."""
+_HOUSEKEEPING: list[Callable[[Hub], None]] = []
+
+
+def register_housekeeping(job: Callable[[Hub], None]) -> None:
+    """Have ``job(hub)`` run periodically in in-process mode (the relay thread runs it; with a
+    broker, the feature's own beat entry in :func:`configure_celery` does)."""
+    if job not in _HOUSEKEEPING:
+        _HOUSEKEEPING.append(job)
 
 
 class _State:
@@ -94,7 +108,13 @@ def configure_celery(settings: Settings, *, hub: Hub | None = None) -> None:
                 "schedule": RELAY_INTERVAL,
                 # A tick nobody consumed in time is worthless: the next one does the same.
                 "options": {"expires": RELAY_INTERVAL},
-            }
+            },
+            # Resumes exports whose worker died, removes expired export files.
+            "export-sweep": {
+                "task": "emr_hub.export.sweep",
+                "schedule": SWEEP_INTERVAL,
+                "options": {"expires": SWEEP_INTERVAL},
+            },
         },
     )
     with _state.lock:
@@ -196,8 +216,10 @@ def start_relay_thread(hub: Hub, *, interval: float = RELAY_INTERVAL) -> Callabl
 
     stopping = False
     wake = threading.Event()
+    swept = 0.0
 
     def loop() -> None:
+        nonlocal swept
         while True:
             wake.wait(interval)
             wake.clear()
@@ -207,6 +229,13 @@ def start_relay_thread(hub: Hub, *, interval: float = RELAY_INTERVAL) -> Callabl
                 relay_pending(hub)
             except Exception:
                 log.exception("outbox relay failed")
+            if time.monotonic() - swept >= min(interval, SWEEP_INTERVAL):
+                swept = time.monotonic()
+                for job in list(_HOUSEKEEPING):
+                    try:
+                        job(hub)
+                    except Exception:
+                        log.exception("periodic housekeeping failed")
 
     thread = threading.Thread(target=loop, name="emr-hub-outbox-relay", daemon=True)
     thread.start()

@@ -493,3 +493,48 @@ class TokenFailureRow(SQLModel, table=True):
     failed_at: datetime = _tz_column(index=True)
 
     __table_args__ = (Index("ix_token_failure_subject", "kind", "subject", "failed_at"),)
+
+
+class ExportJob(SQLModel, table=True):
+    """A Bulk Data ``$export``: what was asked, by whom, how far the worker has come, and the
+    files written so far (see :mod:`emr_hub.export`).
+
+    ``active_client`` holds the client id while the export is accepted or running and is
+    emptied when it ends: its unique index is what refuses a client a second export at a time,
+    whichever API process takes the request. ``lease_until`` is the running worker's claim,
+    renewed at every checkpoint; a job whose lease has run out is resumed by the sweep from
+    ``checkpoint``."""
+
+    __tablename__ = "export_job"
+
+    id: str = Field(primary_key=True, max_length=36)
+    client_id: str = Field(max_length=128)
+    organization: str | None = Field(default=None, max_length=128, nullable=True)
+    principal_kind: str = Field(max_length=16)
+    scopes: str = Field(sa_column=Column(Text, nullable=False))
+    level: str = Field(max_length=16)
+    """``system``, ``patient`` or ``group``."""
+    parameters: dict[str, Any] = Field(sa_column=Column(JsonBody, nullable=False))
+    request_url: str = Field(sa_column=Column(Text, nullable=False))
+    request_id: str | None = Field(default=None, max_length=128, nullable=True)
+    transaction_time: datetime = _tz_column()
+    status: str = Field(max_length=16, index=True)
+    active_client: str | None = Field(default=None, max_length=128, nullable=True, unique=True)
+    created_at: datetime = _tz_column()
+    updated_at: datetime = _tz_column()
+    lease_owner: str | None = Field(default=None, max_length=36, nullable=True)
+    lease_until: datetime | None = _tz_column(nullable=True)
+    attempts: int = 0
+    exported: int = 0
+    """Resources written to files that are checkpointed."""
+    checkpoint: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(
+            JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
+            nullable=True,
+        ),
+    )
+    files: list[dict[str, Any]] = Field(sa_column=Column(JsonBody, nullable=False))
+    failure: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    polled_at: datetime | None = _tz_column(nullable=True)
+    expires_at: datetime | None = _tz_column(nullable=True, index=True)

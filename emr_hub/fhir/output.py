@@ -35,3 +35,9 @@ def present(body: Any) -> Any:
             changed = True
         entries.append(entry)
     return {**body, "entry": entries} if changed else body
+
+
+def filtered(resource_type: str) -> bool:
+    """Whether resources of this type leave the hub changed (their stored JSON cannot be sent
+    as it is)."""
+    return resource_type in _FILTERS

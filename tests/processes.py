@@ -82,7 +82,9 @@ class ManagedProcess:
 class Worker(ManagedProcess):
     """A ``celery worker`` subprocess in a session of its own (so a kill takes its pool)."""
 
-    def __init__(self, settings: Settings, log: Path, *extra: str) -> None:
+    def __init__(
+        self, settings: Settings, log: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = f"outbox-test-{uuid.uuid4().hex[:8]}@localhost"
         env = {
             **os.environ,
@@ -90,6 +92,7 @@ class Worker(ManagedProcess):
             "EMR_HUB_BROKER_URL": str(settings.broker_url),
             "EMR_HUB_DATA_DIR": str(settings.data_dir),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         command = [
             sys.executable, "-m", "celery", "-A", "emr_hub.tasks", "worker",

@@ -314,3 +314,171 @@ def test_dockerfile_base_user_and_healthcheck() -> None:
     (healthcheck,) = dockerfile("HEALTHCHECK")
     assert "/healthz" in healthcheck and "curl" not in healthcheck
     assert any(line.startswith("pip install .") for line in dockerfile("RUN"))
+
+
+# ------------------------------------------------------------ profile "scale"
+SCALE = "scale"
+SCALE_PROXY = "proxy"
+SCALE_REPLICAS = ("api-1", "api-2")
+SCALE_WORKERS = ("worker-2",)
+NGINX_CONF_IN_CONTAINER = "/etc/nginx/nginx.conf"
+# what the replicas may set otherwise than the api (docs/scaling.md says why)
+REPLICA_OWN_SETTINGS = {PREFIX + "BASE_URL", PREFIX + "WORKER_THREADS", "FORWARDED_ALLOW_IPS"}
+POSTGRES_MAX_CONNECTIONS = 100  # PostgreSQL's default; the postgres service keeps it
+WORKERS_AND_TOOLS_CONNECTIONS = 10  # Celery processes, beat, an operator's psql or pg_dump
+_UPSTREAM = re.compile(r"\bupstream\s+(?P<name>[\w-]+)\s*\{(?P<body>[^}]*)\}")
+_UPSTREAM_SERVER = re.compile(r"^\s*server\s+(?P<host>[\w.-]+):(?P<port>\d+)\b", re.MULTILINE)
+_LOG_FORMAT = re.compile(r"\blog_format\s+\w+(?:\s+escape=\w+)?\s+(?P<format>(?:'[^']*'\s*)+);")
+
+
+def published(svc: dict[str, Any]) -> set[str]:
+    """The host ports a service publishes (``HOST:CONTAINER`` or ``IP:HOST:CONTAINER``)."""
+    ports = set()
+    for entry in svc.get("ports") or ():
+        if isinstance(entry, dict):
+            ports.add(str(entry.get("published")))
+        else:
+            parts = interpolate(str(entry)).split(":")
+            ports.add(parts[-2] if len(parts) > 1 else parts[0])
+    return ports
+
+
+def proxy_config(compose: dict[str, Any]) -> str:
+    for volume in service(compose, SCALE_PROXY)["volumes"]:
+        source, target = str(volume).split(":")[:2]
+        if target == NGINX_CONF_IN_CONTAINER:
+            path = ROOT / source
+            assert path.is_file(), f"the proxy mounts {source}, which is not in the repository"
+            return path.read_text("utf-8")
+    pytest.fail(f"the proxy mounts nothing at {NGINX_CONF_IN_CONTAINER}")
+
+
+def test_default_stack_is_in_no_profile(compose: dict[str, Any]) -> None:
+    """``docker compose up`` starts what it started before the profile existed."""
+    for name in SERVICES:
+        assert not service(compose, name).get("profiles"), f"{name} is in a profile"
+
+
+def test_scale_profile_services(compose: dict[str, Any]) -> None:
+    in_profile = {n for n, s in compose["services"].items() if SCALE in (s.get("profiles") or ())}
+    assert in_profile == {SCALE_PROXY, *SCALE_REPLICAS, *SCALE_WORKERS}
+
+
+def test_scale_profile_clashes_with_no_published_port(compose: dict[str, Any]) -> None:
+    default = set().union(*(published(service(compose, name)) for name in SERVICES))
+    assert published(service(compose, SCALE_PROXY)), "the proxy publishes no port"
+    assert not published(service(compose, SCALE_PROXY)) & default
+    for name in (*SCALE_REPLICAS, *SCALE_WORKERS):
+        assert not published(service(compose, name)), f"{name} is reached through the proxy only"
+
+
+def test_proxy_is_nginx(compose: dict[str, Any]) -> None:
+    proxy = service(compose, SCALE_PROXY)
+    assert proxy["image"].split("@")[0].split(":")[0] == "nginx"
+    for name in SCALE_REPLICAS:
+        assert proxy["depends_on"][name]["condition"] == "service_healthy"
+    assert proxy["healthcheck"]["test"]
+
+
+@pytest.mark.parametrize("name", SCALE_REPLICAS)
+def test_scale_replicas_are_the_api(compose: dict[str, Any], name: str) -> None:
+    """The same image, command, health check and settings as ``api`` (the anchors), but for
+    the settings a replica behind the proxy needs of its own."""
+    api, replica = service(compose, "api"), service(compose, name)
+    assert replica["image"] == api["image"]
+    assert command(replica) == command(api)
+    assert replica["healthcheck"] == api["healthcheck"]
+    assert_cli_accepts(command(replica))
+    api_env, env = environment(api), environment(replica)
+    assert set(env) - REPLICA_OWN_SETTINGS == set(api_env) - REPLICA_OWN_SETTINGS
+    for key in set(env) - REPLICA_OWN_SETTINGS:
+        assert env[key] == api_env[key], f"{name} sets {key} otherwise than api"
+
+
+@pytest.mark.parametrize("name", SCALE_REPLICAS)
+def test_scale_replicas_unseal_the_api_signing_keys(compose: dict[str, Any], name: str) -> None:
+    """With no key-encryption key set, ``api`` makes one under DATA_DIR on its volume: the
+    replicas read that one (they must unseal the same signing keys), after api made it."""
+    api, replica = service(compose, "api"), service(compose, name)
+    data_dir = environment(replica)[PREFIX + "DATA_DIR"]
+    api_mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in api["volumes"]}
+    mounts = {str(v).split(":")[1]: str(v).split(":") for v in replica["volumes"]}
+    assert mounts[data_dir][0] == api_mounts[data_dir]
+    assert mounts[data_dir][2:] == ["ro"]
+    assert replica["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_scale_replicas_share_the_proxy_address(compose: dict[str, Any]) -> None:
+    """Tokens name the base URL as issuer and audience: the replicas must agree on one, the
+    proxy's, and it must differ from api's (whose tokens name port 8000)."""
+    urls = {environment(service(compose, n))[PREFIX + "BASE_URL"] for n in SCALE_REPLICAS}
+    assert len(urls) == 1
+    (url,) = urls
+    assert url != environment(service(compose, "api"))[PREFIX + "BASE_URL"]
+    parts = urlsplit(url)
+    assert parts.hostname == "localhost"
+    assert str(parts.port) in published(service(compose, SCALE_PROXY))
+
+
+def test_scale_worker_is_the_worker(compose: dict[str, Any]) -> None:
+    worker = service(compose, "worker")
+    for name in SCALE_WORKERS:
+        extra = dict(service(compose, name))
+        assert extra.pop("profiles") == [SCALE]
+        assert extra == worker
+
+
+def test_proxy_config_names_the_replicas(compose: dict[str, Any]) -> None:
+    config = proxy_config(compose)
+    upstreams = {m["name"]: m["body"] for m in _UPSTREAM.finditer(config)}
+    assert len(upstreams) == 1, f"one upstream expected: {sorted(upstreams)}"
+    (body,) = upstreams.values()
+    servers = {(m["host"], m["port"]) for m in _UPSTREAM_SERVER.finditer(body)}
+    ports = set()
+    for name in SCALE_REPLICAS:
+        args = command(service(compose, name))
+        ports.add(str(cli.commands["serve"].make_context("serve", args[1:]).params["port"]))
+    assert {host for host, _ in servers} == set(SCALE_REPLICAS)
+    assert {port for _, port in servers} == ports
+    assert re.search(rf"proxy_pass\s+http://{re.escape(next(iter(upstreams)))}\s*;", config)
+    listens = set(re.findall(r"^\s*listen\s+(\d+)\s*;", config, re.MULTILINE))
+    containers = {str(p).rsplit(":", 1)[-1] for p in service(compose, SCALE_PROXY)["ports"]}
+    assert listens == containers
+
+
+def test_proxy_sets_the_client_address_it_saw(compose: dict[str, Any]) -> None:
+    """The replicas trust X-Forwarded-For's first address: the proxy must replace the header,
+    never append to what a client sent."""
+    config = proxy_config(compose)
+    assert re.search(r"proxy_set_header\s+X-Forwarded-For\s+\$remote_addr\s*;", config)
+    assert "$proxy_add_x_forwarded_for" not in config
+
+
+def test_proxy_logs_no_url(compose: dict[str, Any]) -> None:
+    """Query strings carry identifiers (a CCCD): the access log names no URI, and error lines
+    (which quote the request line) are kept to critical ones."""
+    config = proxy_config(compose)
+    formats = _LOG_FORMAT.findall(config)
+    assert formats, "the access log needs its own format (the default one logs the URL)"
+    for variable in ("$request", "$request_uri", "$uri", "$args", "$query_string", "$arg_"):
+        for text in formats:
+            assert not re.search(re.escape(variable) + r"(?![\w])", text), variable
+    access_logs = re.findall(r"^\s*access_log\s+(\S+)(?:\s+(\w+))?\s*;", config, re.MULTILINE)
+    assert access_logs and all(fmt and fmt != "combined" for _, fmt in access_logs)
+    assert re.search(r"^\s*error_log\s+\S+\s+crit\s*;", config, re.MULTILINE)
+
+
+def test_scale_pools_fit_postgres(compose: dict[str, Any]) -> None:
+    """Every API process of the profile at its pool's size (worker threads + 4, emr_hub/hub.py)
+    plus its client change listener, with room for the workers and an operator, within
+    max_connections."""
+    assert "max_connections" not in " ".join(command(service(compose, "postgres")))
+    default_threads = Settings.model_fields["worker_threads"].default
+    total = 0
+    for name in ("api", *SCALE_REPLICAS):
+        svc = service(compose, name)
+        args = command(svc)
+        processes = cli.commands["serve"].make_context("serve", args[1:]).params["workers"]
+        threads = int(environment(svc).get(PREFIX + "WORKER_THREADS", default_threads))
+        total += processes * (threads + 4 + 1)
+    assert total + WORKERS_AND_TOOLS_CONNECTIONS <= POSTGRES_MAX_CONNECTIONS, total

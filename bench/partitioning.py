@@ -439,7 +439,11 @@ def collect_answers(api: Api, queries: list[Query], clients: int) -> list[Answer
 
     def run(api: Api, item: tuple[int, Query]) -> Sample:
         index, query = item
-        response = api.request("GET", query.path, params=query.params)
+        try:
+            response = api.request("GET", query.path, params=query.params)
+        except httpx.HTTPError as exc:
+            answers[index] = (f"HTTP error {type(exc).__name__}",)
+            return Sample(query.kind, 0.0, 0, type(exc).__name__, query)
         answers[index] = answer_of(response)
         return Sample(query.kind, 0.0, response.status_code, None, query)
 
@@ -450,7 +454,7 @@ def collect_answers(api: Api, queries: list[Query], clients: int) -> list[Answer
 def compare(queries: list[Query], flat: list[Answer], part: list[Answer]) -> dict[str, Any]:
     identical = reordered = 0
     different: list[str] = []
-    failed = sum(1 for a in flat if a and a[0].startswith("HTTP "))
+    failed = sum(1 for a in (*flat, *part) if a and a[0].startswith("HTTP "))
     for query, a, b in zip(queries, flat, part, strict=True):
         if a == b:
             identical += 1
@@ -467,7 +471,7 @@ def compare(queries: list[Query], flat: list[Answer], part: list[Answer]) -> dic
         "same_set_other_order": reordered,
         "different": len(different),
         "different_examples": different[:MAX_SHOWN],
-        "errors_flat": failed,
+        "errors": failed,
         "entries": sum(max(len(a) - 1, 1) for a in flat),
     }
 
@@ -756,7 +760,7 @@ def print_figures(f: dict[str, Any]) -> None:
     print(
         f"answers: {a['queries']} queries ({a['entries']} entries) compared: {a['identical']} "
         f"identical, {a['same_set_other_order']} the same set in another order, "
-        f"{a['different']} different; {a['errors_flat']} errors"
+        f"{a['different']} different; {a['errors']} error answers"
     )
     for example in a["different_examples"]:
         print(f"  {example}")

@@ -1,26 +1,31 @@
 """The database pool of each process: its size and the connections checked out of it.
 
 Both are per-process gauges (a ``pid`` label in multiprocess mode, gone once the process
-ends). The checked-out connections are kept as the set of their pool records, added on
-checkout and removed on checkin (SQLAlchemy announces a checkin before the connection is back
-in the pool, so reading the pool's own count then would be one too high). The listeners are
-the engine's, which SQLAlchemy carries over to the new pool when the engine is disposed (a
-forked Celery process disposes its parent's).
+ends). A thread of the process reads them from the pool every :data:`SAMPLE_SECONDS`: a
+listener on every checkout and checkin would cost each request microseconds for a value a
+scrape reads every few seconds. The engine's current pool is read each time, so a disposed
+engine (a forked Celery process disposes its parent's) is followed to its new pool.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
 import weakref
 from functools import cache
 
 from prometheus_client import Gauge
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+SAMPLE_SECONDS = 1.0
 
 _lock = threading.Lock()
-_sizes: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
-_in_use: set[int] = set()
-"""``id()`` of the pool records checked out now, of every watched engine."""
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_sampler_pid: int | None = None
+"""The process whose sampling thread runs (a forked child starts its own)."""
 
 
 @cache
@@ -42,25 +47,41 @@ def _gauges() -> tuple[Gauge, Gauge]:
 
 
 def watch_pool(engine: Engine) -> None:
-    """Report ``engine``'s pool (once per engine; a process with several engines reports
-    their sum)."""
+    """Report ``engine``'s pool from now on (a process with several engines reports their
+    sum)."""
+    global _sampler_pid
     with _lock:
-        if engine in _sizes:
-            return
-        size = getattr(engine.pool, "size", None)
-        _sizes[engine] = size() if callable(size) else 0
-        _gauges()[0].set(sum(_sizes.values()))
-    event.listen(engine, "checkout", _checked_out)
-    event.listen(engine, "checkin", _checked_in)
+        _engines.add(engine)
+        if _sampler_pid != os.getpid():
+            _sampler_pid = os.getpid()
+            threading.Thread(
+                target=_sample_forever, name="emr-hub-pool-metrics", daemon=True
+            ).start()
+    sample()
 
 
-def _checked_out(_connection: object, record: object, _proxy: object) -> None:
-    with _lock:
-        _in_use.add(id(record))
-        _gauges()[1].set(len(_in_use))
+def sample() -> None:
+    size = checked_out = 0
+    for engine in list(_engines):
+        pool = engine.pool
+        size += _call(pool, "size")
+        checked_out += _call(pool, "checkedout")
+    size_gauge, checked_out_gauge = _gauges()
+    size_gauge.set(size)
+    checked_out_gauge.set(checked_out)
 
 
-def _checked_in(_connection: object, record: object) -> None:
-    with _lock:
-        _in_use.discard(id(record))
-        _gauges()[1].set(len(_in_use))
+def _sample_forever() -> None:
+    while True:
+        time.sleep(SAMPLE_SECONDS)
+        try:
+            sample()
+        except Exception:
+            log.exception("could not read the database pool for its metrics")
+
+
+def _call(pool: object, name: str) -> int:
+    """``pool.size()`` or ``pool.checkedout()``; 0 for a pool without them (SQLAlchemy's
+    NullPool and StaticPool keep no count)."""
+    method = getattr(pool, name, None)
+    return int(method()) if callable(method) else 0

@@ -294,9 +294,10 @@ def test_break_glass_and_export_jobs(stack: Stack) -> None:
 
     wait_for(completed, 60, "the export to complete", stack.server.log)
     samples = stack.server.scrape()
-    assert value(samples, "emr_hub_break_glass_openings") == 1
-    assert value(samples, "emr_hub_break_glass_open") == 1
     emergency = "Organization/metrics-emergency"
+    openings = [s for s in samples if s.name == "emr_hub_break_glass_openings"]
+    assert [(s.labels, s.value) for s in openings] == [({"organization": emergency}, 1)]
+    assert value(samples, "emr_hub_break_glass_open", organization=emergency) == 1
     assert value(samples, "emr_hub_break_glass_total", organization=emergency) == 1
     jobs = {s.labels["status"]: s.value for s in samples if s.name == "emr_hub_export_jobs"}
     assert jobs == {

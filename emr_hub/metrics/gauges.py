@@ -10,6 +10,7 @@ their audit event.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -62,19 +63,27 @@ def outbox_failed(session: Session) -> Samples:
 
 
 def break_glass_openings(session: Session) -> Samples:
-    statement = select(func.count(func.distinct(col(AccessGrant.source_id)))).where(
-        col(AccessGrant.source_type) == BREAK_GLASS_SOURCE, col(AccessGrant.kind) == BREAK_GLASS
-    )
-    return [((), float(session.scalar(statement) or 0))]
+    """Openings since the hub began, by the hospital that broke the glass."""
+    return _openings_by_hospital(session)
 
 
 def break_glass_open(session: Session) -> Samples:
-    statement = select(func.count(func.distinct(col(AccessGrant.source_id)))).where(
-        col(AccessGrant.source_type) == BREAK_GLASS_SOURCE,
-        col(AccessGrant.kind) == BREAK_GLASS,
-        col(AccessGrant.ends) > datetime.now(UTC),
+    """Openings whose hours have not passed yet, by hospital."""
+    return _openings_by_hospital(session, col(AccessGrant.ends) > datetime.now(UTC))
+
+
+def _openings_by_hospital(session: Session, *conditions: Any) -> Samples:
+    organization = col(AccessGrant.organization)
+    statement = (
+        select(organization, func.count(func.distinct(col(AccessGrant.source_id))))
+        .where(
+            col(AccessGrant.source_type) == BREAK_GLASS_SOURCE,
+            col(AccessGrant.kind) == BREAK_GLASS,
+            *conditions,
+        )
+        .group_by(organization)
     )
-    return [((), float(session.scalar(statement) or 0))]
+    return [((str(name),), float(count)) for name, count in session.execute(statement)]
 
 
 def install() -> None:
@@ -100,11 +109,13 @@ def install() -> None:
     )
     register_database_gauge(
         "emr_hub_break_glass_openings",
-        "Records opened by break-the-glass since the hub began (one per request that opened)",
+        "Records opened by break-the-glass since the hub began, by the opening Organization",
         break_glass_openings,
+        labels=("organization",),
     )
     register_database_gauge(
         "emr_hub_break_glass_open",
-        "Break-the-glass openings still in force",
+        "Break-the-glass openings still in force, by the opening Organization",
         break_glass_open,
+        labels=("organization",),
     )

@@ -10,7 +10,6 @@ worker after the lease ran out) changes nothing and tells it to stop.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,11 +43,6 @@ broker was down): the sweep sends it again."""
 
 class LeaseLost(Exception):
     """The worker no longer holds the job (cancelled, or resumed by another worker)."""
-
-
-@dataclass(frozen=True)
-class Started:
-    job_id: str
 
 
 def now() -> datetime:
@@ -141,17 +135,36 @@ def _held(job_id: str, owner: str) -> Any:
     return (JOB.c.id == job_id, JOB.c.lease_owner == owner, JOB.c.status == RUNNING)
 
 
+def _update_held(session: Session, job_id: str, owner: str, **values: Any) -> None:
+    """Change the job this worker holds; :class:`LeaseLost` when it no longer does."""
+    result = session.execute(update(JOB).where(*_held(job_id, owner)).values(**values))
+    if result.rowcount != 1:
+        raise LeaseLost(job_id)
+
+
+def _ended(status: str, moment: datetime, expires: datetime) -> dict[str, Any]:
+    """The values of a job that ended: no longer the client's running export, nobody's lease."""
+    return {
+        "status": status,
+        "active_client": None,
+        "lease_owner": None,
+        "lease_until": None,
+        "updated_at": moment,
+        "expires_at": expires,
+    }
+
+
 def renew(db: Database, job_id: str, owner: str, lease_seconds: float) -> None:
     """Extend the lease; :class:`LeaseLost` if the job is no longer this worker's."""
     moment = now()
     with db.transaction() as session:
-        result = session.execute(
-            update(JOB)
-            .where(*_held(job_id, owner))
-            .values(lease_until=moment + timedelta(seconds=lease_seconds), updated_at=moment)
+        _update_held(
+            session,
+            job_id,
+            owner,
+            lease_until=moment + timedelta(seconds=lease_seconds),
+            updated_at=moment,
         )
-        if result.rowcount != 1:
-            raise LeaseLost(job_id)
 
 
 def checkpoint(
@@ -166,19 +179,16 @@ def checkpoint(
 ) -> None:
     """Record, in the caller's transaction, a file written and where the scan goes on."""
     moment = now()
-    result = session.execute(
-        update(JOB)
-        .where(*_held(job_id, owner))
-        .values(
-            checkpoint=position,
-            files=files,
-            exported=exported,
-            lease_until=moment + timedelta(seconds=lease_seconds),
-            updated_at=moment,
-        )
+    _update_held(
+        session,
+        job_id,
+        owner,
+        checkpoint=position,
+        files=files,
+        exported=exported,
+        lease_until=moment + timedelta(seconds=lease_seconds),
+        updated_at=moment,
     )
-    if result.rowcount != 1:
-        raise LeaseLost(job_id)
 
 
 def finish(
@@ -191,22 +201,14 @@ def finish(
     retention: timedelta,
 ) -> None:
     moment = now()
-    result = session.execute(
-        update(JOB)
-        .where(*_held(job_id, owner))
-        .values(
-            status=COMPLETED,
-            files=files,
-            exported=exported,
-            active_client=None,
-            lease_owner=None,
-            lease_until=None,
-            updated_at=moment,
-            expires_at=moment + retention,
-        )
+    _update_held(
+        session,
+        job_id,
+        owner,
+        files=files,
+        exported=exported,
+        **_ended(COMPLETED, moment, moment + retention),
     )
-    if result.rowcount != 1:
-        raise LeaseLost(job_id)
 
 
 def fail(db: Database, job_id: str, owner: str, reason: str, retention: timedelta) -> None:
@@ -215,15 +217,7 @@ def fail(db: Database, job_id: str, owner: str, reason: str, retention: timedelt
         session.execute(
             update(JOB)
             .where(*_held(job_id, owner))
-            .values(
-                status=FAILED,
-                failure=reason,
-                active_client=None,
-                lease_owner=None,
-                lease_until=None,
-                updated_at=moment,
-                expires_at=moment + retention,
-            )
+            .values(failure=reason, **_ended(FAILED, moment, moment + retention))
         )
 
 
@@ -242,14 +236,7 @@ def cancel(session: Session, job_id: str) -> bool:
     result = session.execute(
         update(JOB)
         .where(JOB.c.id == job_id, JOB.c.status.not_in(GONE))
-        .values(
-            status=CANCELLED,
-            active_client=None,
-            lease_owner=None,
-            lease_until=None,
-            updated_at=moment,
-            expires_at=moment,
-        )
+        .values(**_ended(CANCELLED, moment, moment))
     )
     return result.rowcount == 1
 

@@ -65,6 +65,9 @@ def serve(host: str, port: int, workers: int) -> None:
     """Migrate the database, then serve the API."""
     import uvicorn
 
+    from emr_hub.metrics.directory import prepare
+
+    prepare(get_settings(), "serve")  # before the workers start: they write their samples there
     _check_signing_keys(_hub())
     uvicorn.run(
         "emr_hub.main:create_app",

@@ -157,6 +157,26 @@ class Settings(BaseSettings):
         le=300,
         description="The Retry-After of an $export status poll; polls at under half are 429.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "A static bearer token that may read /metrics (Prometheus sends it from a "
+            "credentials file), besides operator access tokens; at least 16 characters."
+        ),
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Where emr-hub serve and worker keep their processes' metric files (one folder "
+            "each, emptied at start); default DATA_DIR/metrics. One per machine."
+        ),
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="A port on which emr-hub worker serves its /metrics (the scrape token's).",
+    )
     benchmark_without: str = Field(
         default="",
         description=(
@@ -171,6 +191,17 @@ class Settings(BaseSettings):
         unknown = {p.strip() for p in value.split(",") if p.strip()} - {"policy", "audit"}
         if unknown:
             raise ValueError(f"benchmark_without takes policy and audit, not {sorted(unknown)}")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """Unset when empty; else at least 16 characters, none of them a space."""
+        text = value.get_secret_value() if value is not None else ""
+        if not text:
+            return None
+        if len(text) < 16 or any(c.isspace() for c in text):
+            raise ValueError("the metrics token is at least 16 characters, without spaces")
         return value
 
     @property

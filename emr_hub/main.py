@@ -28,6 +28,8 @@ from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.fhir.unstorable import NulGuard
 from emr_hub.hub import Hub
 from emr_hub.logs import AccessLog
+from emr_hub.metrics.app import install as install_metrics
+from emr_hub.metrics.app import start_process_metrics
 from emr_hub.referrals.enforcement import install as install_referral_rules
 from emr_hub.referrals.routes import router as referral_router
 from emr_hub.security import install as install_security
@@ -65,10 +67,12 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
         gc.collect()
         gc.freeze()
         stop_relay = start_background_work(app.state.hub)
+        stop_metrics = start_process_metrics(app.state.hub)
         try:
             yield
         finally:
             stop_relay()
+            stop_metrics()
             if owned:
                 app.state.hub.close()
 
@@ -93,6 +97,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     app.add_middleware(AccessLog)
     app.add_middleware(NulGuard)  # inside the audit: its refusals are audited
     app.add_middleware(AuditMiddleware)
+    install_metrics(app)  # last: its middleware is the outermost, timing all the others
     return app
 
 

@@ -45,7 +45,12 @@ RELAY_TASK = "emr_hub.relay_outbox"
 
 celery_app = Celery(
     "emr_hub",
-    include=["emr_hub.outbox", "emr_hub.subscriptions.delivery", "emr_hub.export.tasks"],
+    include=[
+        "emr_hub.outbox",
+        "emr_hub.subscriptions.delivery",
+        "emr_hub.export.tasks",
+        "emr_hub.metrics.worker",
+    ],
 )
 SWEEP_INTERVAL = 30.0
 """Seconds between two runs of the periodic housekeeping of the feature packages."""

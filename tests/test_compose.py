@@ -482,3 +482,171 @@ def test_scale_pools_fit_postgres(compose: dict[str, Any]) -> None:
         threads = int(environment(svc).get(PREFIX + "WORKER_THREADS", default_threads))
         total += processes * (threads + 4 + 1)
     assert total + WORKERS_AND_TOOLS_CONNECTIONS <= POSTGRES_MAX_CONNECTIONS, total
+
+
+# -------------------------------------------------------- Prometheus and Grafana
+METRICS_SERVICES = {"prometheus": "prom/prometheus", "grafana": "grafana/grafana"}
+PROMETHEUS_CONFIG_IN_CONTAINER = "/etc/prometheus/prometheus.yml"
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+TOKEN_CONFIG = "metrics-token"
+HUB_PROCESS_SERVICES = ("api", "worker", *SCALE_REPLICAS, *SCALE_WORKERS)
+_METRIC_NAME = re.compile(r"\bemr_hub_[a-z0-9_]+\b")
+
+
+def bind_mounts(compose: dict[str, Any], name: str) -> dict[str, Path]:
+    """A service's mounts of repository files: container path -> file or folder here."""
+    mounts = {}
+    for volume in service(compose, name).get("volumes") or ():
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("./"):
+            mounts[target] = ROOT / source
+    return mounts
+
+
+def parsed(path: Path) -> Any:
+    """A mounted file read as what its name says (YAML or JSON); other files as text."""
+    text = path.read_text("utf-8")
+    if path.suffix in (".yml", ".yaml"):
+        return yaml.safe_load(text)
+    if path.suffix == ".json":
+        return json.loads(text)
+    return text
+
+
+def prometheus_config(compose: dict[str, Any]) -> dict[str, Any]:
+    config = parsed(bind_mounts(compose, "prometheus")[PROMETHEUS_CONFIG_IN_CONTAINER])
+    assert isinstance(config, dict) and config["scrape_configs"]
+    return config
+
+
+def grafana_file(compose: dict[str, Any], inside: str) -> Any:
+    """A file of Grafana's provisioning folder, by its path under that folder."""
+    return parsed(bind_mounts(compose, "grafana")[GRAFANA_PROVISIONING] / inside)
+
+
+def dashboard(compose: dict[str, Any]) -> dict[str, Any]:
+    provider = grafana_file(compose, "dashboards/emr-hub.yml")["providers"][0]
+    folder = bind_mounts(compose, "grafana")[provider["options"]["path"]]
+    (path,) = folder.glob("*.json")
+    board = parsed(path)
+    assert isinstance(board, dict)
+    return board
+
+
+def test_metrics_services(compose: dict[str, Any]) -> None:
+    for name, repository in METRICS_SERVICES.items():
+        svc = service(compose, name)
+        assert svc["image"].split("@")[0].split(":")[0] == repository
+        assert not svc.get("profiles")
+        assert svc["healthcheck"]["test"]
+        for entry in svc["ports"]:
+            assert str(entry).startswith("127.0.0.1:"), f"{name} is published beyond this machine"
+
+
+def test_every_mounted_file_is_here_and_parses(compose: dict[str, Any]) -> None:
+    mounted = [path for name in compose["services"] for path in bind_mounts(compose, name).values()]
+    assert mounted
+    for path in mounted:
+        assert path.exists(), f"compose mounts {path.relative_to(ROOT)}, which is not here"
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            assert parsed(file), f"{file.relative_to(ROOT)} is empty"
+
+
+def test_prometheus_scrapes_the_api_and_the_workers(compose: dict[str, Any]) -> None:
+    from emr_hub.metrics.exposition import PATH
+
+    prometheus = service(compose, "prometheus")
+    assert f"--config.file={PROMETHEUS_CONFIG_IN_CONTAINER}" in command(prometheus)
+    (token_file,) = [c["target"] for c in prometheus["configs"] if c["source"] == TOKEN_CONFIG]
+    token = interpolate(compose["configs"][TOKEN_CONFIG]["content"])
+    for name in HUB_PROCESS_SERVICES:
+        assert environment(service(compose, name))[PREFIX + "METRICS_TOKEN"] == token
+    assert Settings(metrics_token=token).metrics_token is not None  # long enough
+
+    jobs = {job["job_name"]: job for job in prometheus_config(compose)["scrape_configs"]}
+    for job in jobs.values():
+        assert job["metrics_path"] == PATH
+        assert job["authorization"]["credentials_file"] == token_file
+    ports = {}
+    for job in jobs.values():
+        for discovery in job["dns_sd_configs"]:
+            for name in discovery["names"]:
+                assert name in compose["services"], f"Prometheus scrapes unknown {name}"
+                ports[name] = str(discovery["port"])
+    assert set(ports) == set(HUB_PROCESS_SERVICES)
+    for name in ("api", *SCALE_REPLICAS):
+        args = command(service(compose, name))
+        port = cli.commands["serve"].make_context("serve", args[1:]).params["port"]
+        assert ports[name] == str(port)
+    for name in ("worker", *SCALE_WORKERS):
+        assert ports[name] == environment(service(compose, name))[PREFIX + "WORKER_METRICS_PORT"]
+
+
+@pytest.mark.parametrize("name", HUB_PROCESS_SERVICES)
+def test_metric_files_are_on_a_tmpfs(compose: dict[str, Any], name: str) -> None:
+    svc = service(compose, name)
+    assert environment(svc)[PREFIX + "METRICS_DIR"] in svc["tmpfs"]
+
+
+def test_grafana_reads_the_prometheus_service(compose: dict[str, Any]) -> None:
+    (source,) = grafana_file(compose, "datasources/prometheus.yml")["datasources"]
+    url = urlsplit(source["url"])
+    assert url.hostname == "prometheus"
+    assert str(url.port) in {
+        str(p).rsplit(":", 1)[-1] for p in service(compose, "prometheus")["ports"]
+    }
+    board = dashboard(compose)
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source["uid"], panel["title"]
+
+
+def exposed_samples(tmp_path: Path) -> set[str]:
+    """The sample names the hub's /metrics can carry, from a real scrape of the app: every
+    metric is declared (a labelled one without samples yet still has its HELP and TYPE)."""
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from emr_hub.hub import Hub
+    from emr_hub.main import create_app
+    from tests.conftest import make_settings
+
+    token = "t" * 24
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}", metrics_token=token)
+    hub = Hub.from_settings(settings, migrate=True)
+    try:
+        with TestClient(create_app(hub)) as client:
+            response = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    finally:
+        hub.close()
+    assert response.status_code == 200
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(response.text)
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def test_dashboard_queries_name_metrics_the_hub_exposes(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    used = {
+        name
+        for panel in dashboard(compose)["panels"]
+        for target in panel["targets"]
+        for name in _METRIC_NAME.findall(target["expr"])
+    }
+    assert not used - exposed_samples(tmp_path), "the dashboard queries metrics nobody exposes"
+    for subject in (
+        "emr_hub_http_requests_total",
+        "emr_hub_http_request_duration_seconds_bucket",
+        "emr_hub_db_pool_checked_out",
+        "emr_hub_outbox_backlog",
+        "emr_hub_outbox_oldest_age_seconds",
+        "emr_hub_outbox_failed",
+        "emr_hub_break_glass_openings",
+        "emr_hub_export_jobs",
+    ):
+        assert subject in used, f"the dashboard shows no {subject}"

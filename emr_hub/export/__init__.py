@@ -19,7 +19,9 @@ BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 
 
 def install() -> None:
-    """Declare the operations and have the in-process relay thread run the sweep."""
+    """Declare the operations, have the in-process relay thread run the sweep, and report
+    the jobs by status in /metrics."""
+    from emr_hub.export import metrics
     from emr_hub.export.tasks import sweep
 
     operations.declare(
@@ -42,3 +44,4 @@ def install() -> None:
         "Bulk Data export of the compartments of the Group's active Patient members.",
     )
     register_housekeeping(sweep)
+    metrics.install()

@@ -26,6 +26,7 @@ from emr_hub.export.routes import router as export_router
 from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.fhir.unstorable import NulGuard
+from emr_hub.healthbook import install as install_healthbook
 from emr_hub.hub import Hub
 from emr_hub.logs import AccessLog
 from emr_hub.metrics.app import install as install_metrics
@@ -92,6 +93,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     app.include_router(subscription_router)
     app.include_router(audit_router)  # before the FHIR router: AuditEvent is not in the store
     app.include_router(export_router)  # before the FHIR router: $export and _export paths
+    install_healthbook(app)  # before the FHIR router: Patient/{id}/$summary ...
     app.include_router(fhir_router)
     install_error_handlers(app)
     app.add_middleware(AccessLog)

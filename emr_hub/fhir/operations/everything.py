@@ -46,8 +46,8 @@ def everything(
 ) -> EverythingPage:
     principal.require("Patient", "r")
     store.read("Patient", patient_id)  # 404 / 410 for an unknown or deleted patient
-    members = _members(store, patient_id)
-    members |= _referenced(store, patient_id, members)
+    members = compartment_members(store, patient_id)
+    members |= referenced_outside(store, patient_id, members)
     wanted = sorted(
         key
         for key in members
@@ -74,7 +74,7 @@ def everything(
     return EverythingPage(entries, next_cursor)
 
 
-def _members(store: FhirStore, patient_id: str) -> set[tuple[str, str]]:
+def compartment_members(store: FhirStore, patient_id: str) -> set[tuple[str, str]]:
     """The patient's compartment: its ``patient_compartment`` rows (kept with every write,
     from the compartment definition's parameters), the Patient itself included."""
     rows = store.session.execute(
@@ -85,7 +85,7 @@ def _members(store: FhirStore, patient_id: str) -> set[tuple[str, str]]:
     return {("Patient", patient_id), *((t, i) for t, i in rows)}
 
 
-def _referenced(
+def referenced_outside(
     store: FhirStore, patient_id: str, members: set[tuple[str, str]]
 ) -> set[tuple[str, str]]:
     """What the members point at outside the compartment (practitioners, organizations,
@@ -145,4 +145,4 @@ def everything_bundle(
     }
 
 
-__all__ = ["everything", "everything_bundle"]
+__all__ = ["compartment_members", "everything", "everything_bundle", "referenced_outside"]

@@ -1,0 +1,35 @@
+"""The citizen's health book: her summary (``Patient/$summary``, an International Patient
+Summary), and what is built on it.
+
+* :mod:`.sections` says which records go into which section; :mod:`.narrative` writes the
+  sections' Vietnamese narratives; :mod:`.summary` assembles the ``document`` Bundle;
+* :mod:`.routes` is the HTTP side.
+
+Everything is read through the FHIR store with the caller's principal, so the access policy
+and the audit trail apply as to any other read.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from emr_hub.fhir import operations
+
+IPS_SUMMARY = "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"
+
+
+def install(app: FastAPI) -> None:
+    """Declare the operations and add the routes (before the FHIR router, whose
+    ``/Patient/{id}/{type}`` route would otherwise take them)."""
+    from emr_hub.healthbook.routes import router
+
+    operations.declare(
+        "Patient",
+        "summary",
+        IPS_SUMMARY,
+        "The patient's health book as an International Patient Summary document Bundle "
+        "(by id, or ?identifier=<system>|<value>), from every hospital's records the caller "
+        "may see; sections in Vietnamese, with the health book's referral letters, re-exams "
+        "and recent visits.",
+    )
+    app.include_router(router)

@@ -538,3 +538,21 @@ class ExportJob(SQLModel, table=True):
     failure: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     polled_at: datetime | None = _tz_column(nullable=True)
     expires_at: datetime | None = _tz_column(nullable=True, index=True)
+
+
+class HealthCardKey(SQLModel, table=True):
+    """A key the hub signs SMART Health Cards with: ES256 on P-256, apart from the access-token
+    keys of ``signing_key`` so neither kind of signature can pass for the other.
+
+    The signer is the active key without ``rotated_at``. A rotated key keeps its public half
+    published for good, because the cards it signed stay in wallets for years; only its sealed
+    private key is removed."""
+
+    __tablename__ = "health_card_key"
+
+    kid: str = Field(primary_key=True, max_length=64)
+    algorithm: str = Field(max_length=16)
+    sealed_private: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    public_jwk: dict[str, Any] = Field(sa_column=Column(JsonBody, nullable=False))
+    created_at: datetime = _tz_column()
+    rotated_at: datetime | None = _tz_column(nullable=True)

@@ -123,14 +123,17 @@ def receiver() -> Iterator[Any]:
     instance.stop()
 
 
-@pytest.fixture
-def broker_hub(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Any]:
-    """A migrated PostgreSQL hub whose after-commit jobs this process publishes to Redis."""
+@contextmanager
+def published_hub(
+    tmp_path: Path, postgres_url: str, redis_url: str, **overrides: Any
+) -> Iterator[Any]:
+    """A migrated PostgreSQL hub (settings ``overrides`` on top) whose after-commit jobs this
+    process publishes to Redis; Celery is pointed back at the defaults afterwards."""
     from emr_hub.config import get_settings
     from emr_hub.hub import Hub
     from emr_hub.tasks import configure_celery
 
-    settings = make_settings(tmp_path, postgres_url, broker_url=redis_url)
+    settings = make_settings(tmp_path, postgres_url, broker_url=redis_url, **overrides)
     instance = Hub.from_settings(settings, migrate=True)
     configure_celery(settings, hub=instance)
     try:
@@ -138,3 +141,10 @@ def broker_hub(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[An
     finally:
         configure_celery(get_settings())
         instance.close()
+
+
+@pytest.fixture
+def broker_hub(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Any]:
+    """A migrated PostgreSQL hub whose after-commit jobs this process publishes to Redis."""
+    with published_hub(tmp_path, postgres_url, redis_url) as instance:
+        yield instance

@@ -13,14 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from emr_hub.config import get_settings
 from emr_hub.export import jobs
 from emr_hub.export.tasks import sweep
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
-from emr_hub.tasks import configure_celery
 from storage.tables import ExportJob, ResourceRow
-from tests.conftest import make_settings
+from tests.conftest import published_hub
 from tests.export.bulk_client import BulkClient
 from tests.export.conftest import S3Server
 from tests.fhir.conftest import Api, token_for
@@ -34,10 +32,10 @@ LEASE_SECONDS = 2
 @pytest.fixture
 def s3_hub(tmp_path: Path, postgres_url: str, redis_url: str, s3_server: S3Server) -> Iterator[Hub]:
     bucket = f"export-{uuid.uuid4().hex[:12]}"
-    settings = make_settings(
+    with published_hub(
         tmp_path,
         postgres_url,
-        broker_url=redis_url,
+        redis_url,
         object_store=f"s3://{bucket}",
         s3_endpoint=s3_server.endpoint,
         s3_access_key=s3_server.access_key,
@@ -45,14 +43,8 @@ def s3_hub(tmp_path: Path, postgres_url: str, redis_url: str, s3_server: S3Serve
         export_poll_seconds=1,
         export_lease_seconds=LEASE_SECONDS,
         export_file_max_bytes=1024,  # about one resource a file: many checkpoints
-    )
-    hub = Hub.from_settings(settings, migrate=True)
-    configure_celery(settings, hub=hub)
-    try:
+    ) as hub:
         yield hub
-    finally:
-        configure_celery(get_settings())
-        hub.close()
 
 
 def worker_env(hub: Hub) -> dict[str, str]:

@@ -177,6 +177,15 @@ class Settings(BaseSettings):
         le=65535,
         description="A port on which emr-hub worker serves its /metrics (the scrape token's).",
     )
+    health_link_attempts: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Wrong passcodes a SMART Health Link takes in its lifetime before it stops.",
+    )
+    health_link_max_days: int = Field(
+        default=90, ge=1, le=3650, description="The longest a SMART Health Link may last."
+    )
     benchmark_without: str = Field(
         default="",
         description=(

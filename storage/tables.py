@@ -556,3 +556,75 @@ class HealthCardKey(SQLModel, table=True):
     public_jwk: dict[str, Any] = Field(sa_column=Column(JsonBody, nullable=False))
     created_at: datetime = _tz_column()
     rotated_at: datetime | None = _tz_column(nullable=True)
+
+
+class DicomStudy(SQLModel, table=True):
+    """A DICOM study held in the object store, indexed for QIDO-RS (:mod:`emr_hub.imaging`).
+
+    The matching keys are columns (PatientName also as ``patient_name_key``, upper case without
+    diacritics, for fuzzy matching); ``attributes`` is the DICOM JSON of the study's newest
+    instance for ``includefield``. ``imaging_study_id`` is its ImagingStudy: the study is
+    visible to whom that resource is."""
+
+    __tablename__ = "dicom_study"
+
+    study_uid: str = Field(primary_key=True, max_length=64)
+    imaging_study_id: str = Field(max_length=64, unique=True)
+    patient_id: str | None = Field(default=None, max_length=64, nullable=True, index=True)
+    patient_name: str | None = Field(default=None, max_length=324, nullable=True)
+    patient_name_key: str | None = Field(default=None, max_length=324, nullable=True)
+    patient_birth_date: str | None = Field(default=None, max_length=8, nullable=True)
+    patient_sex: str | None = Field(default=None, max_length=16, nullable=True)
+    study_date: str | None = Field(default=None, max_length=8, nullable=True, index=True)
+    study_time: str | None = Field(default=None, max_length=16, nullable=True)
+    accession_number: str | None = Field(default=None, max_length=16, nullable=True, index=True)
+    study_id: str | None = Field(default=None, max_length=16, nullable=True)
+    study_description: str | None = Field(default=None, max_length=64, nullable=True)
+    referring_physician: str | None = Field(default=None, max_length=324, nullable=True)
+    modalities: str = Field(default="", max_length=128)
+    """The modalities of its series, ``\\``-joined."""
+    series_count: int = 0
+    instance_count: int = 0
+    attributes: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: datetime = _tz_column()
+
+
+class DicomSeries(SQLModel, table=True):
+    """A series of a :class:`DicomStudy`; ``metadata_key`` names the object holding the
+    WADO-RS metadata of all its instances, rewritten with each upload to the series."""
+
+    __tablename__ = "dicom_series"
+
+    series_uid: str = Field(primary_key=True, max_length=64)
+    study_uid: str = Field(max_length=64, index=True)
+    modality: str | None = Field(default=None, max_length=16, nullable=True)
+    series_number: int | None = None
+    series_description: str | None = Field(default=None, max_length=64, nullable=True)
+    body_part: str | None = Field(default=None, max_length=16, nullable=True)
+    instance_count: int = 0
+    metadata_key: str | None = Field(default=None, max_length=1024, nullable=True)
+    attributes: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class DicomInstance(SQLModel, table=True):
+    """A stored DICOM instance: its object, SHA-256, where its native pixel data lies (for
+    ``/frames``) and its metadata (DICOM JSON, the pixel data as a BulkDataURI)."""
+
+    __tablename__ = "dicom_instance"
+
+    sop_uid: str = Field(primary_key=True, max_length=64)
+    series_uid: str = Field(max_length=64, index=True)
+    study_uid: str = Field(max_length=64, index=True)
+    sop_class_uid: str = Field(max_length=64)
+    instance_number: int | None = None
+    transfer_syntax: str = Field(max_length=64)
+    object_key: str = Field(max_length=1024)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str = Field(max_length=64)
+    frames: int = 1
+    rows: int | None = None
+    columns: int | None = None
+    frame_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    pixel_offset: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    metadata_json: str = Field(sa_column=Column(Text, nullable=False))
+    stored_at: datetime = _tz_column()

@@ -3,7 +3,9 @@ Summary), and what is built on it.
 
 * :mod:`.sections` says which records go into which section; :mod:`.narrative` writes the
   sections' Vietnamese narratives; :mod:`.summary` assembles the ``document`` Bundle;
-* :mod:`.routes` is the HTTP side.
+* :mod:`.routes` is the HTTP side;
+* :mod:`.links` shares the health book through SMART Health Links (files encrypted by
+  :mod:`.jwe`), over :mod:`.link_routes`.
 
 Everything is read through the FHIR store with the caller's principal, so the access policy
 and the audit trail apply as to any other read.
@@ -21,6 +23,7 @@ IPS_SUMMARY = "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"
 def install(app: FastAPI) -> None:
     """Declare the operations and add the routes (before the FHIR router, whose
     ``/Patient/{id}/{type}`` route would otherwise take them)."""
+    from emr_hub.healthbook.link_routes import router as link_router
     from emr_hub.healthbook.routes import router
 
     operations.declare(
@@ -33,3 +36,4 @@ def install(app: FastAPI) -> None:
         "and recent visits.",
     )
     app.include_router(router)
+    app.include_router(link_router)

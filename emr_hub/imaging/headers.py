@@ -1,0 +1,192 @@
+"""What the hub keeps of a DICOM instance, read from the start of its bytes.
+
+Only the header is parsed (pydicom's ``stop_before_pixels``), from the first bytes of the
+instance that STOW kept while streaming the rest to the object store (at most
+``EMR_HUB_DICOM_HEADER_BYTES``): the pixel data never enters memory. The pixel data's place
+and length are noted so frames can later be cut out of the stored object, and the instance is
+checked for completeness against its declared lengths (a truncated upload is refused).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from emr_hub.imaging.uids import is_uid
+
+PIXEL_DATA = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+NATIVE_SYNTAXES = frozenset({IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG})
+_SEQUENCE_END = {
+    True: b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
+    False: b"\xff\xfe\xe0\xdd\x00\x00\x00\x00",
+}
+
+# Failure reasons of the Store Instances Response (PS3.18 Table I.2-3 and PS3.4 Annex B).
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_INSTANCE = 0x0111
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+
+class Refused(Exception):
+    """The instance cannot be stored; ``reason`` is its FailureReason code."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    dataset: Dataset = field(repr=False)
+    pixel_offset: int | None = None
+    """Where the pixel data's value starts in the instance (native pixel data only)."""
+    pixel_length: int | None = None
+    has_pixels: bool = False
+    pixel_vr: str = "OW"
+
+    def text(self, keyword: str) -> str | None:
+        value = self.dataset.get(keyword)
+        if value is None or value == "":
+            return None
+        return str(value).strip() or None
+
+    def number(self, keyword: str) -> int | None:
+        value = self.dataset.get(keyword)
+        try:
+            return int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def frames(self) -> int:
+        return self.number("NumberOfFrames") or 1
+
+    @property
+    def frame_bytes(self) -> int | None:
+        """The size of one native frame, when the instance's pixel data is native."""
+        rows, columns = self.number("Rows"), self.number("Columns")
+        samples, bits = self.number("SamplesPerPixel") or 1, self.number("BitsAllocated")
+        if rows is None or columns is None or bits is None or bits % 8:
+            return None
+        if self.pixel_offset is None:
+            return None
+        return rows * columns * samples * bits // 8
+
+    def metadata(self, bulk_data_uri: str) -> dict[str, Any]:
+        """The DICOM JSON of the header, the pixel data as a BulkDataURI."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            body: dict[str, Any] = self.dataset.to_json_dict(bulk_data_threshold=1 << 30)
+        if self.has_pixels:
+            body["7FE00010"] = {"vr": self.pixel_vr, "BulkDataURI": bulk_data_uri}
+        return body
+
+
+def read_header(prefix: bytes, size: int, tail: bytes) -> InstanceHeader:
+    """The header of an instance of ``size`` bytes whose first bytes are ``prefix`` and last
+    bytes ``tail``; :class:`Refused` when it is not a complete DICOM Part 10 instance."""
+    source = io.BytesIO(prefix)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(source, stop_before_pixels=True)
+            stop = source.tell()
+            transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "")
+            uids = {
+                "study": dataset.get("StudyInstanceUID"),
+                "series": dataset.get("SeriesInstanceUID"),
+                "sop": dataset.get("SOPInstanceUID"),
+                "class": dataset.get("SOPClassUID"),
+            }
+    except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, TypeError) as error:
+        raise Refused(CANNOT_UNDERSTAND, f"not a DICOM Part 10 instance: {error}") from None
+    for name, value in uids.items():
+        if not is_uid(str(value) if value is not None else None):
+            raise Refused(CANNOT_UNDERSTAND, f"the {name} UID is missing or not a DICOM UID")
+    if not is_uid(transfer_syntax):
+        raise Refused(CANNOT_UNDERSTAND, "the file meta information has no transfer syntax")
+    if transfer_syntax == DEFLATED:
+        raise Refused(SOP_CLASS_NOT_SUPPORTED, "deflated transfer syntax is not accepted")
+    media_sop = dataset.file_meta.get("MediaStorageSOPInstanceUID")
+    if media_sop and str(media_sop) != str(uids["sop"]):
+        raise Refused(
+            DATA_SET_MISMATCH, "the file meta's SOP Instance UID differs from the data set's"
+        )
+    little = transfer_syntax != EXPLICIT_BIG
+    implicit = transfer_syntax == IMPLICIT_LITTLE
+    offset = length = None
+    has_pixels = False
+    vr = "OW"
+    element = prefix[stop : stop + 12]
+    if len(element) >= 8 and _tag(element, little) == PIXEL_DATA:
+        has_pixels = True
+        offset, length, vr = _pixel_element(element, little, implicit)
+        if length == UNDEFINED_LENGTH:
+            if not tail.rstrip(b"\x00").endswith(_SEQUENCE_END[little].rstrip(b"\x00")):
+                raise Refused(CANNOT_UNDERSTAND, "the encapsulated pixel data is truncated")
+            offset = length = None
+        else:
+            offset += stop
+            if offset + length > size:
+                raise Refused(CANNOT_UNDERSTAND, "the pixel data is truncated")
+    elif size > len(prefix):
+        raise Refused(OUT_OF_RESOURCES, "the header is longer than the hub reads")
+    else:
+        _check_complete(dataset, size)
+    return InstanceHeader(
+        study_uid=str(uids["study"]),
+        series_uid=str(uids["series"]),
+        sop_uid=str(uids["sop"]),
+        sop_class_uid=str(uids["class"]),
+        transfer_syntax=transfer_syntax,
+        dataset=dataset,
+        pixel_offset=offset,
+        pixel_length=length,
+        has_pixels=has_pixels,
+        pixel_vr=vr,
+    )
+
+
+def _tag(element: bytes, little: bool) -> int:
+    group, number = struct.unpack("<HH" if little else ">HH", element[:4])
+    return int(group) << 16 | int(number)
+
+
+def _pixel_element(element: bytes, little: bool, implicit: bool) -> tuple[int, int, str]:
+    """(value offset from the element's start, value length, VR) of the pixel data element."""
+    order = "<" if little else ">"
+    if implicit:
+        return 8, int(struct.unpack(order + "I", element[4:8])[0]), "OW"
+    vr = element[4:6].decode("latin-1")
+    return 12, int(struct.unpack(order + "I", element[8:12])[0]), vr if vr in ("OB", "OW") else "OW"
+
+
+def _check_complete(dataset: Dataset, size: int) -> None:
+    """An instance without pixel data ends where its last element's value ends."""
+    for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset decodes its elements
+        element = dataset.get_item(tag)  # the raw element: its value is not decoded
+        tell, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+        if tell is None or length is None or length == UNDEFINED_LENGTH:
+            continue
+        if tell + length > size:
+            raise Refused(CANNOT_UNDERSTAND, "the instance is truncated")

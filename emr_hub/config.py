@@ -186,6 +186,29 @@ class Settings(BaseSettings):
     health_link_max_days: int = Field(
         default=90, ge=1, le=3650, description="The longest a SMART Health Link may last."
     )
+    citizen_oidc_issuer: str | None = Field(
+        default=None,
+        description=(
+            "The OpenID Connect issuer citizens sign in to the health-book page with (VNeID in "
+            "production); its discovery document is read from ISSUER/.well-known/"
+            "openid-configuration. Unset: only the development sign-in (demo citizens)."
+        ),
+    )
+    citizen_oidc_client_id: str = Field(
+        default="emr-hub", description="The hub's client id at the citizen OIDC issuer."
+    )
+    citizen_oidc_client_secret: SecretStr | None = Field(
+        default=None,
+        description="The hub's client secret at the issuer (client_secret_basic); none: public.",
+    )
+    citizen_oidc_cccd_claim: str = Field(
+        default="cccd",
+        min_length=1,
+        description="The ID token (or userinfo) claim that holds the citizen's CCCD.",
+    )
+    citizen_session_hours: float = Field(
+        default=8, gt=0, le=720, description="How long a health-book sign-in lasts."
+    )
     benchmark_without: str = Field(
         default="",
         description=(

@@ -628,3 +628,20 @@ class DicomInstance(SQLModel, table=True):
     pixel_offset: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     metadata_json: str = Field(sa_column=Column(Text, nullable=False))
     stored_at: datetime = _tz_column()
+
+
+class CitizenSession(SQLModel, table=True):
+    """A citizen's sign-in to the health-book page (:mod:`emr_hub.healthbook.session`).
+
+    Her cookie carries a random secret; the row keeps only its SHA-256, so a copy of the
+    database opens no session. Logout sets ``revoked_at``; rows past ``expires_at`` are removed
+    at a later sign-in."""
+
+    __tablename__ = "citizen_session"
+
+    id: str = Field(primary_key=True, max_length=64)
+    person: str = Field(max_length=36, index=True)
+    method: str = Field(max_length=16)
+    created_at: datetime = _tz_column()
+    expires_at: datetime = _tz_column(index=True)
+    revoked_at: datetime | None = _tz_column(nullable=True)

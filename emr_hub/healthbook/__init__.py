@@ -37,3 +37,10 @@ def install(app: FastAPI) -> None:
     )
     app.include_router(router)
     app.include_router(link_router)
+    from fastapi.staticfiles import StaticFiles
+
+    from emr_hub.healthbook.page import STATIC_DIR
+    from emr_hub.healthbook.page import router as page_router
+
+    app.include_router(page_router)
+    app.mount("/health-book/static", StaticFiles(directory=STATIC_DIR), name="health-book-static")

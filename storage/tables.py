@@ -645,3 +645,41 @@ class CitizenSession(SQLModel, table=True):
     created_at: datetime = _tz_column()
     expires_at: datetime = _tz_column(index=True)
     revoked_at: datetime | None = _tz_column(nullable=True)
+
+
+class HealthLink(SQLModel, table=True):
+    """A SMART Health Link a citizen made to share her health book (see
+    :mod:`emr_hub.healthbook.links`).
+
+    What a copy of the database gives away: nothing that opens the link. The manifest URL's
+    secret is kept as its SHA-256 (``token_digest``), the passcode as a scrypt hash, the link's
+    encryption key sealed with the key-encryption key (``sealed_key``). ``attempts_left`` is
+    the lifetime budget of passcode checks, taken one at a time by a conditional UPDATE before
+    each check and given back when the passcode was right."""
+
+    __tablename__ = "health_link"
+
+    id: str = Field(primary_key=True, max_length=36)
+    token_digest: str = Field(max_length=64, unique=True)
+    patient_id: str = Field(max_length=64)
+    person: str = Field(max_length=36, index=True)
+    label: str | None = Field(default=None, max_length=80, nullable=True)
+    passcode_hash: str = Field(max_length=255)
+    sealed_key: str = Field(sa_column=Column(Text, nullable=False))
+    attempts_left: int
+    created_at: datetime = _tz_column()
+    expires_at: datetime = _tz_column()
+    revoked_at: datetime | None = _tz_column(nullable=True)
+
+
+class HealthLinkFile(SQLModel, table=True):
+    """A file of a manifest answered with a ``location`` rather than embedded: its JWE (already
+    encrypted with the link's key) until it is fetched once or expires."""
+
+    __tablename__ = "health_link_file"
+
+    token_digest: str = Field(primary_key=True, max_length=64)
+    link_id: str = Field(max_length=36, index=True)
+    content_type: str = Field(max_length=64)
+    jwe: str = Field(sa_column=Column(Text, nullable=False))
+    expires_at: datetime = _tz_column(index=True)

@@ -21,13 +21,16 @@ everything at once, and no second copy of her record sits in the hub.
 lifetime budget of passcode *checks*. Each request takes one with a conditional UPDATE
 (``attempts_left > 0``) before the passcode is compared, and a right passcode gives it back;
 the database serialises the UPDATEs, so however many guesses arrive at once no more than the
-budget are ever compared. A wrong passcode answers 401 with ``remainingAttempts``; a link
-expired, revoked or out of attempts answers 404, as the spec asks of a link no longer active.
+budget are ever compared (the price: while the last attempts are being checked, a right
+passcode arriving at that instant is refused too). A wrong passcode answers 401 with
+``remainingAttempts``; a link expired, revoked or out of attempts answers 404, as the spec asks
+of a link no longer active.
 
 **Audit**: every request to a known link leaves an AuditEvent naming her Patient (so her
 ``$access-log`` shows it) with the recipient as the requesting agent, the outcome, and on
 success the kinds of data disclosed; a successful answer's record commits with its location
-files, before the answer leaves.
+files, before the answer leaves. Fetching a ``location`` file is not recorded again: it hands
+out ciphertext whose disclosure the manifest request already recorded.
 """
 
 from __future__ import annotations

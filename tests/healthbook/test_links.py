@@ -28,6 +28,7 @@ from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from emr_hub.referrals.enforcement import install as install_referral_rules
 from emr_hub.security import install as install_security
+from emr_hub.security.audit.log import verify
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import CITIZEN_SCOPE, issue_citizen_token
 from storage.tables import HealthLink
@@ -226,6 +227,32 @@ def test_past_embedded_length_max_the_files_come_by_a_one_time_location(
     assert all("embedded" in entry for entry in small.json()["files"])
 
 
+def test_the_link_shows_her_record_as_it_is_when_opened(demo_hub: Hub, client: TestClient) -> None:
+    payload = payload_of(make_link(client, citizen_headers(demo_hub, LAN.cccd))["shlink"])
+    path = manifest_path(demo_hub, payload)
+
+    def allergies() -> list[str]:
+        files = files_by_type(open_link(client, path).json())
+        summary = decrypt(files[FHIR_JSON]["embedded"], payload["key"], FHIR_JSON)
+        return [
+            e["resource"]["code"]["text"]
+            for e in summary["entry"]
+            if e["resource"]["resourceType"] == "AllergyIntolerance"
+        ]
+
+    before = allergies()
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "patient": {"reference": f"Patient/{LAN.id}"},
+        "code": {"text": "Penicillin"},
+        "criticality": "high",
+    }
+    hospital = {"Authorization": f"Bearer {token_for(demo_hub, client_id='bach-mai')}"}
+    posted = client.post("/fhir/AllergyIntolerance", json=allergy, headers=hospital)
+    assert posted.status_code == 201, posted.text
+    assert allergies() == [*before, "Penicillin"]
+
+
 # ------------------------------------------------------------------- passcodes
 def test_a_wrong_passcode_answers_401_with_the_attempts_left(
     demo_hub: Hub, client: TestClient
@@ -381,6 +408,7 @@ def test_every_manifest_request_is_in_her_access_log(demo_hub: Hub, client: Test
     toan = citizen_headers(demo_hub, TOAN.cccd)
     toan_log = client.get(f"/fhir/Patient/{TOAN.id}/$access-log", headers=toan).json()
     assert RECIPIENT not in json.dumps(toan_log, ensure_ascii=False)
+    assert verify(demo_hub.db).intact  # the records are links of the hash chain
 
 
 # -------------------------------------------------------------- parallel guesses

@@ -29,7 +29,22 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
-    wallet_url: str | None = None
+    wallet_url: str | None = Field(
+        default=None,
+        description=(
+            "The identity wallet's intake URL (docs/wallet-intake.md): every change to a "
+            "patient's summary is pushed there as a signed health card. Unset: no pushes."
+        ),
+    )
+    wallet_debounce_seconds: float = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a patient's push waits after the first change not yet pushed; the "
+            "changes made meanwhile go in the same push."
+        ),
+    )
     base_url: str = Field(default="http://127.0.0.1:8000", description="Public base URL.")
     require_services: bool = False
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)

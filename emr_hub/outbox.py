@@ -13,7 +13,8 @@ pass that id to the receiver as an idempotency key (``Idempotency-Key`` for
 ``http.post``); a receiver that ignores a key it has already processed therefore sees
 each message exactly once.
 
-Failures are retried with exponential backoff (:func:`backoff`) up to ``max_attempts``;
+Failures are retried with exponential backoff (:func:`backoff`) up to ``max_attempts``, or
+as the topic's own :class:`RetryPolicy` says (a topic whose receiver may be down for hours);
 a message whose topic is unknown or whose payload can never be sent (see
 :data:`PERMANENT_ERRORS`) is marked failed at once.
 
@@ -31,7 +32,9 @@ import os
 import random
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +74,23 @@ _KICKED = "emr_hub.outbox_kicked"
 _HANDLERS: dict[str, Handler] = {}
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a topic's failing messages are retried: backoff doubling from 2 s up to
+    ``backoff_cap`` seconds, given up once the message is ``max_age`` old (a failed attempt
+    after that fails it)."""
+
+    backoff_cap: float
+    max_age: timedelta
+
+    def delay(self, attempts: int) -> float:
+        return backoff(attempts, cap=self.backoff_cap)
+
+
+_POLICIES: dict[str, RetryPolicy] = {}
+_delivery_session: ContextVar[Session | None] = ContextVar("outbox_delivery", default=None)
+
+
 class PermanentDeliveryError(Exception):
     """Raised by a handler when retrying cannot help (the message itself is unsendable)."""
 
@@ -103,6 +123,7 @@ def add_message(
     key: str | None = None,
     subject: str | None = None,
     sequence: tuple[str, int] | None = None,
+    not_before: datetime | None = None,
 ) -> str:
     """Store a message in the caller's transaction and kick the relay after its commit.
 
@@ -111,7 +132,8 @@ def add_message(
     characters) to make re-enqueueing the same fact a primary-key conflict rather than a
     second message. ``subject`` names what the message belongs to (``Subscription/<id>``),
     for :func:`messages_about`. ``sequence`` is ``(key, place)``: the message is sent after
-    every message with the same key and a lower place (see the module's docstring). Returns the
+    every message with the same key and a lower place (see the module's docstring).
+    ``not_before`` holds the message back until then (a debounce window). Returns the
     message id.
     """
     if key is not None and not 0 < len(key) <= 36:
@@ -124,7 +146,7 @@ def add_message(
             topic=topic,
             payload=payload,
             created_at=now,
-            available_at=now,
+            available_at=max(now, not_before) if not_before else now,
             attempts=0,
             subject=subject,
             sequence_key=sequence[0] if sequence else None,
@@ -171,22 +193,45 @@ def next_attempt_at(session: Session) -> datetime | None:
 # --------------------------------------------------------------------------- handlers
 
 
-def handler(topic: str) -> Callable[[Handler], Handler]:
-    """Register the function delivering messages of ``topic``.
+def handler(topic: str, *, retry: RetryPolicy | None = None) -> Callable[[Handler], Handler]:
+    """Register the function delivering messages of ``topic`` (``retry``: the topic's own
+    retry policy instead of the relay's ``max_attempts``).
 
     A handler is called as ``handler(hub, message_id, payload)`` while the relay holds the
     message's row lock inside a transaction; it returns on success and raises otherwise.
-    It must send ``message_id`` as the idempotency key. On SQLite that transaction holds
-    the database write lock, so a handler may read but must not write to the database.
+    It must send ``message_id`` (or a key derived from what it sends) as the idempotency
+    key. On SQLite that transaction holds the database write lock, so a handler must not
+    write through a session of its own: it writes through :func:`delivery_session`.
     """
 
     def register(function: Handler) -> Handler:
         if topic in _HANDLERS and _HANDLERS[topic] is not function:
             raise ValueError(f"a handler for outbox topic {topic!r} is already registered")
         _HANDLERS[topic] = function
+        if retry is not None:
+            _POLICIES[topic] = retry
         return function
 
     return register
+
+
+def delivery_session() -> Session:
+    """The session of the relay transaction delivering the current message, for a handler
+    that records what it did: its writes commit with the message's outcome (a failed attempt
+    included) and roll back with it when the process dies first."""
+    session = _delivery_session.get()
+    if session is None:
+        raise RuntimeError("delivery_session() is only available inside an outbox handler")
+    return session
+
+
+@contextmanager
+def _delivering(session: Session) -> Iterator[None]:
+    token = _delivery_session.set(session)
+    try:
+        yield
+    finally:
+        _delivery_session.reset(token)
 
 
 _clients: dict[int, httpx.Client] = {}
@@ -284,13 +329,14 @@ class RelayReport:
         }
 
 
-def backoff(attempts: int) -> float:
-    """Seconds to wait after the ``attempts``-th failure: 2, 4, 8 ... capped at 10 min.
+def backoff(attempts: int, *, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait after the ``attempts``-th failure: 2, 4, 8 ... capped at ``cap``
+    (10 min by default).
 
     Up to 10 % jitter is added so messages failed by one outage do not all return at the
     same instant.
     """
-    delay = min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_CAP)
+    delay = min(BACKOFF_BASE * 2 ** min(max(attempts - 1, 0), 30), cap)
     return delay + random.uniform(0, delay / 10)  # noqa: S311 - jitter, not a secret
 
 
@@ -371,11 +417,17 @@ def _relay_one(hub: Hub, now: datetime, max_attempts: int) -> str | None:
         try:
             if deliver is None:
                 raise PermanentDeliveryError(f"no handler for outbox topic {message.topic!r}")
-            deliver(hub, message.id, dict(message.payload))
+            with _delivering(session):
+                deliver(hub, message.id, dict(message.payload))
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the message
             message.attempts += 1
             message.last_error = describe_error(exc)
-            if isinstance(exc, PERMANENT_ERRORS) or message.attempts >= max_attempts:
+            policy = _POLICIES.get(message.topic)
+            if policy is not None:
+                gives_up = now - as_utc(message.created_at) >= policy.max_age
+            else:
+                gives_up = message.attempts >= max_attempts
+            if isinstance(exc, PERMANENT_ERRORS) or gives_up:
                 message.failed_at = now
                 log.warning(
                     "outbox message %s (%s) failed after %d attempt(s): %s",
@@ -385,7 +437,8 @@ def _relay_one(hub: Hub, now: datetime, max_attempts: int) -> str | None:
                     message.last_error,
                 )
                 return "failed"
-            message.available_at = now + timedelta(seconds=backoff(message.attempts))
+            delay = policy.delay(message.attempts) if policy else backoff(message.attempts)
+            message.available_at = now + timedelta(seconds=delay)
             return "retried"
         message.delivered_at = now
         return "delivered"

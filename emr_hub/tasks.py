@@ -49,6 +49,7 @@ celery_app = Celery(
         "emr_hub.outbox",
         "emr_hub.subscriptions.delivery",
         "emr_hub.export.tasks",
+        "emr_hub.healthbook.push_delivery",
         "emr_hub.metrics.worker",
     ],
 )
@@ -147,6 +148,13 @@ def _drop_broker_connections() -> None:
 def in_process() -> bool:
     """True when no broker is configured: jobs run in the committing process."""
     return bool(celery_app.conf.task_always_eager)
+
+
+def process_settings() -> Settings:
+    """The settings this process was configured with (:func:`configure_celery`): what a
+    change hook, which is given no Hub, reads its feature's settings from."""
+    with _state.lock:
+        return _state.settings or get_settings()
 
 
 def worker_hub() -> Hub:

@@ -683,3 +683,33 @@ class HealthLinkFile(SQLModel, table=True):
     content_type: str = Field(max_length=64)
     jwe: str = Field(sa_column=Column(Text, nullable=False))
     expires_at: datetime = _tz_column(index=True)
+
+
+class WalletPush(SQLModel, table=True):
+    """A push of a patient's health book to the identity wallet (:mod:`emr_hub.healthbook.push`).
+
+    The row is written with the change that owes the push, beside its outbox message (same
+    ``id``), which carries when it was owed, the attempts, the next attempt and the last error;
+    this row adds what only the delivery knows: the digest and idempotency key sent, when it
+    was sent and answered, and how it ended (``outcome``: None while owed)."""
+
+    __tablename__ = "wallet_push"
+
+    id: str = Field(primary_key=True, max_length=36)
+    patient_id: str = Field(max_length=64)
+    changes: int = 1
+    """Transactions coalesced into this push."""
+    outcome: str | None = Field(default=None, max_length=16, nullable=True)
+    digest: str | None = Field(default=None, max_length=64, nullable=True)
+    idempotency_key: str | None = Field(default=None, max_length=36, nullable=True)
+    generation: int | None = None
+    """Which delivered push of the patient this is (1, 2 ...): part of the idempotency key."""
+    sent_at: datetime | None = _tz_column(nullable=True)
+    answered_at: datetime | None = _tz_column(nullable=True)
+    answer: int | None = None
+    """The wallet's HTTP status to the last attempt."""
+
+    __table_args__ = (
+        Index("ix_wallet_push_patient", "patient_id", "outcome", "generation"),
+        Index("ix_wallet_push_owed", "outcome", "patient_id"),
+    )

@@ -1,0 +1,198 @@
+"""Delivering a push: the outbox handler of topic ``wallet.push``.
+
+At send time, inside the relay's transaction (:func:`emr_hub.outbox.delivery_session`):
+
+1. The push row is locked (a change arriving now owes a push of its own instead of joining
+   this one, :mod:`.push`), and on PostgreSQL the patient too, so two workers never send one
+   patient's pushes at once (a later summary can never be overtaken by an earlier one).
+2. The summary is built as the citizen herself sees it: a citizen principal for the person
+   key of her CCCD reads her record through the access policy
+   (:func:`~emr_hub.healthbook.summary.patient_summary`), and what it read is audited.
+3. Its :func:`~emr_hub.healthbook.summary.content_digest` equal to the last delivered one:
+   nothing is sent (outcome ``unchanged``).
+4. Otherwise it is signed now (:func:`~emr_hub.healthbook.credentials.issue_health_card`)
+   and POSTed (:mod:`.wallet`) with an idempotency key derived from the patient, the number of
+   her pushes delivered before and the digest: every attempt of one push has the same key, so
+   a push the wallet took just before the worker died is not taken twice.
+
+Each attempt's times, answer, digest and key are recorded on the push row in the same
+transaction as the outbox's own bookkeeping; an answered attempt also writes its AuditEvent
+(her data left the hub). Retries: :data:`WALLET_RETRY`, backoff up to 15 minutes, for a week.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+from weakref import WeakSet
+
+import httpx
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from emr_hub.fhir.persons import patient_cccd, person_of_cccd
+from emr_hub.fhir.store import FhirStore, format_instant
+from emr_hub.healthbook.card_keys import card_signing_key
+from emr_hub.healthbook.credentials import issue_health_card
+from emr_hub.healthbook.push import TOPIC
+from emr_hub.healthbook.summary import content_digest, patient_summary
+from emr_hub.healthbook.wallet import idempotency_key, post_push, push_body
+from emr_hub.hub import Hub
+from emr_hub.outbox import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RetryPolicy,
+    delivery_session,
+    handler,
+    utcnow,
+)
+from emr_hub.security.access import store_for
+from emr_hub.security.audit import log as audit_log
+from emr_hub.security.audit.events import EventFacts, PatientEntity, outcome_of, rest_event
+from emr_hub.security.audit.trail import AuditTrail
+from emr_hub.security.keys import signing_key
+from emr_hub.security.principal import CITIZEN, Principal
+from emr_hub.security.scopes import ScopeSet
+from storage.db import Database, after_commit
+from storage.tables import WalletPush
+
+log = logging.getLogger(__name__)
+
+WALLET_RETRY = RetryPolicy(backoff_cap=900.0, max_age=timedelta(days=7))
+"""A wallet down for hours loses nothing: attempts every 15 minutes at most, for a week."""
+PUSH_CLIENT = "emr-hub-wallet-push"
+PUSH_SCOPES = ScopeSet.parse("patient/*.rs")
+OPERATION = "wallet-push"
+
+DELIVERED, UNCHANGED, SKIPPED, REFUSED = "delivered", "unchanged", "skipped", "refused"
+
+_keys_loaded: WeakSet[Database] = WeakSet()
+
+
+def push_principal(person: str, push_id: str) -> Principal:
+    """The citizen as the push reads her record: her own view, named as the hub's push."""
+    return Principal(
+        PUSH_CLIENT, None, PUSH_SCOPES, f"wallet-push:{push_id}", kind=CITIZEN, person=person
+    )
+
+
+@handler(TOPIC, retry=WALLET_RETRY)
+def deliver_push(hub: Hub, message_id: str, payload: dict[str, Any]) -> None:
+    session = delivery_session()
+    push = _locked_push(session, message_id)
+    patient_id = str(payload["patient"])
+    wallet_url = hub.settings.wallet_url
+    if not wallet_url:
+        push.outcome = SKIPPED  # the wallet was switched off since the push was owed
+        return
+    _lock_patient(session, patient_id)
+    patient = FhirStore(session).current("Patient", patient_id)
+    cccd = patient_cccd(patient.content or {}) if patient is not None else None
+    if cccd is None:
+        push.outcome = SKIPPED  # deleted, or its CCCD removed, since the change
+        return
+    principal = push_principal(person_of_cccd(cccd), push.id)
+    store = store_for(session, hub.settings, principal)
+    bundle = patient_summary(store, principal, patient_id, hub.settings.fhir_base_url)
+    digest = content_digest(bundle)
+    last = _last_delivered(session, patient_id)
+    if last is not None and last.digest == digest:
+        push.outcome, push.digest = UNCHANGED, digest
+        return
+    _require_loaded_keys(hub, session)
+    generation = (last.generation or 0) + 1 if last is not None else 1
+    key = idempotency_key(patient_id, generation, digest)
+    issued = utcnow()
+    body = push_body(cccd, format_instant(issued), issue_health_card(hub, bundle, now=issued))
+    push.digest, push.idempotency_key, push.generation = digest, key, generation
+    push.sent_at, push.answered_at, push.answer = issued, None, None
+    try:
+        answer = post_push(hub, wallet_url, key, body)
+    except httpx.TransportError as exc:
+        raise DeliveryError(f"the wallet could not be reached ({type(exc).__name__})") from None
+    push.answered_at, push.answer = utcnow(), answer.status
+    if hub.settings.audit_enabled:
+        _audit(hub, session, store, principal, push, answer.status)
+    if answer.accepted:
+        push.outcome = DELIVERED
+        return
+    if answer.refused:
+        push.outcome = REFUSED
+        raise PermanentDeliveryError(f"the wallet refused the push: HTTP {answer.status}")
+    raise DeliveryError(f"the wallet answered HTTP {answer.status}")
+
+
+def _locked_push(session: Session, push_id: str) -> WalletPush:
+    statement = select(WalletPush).where(col(WalletPush.id) == push_id)
+    if session.get_bind().dialect.name == "postgresql":
+        statement = statement.with_for_update()
+    push = session.scalars(statement).first()
+    if push is None:
+        raise PermanentDeliveryError("the push's row is missing")
+    return push
+
+
+def _lock_patient(session: Session, patient_id: str) -> None:
+    """One delivery per patient at a time (PostgreSQL; SQLite runs one relay at a time)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"wallet|{patient_id}"}
+        )
+
+
+def _last_delivered(session: Session, patient_id: str) -> WalletPush | None:
+    statement = (
+        select(WalletPush)
+        .where(col(WalletPush.patient_id) == patient_id, col(WalletPush.outcome) == DELIVERED)
+        .order_by(col(WalletPush.generation).desc())
+        .limit(1)
+    )
+    return session.scalars(statement).first()
+
+
+def _require_loaded_keys(hub: Hub, session: Session) -> None:
+    """On SQLite the relay's transaction holds the write lock, and a signing key is made, or
+    its rotation finished, in a transaction of its own: the first push of a process loads both
+    keys after this attempt's commit and is sent at the next attempt (a few seconds later)."""
+    if hub.db.dialect != "sqlite" or hub.db in _keys_loaded:
+        return
+
+    def load() -> None:
+        signing_key(hub)
+        card_signing_key(hub)
+        _keys_loaded.add(hub.db)
+
+    after_commit(session, load)
+    raise DeliveryError("the signing keys are being loaded; the push goes at the next attempt")
+
+
+def _audit(
+    hub: Hub,
+    session: Session,
+    store: FhirStore,
+    principal: Principal,
+    push: WalletPush,
+    status: int,
+) -> None:
+    """The AuditEvent of an answered attempt: her summary, read as her, went to the wallet."""
+    moment = utcnow()
+    trail = AuditTrail(push.id, None, "POST", OPERATION, moment, principal=principal)
+    trail.absorb(store)
+    facts = EventFacts(
+        recorded=moment,
+        interaction="operation",
+        outcome=outcome_of(status),
+        status=status,
+        request_id=push.id,
+        address=None,
+        base_url=hub.settings.fhir_base_url,
+        principal=principal,
+        operation=OPERATION,
+        patients=tuple(
+            PatientEntity(patient_id, touched.person, tuple(sorted(touched.types)))
+            for patient_id, touched in sorted(trail.patients.items())
+        ),
+    )
+    audit_log.append(session, [rest_event(facts)])

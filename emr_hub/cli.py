@@ -366,7 +366,7 @@ def _citizen_token(hub: Hub, cccd: str, scope: str | None) -> str:
 
 @main.group()
 def keys() -> None:
-    """The keys that sign access tokens."""
+    """The keys that sign access tokens and health cards."""
 
 
 @keys.command("rotate")
@@ -404,6 +404,43 @@ def keys_list() -> None:
         created = info.created_at.isoformat(timespec="seconds")
         click.echo(
             f"{info.kid}  {info.state}{until if info.state != 'retired' else ''}  created {created}"
+        )
+
+
+@keys.command("rotate-health-card")
+def keys_rotate_health_card() -> None:
+    """Make a new health-card key; the older ones stay published, so their cards verify."""
+    from emr_hub.healthbook.card_keys import rotate_card_key
+    from emr_hub.security.sealing import SealingError
+
+    hub = _hub()
+    try:
+        kid, signs_from = rotate_card_key(hub)
+    except SealingError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        hub.close()
+    click.echo(
+        f"new health-card key {kid}, published now; it signs cards from {signs_from:%H:%M:%S}"
+    )
+    click.echo("older health-card keys stay in the JWKS: the cards they signed keep verifying")
+
+
+@keys.command("list-health-card")
+def keys_list_health_card() -> None:
+    """List the health-card keys: the one that signs, and the rotated ones still published."""
+    from emr_hub.healthbook.card_keys import list_card_keys
+
+    hub = _hub()
+    try:
+        infos = list_card_keys(hub)
+    finally:
+        hub.close()
+    if not infos:
+        click.echo("no health-card key yet (the first card or JWKS request makes one)")
+    for info in infos:
+        click.echo(
+            f"{info.kid}  {info.state}  created {info.created_at.isoformat(timespec='seconds')}"
         )
 
 

@@ -544,9 +544,9 @@ class HealthCardKey(SQLModel, table=True):
     """A key the hub signs SMART Health Cards with: ES256 on P-256, apart from the access-token
     keys of ``signing_key`` so neither kind of signature can pass for the other.
 
-    The signer is the active key without ``rotated_at``. A rotated key keeps its public half
-    published for good, because the cards it signed stay in wallets for years; only its sealed
-    private key is removed."""
+    The newest key published for long enough signs (``emr_hub.healthbook.card_keys``). A key
+    a newer one took over from gets ``rotated_at`` and loses its sealed private key, but its
+    public half stays published for good: the cards it signed stay in wallets for years."""
 
     __tablename__ = "health_card_key"
 

@@ -11,9 +11,14 @@ rows every ``EMR_HUB_SIGNING_KEY_REFRESH_SECONDS``.
 
 Unlike them, a rotated health-card key never stops being published: a card lives in a wallet
 for years and a verifier checks it against ``/.well-known/jwks.json`` whenever it is shown.
-Rotation (:func:`rotate_card_key`) makes a new signer and deletes the older keys' sealed
-private keys at once; their public keys stay in the JWKS. A process that has not re-read the
-rows yet may sign a few more cards with the old key; those verify too.
+
+Rotation (:func:`rotate_card_key`) adds a key that is published at once but signs only
+after :func:`publication_delay` (the refresh interval and a clock leeway): by then every
+process has re-read the rows and serves it, so no verifier can be handed a card whose key the
+process it asks does not publish yet. From that moment the new key signs; the older keys get
+``rotated_at`` and lose their sealed private key (the first process to load the keys after it
+does this), and stay in the JWKS. A process that has not re-read the rows yet may sign a few
+more cards with the old key from memory; those verify too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -30,7 +35,13 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from emr_hub.security.keys import ALGORITHM, CURVE, PUBLIC_MEMBERS, public_jwk
+from emr_hub.security.keys import (
+    ALGORITHM,
+    CLOCK_LEEWAY_SECONDS,
+    CURVE,
+    PUBLIC_MEMBERS,
+    public_jwk,
+)
 from emr_hub.security.sealing import key_encryption_key, seal, unseal
 from storage.db import Database, as_utc
 from storage.tables import HealthCardKey
@@ -43,13 +54,20 @@ _ADVISORY_LOCK_ID = 0x656D72736863
 _AGE_ORDER = (col(HealthCardKey.created_at), col(HealthCardKey.kid))
 
 
+SIGNING = "signing"
+NEXT = "next"
+ROTATED = "rotated"
+
+
 @dataclass(frozen=True)
 class CardKeyInfo:
     """What ``emr-hub keys list-health-card`` shows of a key (no key material)."""
 
     kid: str
     created_at: datetime
-    rotated_at: datetime | None
+    state: str
+    """:data:`SIGNING`, :data:`NEXT` (published, signs from ``created_at`` and the
+    publication delay) or :data:`ROTATED` (published, signs no more)."""
 
 
 @dataclass
@@ -80,37 +98,44 @@ def card_public_jwks(hub: Hub) -> list[dict[str, Any]]:
     return list(_fresh(hub).published)
 
 
-def rotate_card_key(hub: Hub, *, now: datetime | None = None) -> str:
-    """Make a new health-card signer and return its kid; older keys stay published and
-    lose their private key. ``now`` is for tests."""
-    moment = now or datetime.now(UTC)
+def rotate_card_key(hub: Hub) -> tuple[str, datetime]:
+    """Add a health-card key; returns its kid and the moment it starts signing. Older keys
+    stay published."""
+    moment = datetime.now(UTC)
     kek = key_encryption_key(hub.settings)
     with hub.db.transaction() as session:
         _lock(hub.db, session)
         for row in _rows(session):
             if row.sealed_private is not None:
-                # Prove this KEK opens the current key before sealing a new one with it: a
+                # Prove this KEK opens the current keys before sealing a new one with it: a
                 # key the other processes cannot open would stop every card.
                 unseal(kek, row.kid, row.sealed_private)
-            if row.rotated_at is None:
-                row.rotated_at = moment
-            row.sealed_private = None
         new = _new_row(hub, moment)
         session.add(new)
     _cache(hub.db).loaded = float("-inf")
-    return new.kid
+    return new.kid, moment + publication_delay(hub)
+
+
+def publication_delay(hub: Hub) -> timedelta:
+    """How long a new key is published before it signs: every process re-reads the keys
+    within the refresh interval; the leeway covers clocks that differ between machines."""
+    return timedelta(seconds=hub.settings.signing_key_refresh_seconds + CLOCK_LEEWAY_SECONDS)
 
 
 def list_card_keys(hub: Hub) -> list[CardKeyInfo]:
-    """Every health-card key, oldest first; the one without ``rotated_at`` signs."""
+    """Every health-card key, oldest first, with its state now."""
+    moment = datetime.now(UTC)
     with hub.db.snapshot() as session:
+        rows = _rows(session)
+        signer = _signer(rows, moment, publication_delay(hub))
+        at = rows.index(signer) if signer is not None else len(rows)
         return [
             CardKeyInfo(
                 row.kid,
                 as_utc(row.created_at),
-                as_utc(row.rotated_at) if row.rotated_at else None,
+                SIGNING if index == at else ROTATED if index < at else NEXT,
             )
-            for row in _rows(session)
+            for index, row in enumerate(rows)
         ]
 
 
@@ -135,24 +160,31 @@ def _fresh(hub: Hub) -> _Cache:
 
 
 def _load(hub: Hub) -> tuple[ECKey, list[dict[str, Any]]]:
-    """The signer and the published keys, making the first key when there is none."""
+    """The signer and the published keys, after making the first key or retiring the keys
+    a newer one took over from, if either is due."""
+    moment = datetime.now(UTC)
+    delay = publication_delay(hub)
     with hub.db.snapshot() as session:
         rows = _rows(session)
-        signer = _signer(rows)
+        signer = _signer(rows, moment, delay)
+        due = signer is None or _superseded(rows, signer)
         loaded = (signer.kid, signer.sealed_private, _published(rows)) if signer else None
-    if loaded is None:
+    if due:
         with hub.db.transaction() as session:
             _lock(hub.db, session)
             rows = _rows(session)
-            signer = _signer(rows)
+            signer = _signer(rows, moment, delay)
             if signer is None:
-                signer = _new_row(hub, datetime.now(UTC))
+                signer = _new_row(hub, moment)
                 session.add(signer)
                 rows.append(signer)
+            for row in _superseded(rows, signer):
+                row.rotated_at = moment
+                row.sealed_private = None
             loaded = (signer.kid, signer.sealed_private, _published(rows))
+    if loaded is None or loaded[1] is None:  # pragma: no cover - the signer has its key
+        raise RuntimeError("the health-card signer has no private key")
     kid, sealed_private, published = loaded
-    if sealed_private is None:  # pragma: no cover - only rotated keys lose theirs
-        raise RuntimeError(f"health-card key {kid} signs but has no private key")
     private = unseal(key_encryption_key(hub.settings), kid, sealed_private)
     return _import(private, kid), published
 
@@ -164,8 +196,20 @@ def _rows(session: Session) -> list[HealthCardKey]:
     return list(session.scalars(statement))
 
 
-def _signer(rows: list[HealthCardKey]) -> HealthCardKey | None:
-    return next((row for row in rows if row.rotated_at is None), None)
+def _signer(rows: list[HealthCardKey], moment: datetime, delay: timedelta) -> HealthCardKey | None:
+    """The newest key with its private key that has been published long enough; else the
+    oldest with its private key (the first key signs at once: no card can predate it)."""
+    usable = [row for row in rows if row.sealed_private is not None]
+    ready = [row for row in usable if as_utc(row.created_at) + delay <= moment]
+    if ready:
+        return ready[-1]
+    return usable[0] if usable else None
+
+
+def _superseded(rows: list[HealthCardKey], signer: HealthCardKey) -> list[HealthCardKey]:
+    """The keys older than the signer that still hold a private key."""
+    older = rows[: rows.index(signer)]
+    return [row for row in older if row.sealed_private is not None or row.rotated_at is None]
 
 
 def _published(rows: list[HealthCardKey]) -> list[dict[str, Any]]:

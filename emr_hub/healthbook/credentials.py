@@ -20,7 +20,7 @@ Minimizing the summary (what the SMART Health Cards spec asks of a card):
 The **compact card** is the one for a QR code: the Patient (name, birth date, sex), the
 allergies, the active problems and the immunizations, taken from the summary's sections in
 that order, newest first within each, and cut at the tail so the JWS fits one QR code
-(:data:`MAX_QR_JWS`); :func:`compact_left_out` tells how many entries had no room.
+(:data:`MAX_QR_JWS`); :attr:`Card.left_out` tells how many entries had no room.
 """
 
 from __future__ import annotations
@@ -72,9 +72,15 @@ _REGISTRY = JWSRegistry(
 
 
 @dataclass(frozen=True)
-class CompactCard:
+class Card:
+    """A signed card and what it was made of."""
+
     jws: str
-    left_out: int
+    sources: tuple[str, ...]
+    """``Type/id`` of the hub's resource behind each ``resource:N``, in order."""
+    types: tuple[str, ...]
+    """``vc.type``."""
+    left_out: int = 0
     """Entries of the compact sections that did not fit in one QR code."""
 
 
@@ -92,8 +98,19 @@ def issue_health_card(
     the card says of the patient."""
     if compact:
         return issue_compact_card(hub, bundle, now=now, identity_claims=identity_claims).jws
+    return issue_full_card(hub, bundle, now=now, identity_claims=identity_claims).jws
+
+
+def issue_full_card(
+    hub: Hub,
+    bundle: dict[str, Any],
+    *,
+    now: datetime | None = None,
+    identity_claims: Collection[str] | None = None,
+) -> Card:
+    """The card of the whole summary (for the file form: too large for a QR code)."""
     entries = [e for e in _entries(bundle) if e["resource"].get("resourceType") != "Composition"]
-    return _sign(hub, minimize(entries, identity_claims), now)
+    return _card(hub, entries, identity_claims, now or datetime.now(UTC))
 
 
 def issue_compact_card(
@@ -102,29 +119,29 @@ def issue_compact_card(
     *,
     now: datetime | None = None,
     identity_claims: Collection[str] | None = None,
-) -> CompactCard:
+) -> Card:
     """The compact card, with as many of its entries as fit in one QR code."""
     patient, chosen = _compact_entries(bundle)
     claims = COMPACT_PATIENT if identity_claims is None else identity_claims
     moment = now or datetime.now(UTC)
 
-    def signed(count: int) -> str:
-        return _sign(hub, minimize([patient, *chosen[:count]], claims), moment)
+    def signed(count: int) -> Card:
+        return _card(hub, [patient, *chosen[:count]], claims, moment, len(chosen) - count)
 
     best = signed(len(chosen))
-    if len(best) <= MAX_QR_JWS:
-        return CompactCard(best, 0)
+    if len(best.jws) <= MAX_QR_JWS:
+        return best
     # The longest prefix that fits: the JWS grows with the count, so search for it.
     low, high = 0, len(chosen)
     best = signed(0)
     while high - low > 1:
         middle = (low + high) // 2
         attempt = signed(middle)
-        if len(attempt) <= MAX_QR_JWS:
+        if len(attempt.jws) <= MAX_QR_JWS:
             low, best = middle, attempt
         else:
             high = middle
-    return CompactCard(best, len(chosen) - low)
+    return best
 
 
 def minimize(entries: list[dict[str, Any]], identity_claims: Collection[str] | None) -> Resource:
@@ -158,19 +175,28 @@ def card_types(fhir_bundle: Resource) -> list[str]:
     return types
 
 
-def _sign(hub: Hub, fhir_bundle: Resource, now: datetime | None) -> str:
-    moment = now or datetime.now(UTC)
+def _card(
+    hub: Hub,
+    entries: list[dict[str, Any]],
+    identity_claims: Collection[str] | None,
+    moment: datetime,
+    left_out: int = 0,
+) -> Card:
+    fhir_bundle = minimize(entries, identity_claims)
+    types = card_types(fhir_bundle)
     key = card_signing_key(hub)
     payload = {
         "iss": hub.settings.base_url.rstrip("/"),
         "nbf": int(moment.timestamp()),
         "vc": {
-            "type": card_types(fhir_bundle),
+            "type": types,
             "credentialSubject": {"fhirVersion": FHIR_VERSION, "fhirBundle": fhir_bundle},
         },
     }
     header = {"zip": "DEF", "alg": ALGORITHM, "kid": key.kid}
-    return jws.serialize_compact(header, _deflate(orjson.dumps(payload)), key, registry=_REGISTRY)
+    signed = jws.serialize_compact(header, _deflate(orjson.dumps(payload)), key, registry=_REGISTRY)
+    sources = tuple(f"{e['resource']['resourceType']}/{e['resource'].get('id')}" for e in entries)
+    return Card(signed, sources, tuple(types), left_out)
 
 
 def _deflate(data: bytes) -> bytes:

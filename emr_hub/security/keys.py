@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,26 @@ def public_jwks(hub: Hub) -> dict[str, Any]:
     return {
         "keys": [public_jwk(verifier.key) for _, verifier in verifiers if verifier.valid_at(moment)]
     }
+
+
+PublishedKeys = Callable[["Hub"], list[dict[str, Any]]]
+_also_published: dict[str, PublishedKeys] = {}
+
+
+def publish_in_jwks(name: str, keys: PublishedKeys) -> None:
+    """Have ``/.well-known/jwks.json`` also serve the public JWKs ``keys(hub)`` returns: the
+    keys of a feature that signs something other than access tokens (the health cards).
+    Those keys never verify a token: :func:`verification_key` reads ``signing_key`` only."""
+    _also_published[name] = keys
+
+
+def served_jwks(hub: Hub) -> dict[str, Any]:
+    """The JWK Set the hub publishes: the token keys (:func:`public_jwks`), then the keys
+    features publish (:func:`publish_in_jwks`)."""
+    keys = list(public_jwks(hub)["keys"])
+    for published in _also_published.values():
+        keys.extend(published(hub))
+    return {"keys": keys}
 
 
 def public_jwk(key: ECKey) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from emr_hub.security.assertions import ASSERTION_TYPE, claimed_client_id
 from emr_hub.security.client_credentials import TokenRequest, grant_token
 from emr_hub.security.client_keys import ALGORITHMS
 from emr_hub.security.clients import CLIENT_ID
-from emr_hub.security.keys import public_jwks
+from emr_hub.security.keys import served_jwks
 from emr_hub.security.oauth import (
     INVALID_REQUEST,
     SERVER_ERROR,
@@ -76,10 +76,10 @@ async def token_endpoint(request: Request, hub: HubDep) -> JSONResponse:
     return JSONResponse(body, headers=_NO_STORE)
 
 
-@router.get(JWKS_PATH, tags=["auth"], summary="Public keys that sign access tokens")
+@router.get(JWKS_PATH, tags=["auth"], summary="Public keys of access tokens and health cards")
 def jwks(hub: HubDep) -> JSONResponse:
     try:
-        keys = public_jwks(hub)
+        keys = served_jwks(hub)
     except SealingError as error:
         return _keys_unavailable(error)
     return JSONResponse(keys, headers={"Cache-Control": "public, max-age=300"})
@@ -107,6 +107,7 @@ def smart_configuration(hub: HubDep) -> dict[str, Any]:
             "client-confidential-asymmetric",
             *(["client-confidential-symmetric"] if secrets else []),
             "permission-v2",
+            "health-cards",
         ],
     }
 

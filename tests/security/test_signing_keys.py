@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from emr_hub.errors import FhirError
+from emr_hub.healthbook.card_keys import card_public_jwks
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from emr_hub.security.clients import ensure_client
@@ -228,7 +229,8 @@ def test_rotation_keeps_old_tokens_working(hub: Hub) -> None:
             assert kids == {old_kid, new_kid}
         with TestClient(create_app(other)) as app:
             served = app.get("/.well-known/jwks.json").json()
-        assert {jwk["kid"] for jwk in served["keys"]} == {old_kid, new_kid}
+        card_kids = {jwk["kid"] for jwk in card_public_jwks(other)}
+        assert {jwk["kid"] for jwk in served["keys"]} == {old_kid, new_kid} | card_kids
         assert all("d" not in jwk for jwk in served["keys"])
     finally:
         other.close()

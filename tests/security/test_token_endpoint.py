@@ -338,6 +338,7 @@ def test_smart_configuration(api: TestClient, hub: Hub) -> None:
         "client-confidential-asymmetric",
         "client-confidential-symmetric",
         "permission-v2",
+        "health-cards",
     ]
 
 

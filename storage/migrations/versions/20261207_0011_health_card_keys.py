@@ -1,7 +1,7 @@
 """health card keys: the keys that sign SMART Health Cards, apart from the token keys
 
-The signer is the row without ``rotated_at``; rotated rows keep their public key (cards they
-signed must keep verifying) and lose their sealed private key.
+Rotated rows (``rotated_at``) keep their public key, since the cards they signed must keep
+verifying, and lose their sealed private key.
 
 Revision ID: 0011
 Revises: 0010

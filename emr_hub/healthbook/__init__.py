@@ -30,6 +30,7 @@ HEALTH_CARDS_ISSUE = (
 def install(app: FastAPI) -> None:
     """Declare the operations and add the routes (before the FHIR router, whose
     ``/Patient/{id}/{type}`` route would otherwise take them)."""
+    install_wallet_push(app)
     from emr_hub.healthbook.card_keys import card_public_jwks
     from emr_hub.healthbook.card_routes import router as card_router
     from emr_hub.healthbook.link_routes import router as link_router
@@ -76,3 +77,24 @@ def install(app: FastAPI) -> None:
 
     app.include_router(page_router)
     app.mount("/health-book/static", StaticFiles(directory=STATIC_DIR), name="health-book-static")
+
+
+def install_wallet_push(app: FastAPI) -> None:
+    """The push to the identity wallet: the change hook that owes pushes (after the access
+    grants), its outbox handler, ``$wallet-log``, and its gauges in /metrics."""
+    from emr_hub.fhir import hooks
+    from emr_hub.healthbook import metrics, push_delivery  # noqa: F401 - registers the handler
+    from emr_hub.healthbook.push import owe_pushes
+    from emr_hub.healthbook.push_routes import router
+
+    hooks.on_changes(owe_pushes, stage=150)
+    operations.declare(
+        "Patient",
+        "wallet-log",
+        "urn:emr-hub:operation:wallet-log",
+        "The pushes of the patient's health book to the identity wallet, newest first: when "
+        "each was owed, sent and answered, its status, digest and attempts (the citizen "
+        "herself and the operator).",
+    )
+    metrics.install()
+    app.include_router(router)

@@ -94,6 +94,26 @@ class Settings(BaseSettings):
         ),
     )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    dicom_max_request_bytes: int = Field(
+        default=16 * 1024**3,
+        ge=1024,
+        description=(
+            "The largest STOW-RS body (DICOMweb uploads stream to the object store, so "
+            "EMR_HUB_MAX_REQUEST_BYTES does not bound them); counted as it streams, chunked too."
+        ),
+    )
+    dicom_header_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=4096,
+        le=256 * 1024 * 1024,
+        description="How much of each instance's start STOW keeps to read its DICOM header.",
+    )
+    dicom_presign_seconds: int = Field(
+        default=900,
+        ge=1,
+        le=3600,
+        description="Lifetime of the presigned object-store links WADO-RS gives viewers.",
+    )
     statement_timeout_seconds: float = Field(
         default=30,
         ge=0.001,

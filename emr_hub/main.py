@@ -28,6 +28,7 @@ from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.fhir.unstorable import NulGuard
 from emr_hub.healthbook import install as install_healthbook
 from emr_hub.hub import Hub
+from emr_hub.imaging import install as install_imaging
 from emr_hub.logs import AccessLog
 from emr_hub.metrics.app import install as install_metrics
 from emr_hub.metrics.app import start_process_metrics
@@ -94,6 +95,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     app.include_router(audit_router)  # before the FHIR router: AuditEvent is not in the store
     app.include_router(export_router)  # before the FHIR router: $export and _export paths
     install_healthbook(app)  # before the FHIR router: Patient/{id}/$summary ...
+    install_imaging(app)  # DICOMweb at /dicomweb
     app.include_router(fhir_router)
     install_error_handlers(app)
     app.add_middleware(AccessLog)

@@ -1,5 +1,5 @@
-"""The audit middleware: an AuditEvent for every request to the FHIR API and the token
-endpoint, durable before the answer leaves (an ASGI middleware, so it sees the status first).
+"""The audit middleware: an AuditEvent for every request to the FHIR API, DICOMweb and the
+token endpoint, durable before the answer leaves (an ASGI middleware, so it sees the status first).
 
 For each audited request it makes an :class:`~emr_hub.security.audit.trail.AuditTrail` (the
 request id from ``X-Request-Id``, or a new one, echoed in the answer; the client's address),
@@ -45,7 +45,7 @@ def audited(path: str) -> bool:
         return True
     if path.startswith(PUBLIC):
         return False
-    return path == "/fhir" or path.startswith("/fhir/")
+    return path in ("/fhir", "/dicomweb") or path.startswith(("/fhir/", "/dicomweb/"))
 
 
 class AuditMiddleware:

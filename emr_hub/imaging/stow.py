@@ -1,0 +1,301 @@
+"""STOW-RS: instances streamed into the object store, indexed, and their studies' ImagingStudy
+written, all in one database transaction per upload request.
+
+Each part goes to the object store as it is read (under a fresh key ``dicom/instances/<uuid>``,
+the store computing its SHA-256), keeping only the part's first ``EMR_HUB_DICOM_HEADER_BYTES``
+to read the header from. When the body has been read, one transaction indexes what was
+accepted, rewrites the touched series' metadata objects and writes one ImagingStudy version
+per study. If anything fails on the way (a malformed body, the size limit, a refusal of the
+write by the access policy) every object this request wrote is removed: nothing is stored.
+
+The same SOP Instance UID again with the same bytes (SHA-256) is a success that stores
+nothing new; with different bytes it is refused (FailureReason 0x0111): an instance is
+immutable once stored, as DICOM expects of a UID; delete the study to replace it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from emr_hub.errors import FhirError, Issue
+from emr_hub.fhir.store import FhirStore
+from emr_hub.hub import Hub
+from emr_hub.imaging import index
+from emr_hub.imaging.headers import (
+    DATA_SET_MISMATCH,
+    DUPLICATE_INSTANCE,
+    PROCESSING_FAILURE,
+    SOP_CLASS_NOT_SUPPORTED,
+    InstanceHeader,
+    Refused,
+    read_header,
+)
+from emr_hub.imaging.multipart import Part
+from emr_hub.imaging.study import (
+    NoPatient,
+    based_on,
+    ensure_endpoint,
+    imaging_study,
+    match_patient,
+    write_study,
+)
+from emr_hub.imaging.urls import DicomUrls
+from emr_hub.security.access import store_for
+from emr_hub.security.audit.recording import absorb_write
+from emr_hub.security.principal import Principal
+from storage.db import after_commit
+from storage.objects import StoredObject
+
+log = logging.getLogger(__name__)
+DICOM = "application/dicom"
+TAIL_BYTES = 64
+
+
+class Capture:
+    """Passes an instance's chunks through, keeping its first ``keep`` bytes and its last few."""
+
+    def __init__(self, chunks: Iterable[bytes], keep: int) -> None:
+        self._chunks = chunks
+        self._keep = keep
+        self.prefix = bytearray()
+        self.tail = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            room = self._keep - len(self.prefix)
+            if room > 0:
+                self.prefix += chunk[:room]
+            self.tail = (self.tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
+            yield chunk
+
+
+@dataclass
+class Accepted:
+    header: InstanceHeader
+    stored: StoredObject
+
+
+@dataclass
+class Outcome:
+    """What a STOW request did, instance by instance, for the Store Instances Response."""
+
+    stored: list[tuple[str, str, str]] = field(default_factory=list)
+    """(SOP Class UID, SOP Instance UID, RetrieveURL) of the instances now held."""
+    failed: list[tuple[str | None, str | None, int]] = field(default_factory=list)
+    studies: set[str] = field(default_factory=set)
+
+    @property
+    def status(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.stored else 409
+
+    def response(self, urls: DicomUrls) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if len(self.studies) == 1:
+            body["00081190"] = {"vr": "UR", "Value": [urls.study(next(iter(self.studies)))]}
+        if self.failed:
+            body["00081198"] = {"vr": "SQ", "Value": [_failure(*item) for item in self.failed]}
+        if self.stored:
+            body["00081199"] = {
+                "vr": "SQ",
+                "Value": [
+                    {
+                        "00081150": {"vr": "UI", "Value": [sop_class]},
+                        "00081155": {"vr": "UI", "Value": [sop]},
+                        "00081190": {"vr": "UR", "Value": [url]},
+                    }
+                    for sop_class, sop, url in self.stored
+                ],
+            }
+        return body
+
+
+def _failure(sop_class: str | None, sop: str | None, reason: int) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if sop_class:
+        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    if sop:
+        item["00081155"] = {"vr": "UI", "Value": [sop]}
+    item["00081197"] = {"vr": "US", "Value": [reason]}
+    return item
+
+
+def store_instances(
+    hub: Hub, principal: Principal, parts: Iterable[Part], study_uid: str | None
+) -> Outcome:
+    """Run one STOW request (blocking: call it off the event loop)."""
+    outcome = Outcome()
+    written: list[str] = []
+    try:
+        accepted = _receive(hub, parts, study_uid, outcome, written)
+        if not accepted and not outcome.failed:
+            raise FhirError(400, [Issue("invalid", "The multipart body holds no instance")])
+        if accepted:
+            with hub.db.transaction() as session:
+                store = store_for(session, hub.settings, principal)
+                _index(hub, store, principal, accepted, outcome, written)
+                store.flush()
+                absorb_write(hub, principal, store, outcome.status)
+    except BaseException:
+        remove_objects(hub, written)
+        raise
+    return outcome
+
+
+def _receive(
+    hub: Hub,
+    parts: Iterable[Part],
+    study_uid: str | None,
+    outcome: Outcome,
+    written: list[str],
+) -> list[Accepted]:
+    accepted: list[Accepted] = []
+    for part in parts:
+        media = (part.content_type or DICOM).split(";")[0].strip().lower()
+        if media != DICOM:
+            outcome.failed.append((None, None, SOP_CLASS_NOT_SUPPORTED))
+            continue
+        key = f"dicom/instances/{uuid.uuid4().hex}"
+        capture = Capture(part.chunks, hub.settings.dicom_header_bytes)
+        written.append(key)
+        stored = hub.objects.put(key, iter(capture), content_type=DICOM)
+        try:
+            header = read_header(bytes(capture.prefix), stored.size, capture.tail)
+            if study_uid is not None and header.study_uid != study_uid:
+                raise Refused(DATA_SET_MISMATCH, "the instance is not of the study in the URL")
+        except Refused as refusal:
+            log.info("STOW part refused: %s", refusal)
+            outcome.failed.append((None, None, refusal.reason))
+            remove_objects(hub, [key])
+            continue
+        accepted.append(Accepted(header, stored))
+    return accepted
+
+
+def _index(
+    hub: Hub,
+    store: FhirStore,
+    principal: Principal,
+    accepted: list[Accepted],
+    outcome: Outcome,
+    written: list[str],
+) -> None:
+    session = store.session
+    urls = DicomUrls(hub.settings.base_url)
+    known = index.existing_instances(session, (a.header.sop_uid for a in accepted))
+    fresh: dict[str, list[Accepted]] = {}
+    seen: dict[str, str] = {}
+    for item in accepted:
+        header = item.header
+        previous = known.get(header.sop_uid)
+        earlier = seen.get(header.sop_uid)
+        same = (previous.sha256 if previous else earlier) == item.stored.sha256_hex
+        if previous is not None or earlier is not None:
+            _drop_after_commit(hub, session, item.stored.key)
+            if same and previous is not None:
+                outcome.stored.append(_reference(urls, header))
+                outcome.studies.add(header.study_uid)
+            elif not same:
+                outcome.failed.append((header.sop_class_uid, header.sop_uid, DUPLICATE_INSTANCE))
+            continue
+        seen[header.sop_uid] = item.stored.sha256_hex
+        fresh.setdefault(header.study_uid, []).append(item)
+    if not fresh:
+        return
+    ensure_endpoint(store, hub.settings, urls.root)
+    for study_uid, items in fresh.items():
+        if not _index_study(hub, store, principal, study_uid, items, outcome, written):
+            for item in items:
+                _drop_after_commit(hub, session, item.stored.key)
+
+
+def _index_study(
+    hub: Hub,
+    store: FhirStore,
+    principal: Principal,
+    study_uid: str,
+    items: list[Accepted],
+    outcome: Outcome,
+    written: list[str],
+) -> bool:
+    """Index the new instances of one study and write its ImagingStudy; False when they are
+    refused (no Patient matches), leaving nothing of them."""
+    session = store.session
+    urls = DicomUrls(hub.settings.base_url)
+    existing = session.get(index.DicomStudy, study_uid)
+    resource_id = existing.imaging_study_id if existing is not None else None
+    if resource_id is not None:
+        store.read("ImagingStudy", resource_id)  # 404 when the sender may not see it
+    newest = items[-1].header
+    try:
+        patient = match_patient(store, principal, newest.text("PatientID"))
+    except NoPatient:
+        for item in items:
+            header = item.header
+            outcome.failed.append((header.sop_class_uid, header.sop_uid, PROCESSING_FAILURE))
+        return False
+    moment = store.moment
+    for item in items:
+        header = item.header
+        metadata = header.metadata(urls.pixel_data(header))
+        index.add_instance(session, header, item.stored, metadata, moment)
+        index.update_series(session, header, orjson.dumps(metadata).decode())
+        outcome.stored.append(_reference(urls, header))
+    outcome.studies.add(study_uid)
+    attributes = orjson.dumps(newest.metadata(urls.pixel_data(newest))).decode()
+    planned_id = resource_id or uuid.uuid4().hex
+    study = index.update_study(session, newest, attributes, planned_id, moment)
+    index.recount(session, study_uid)
+    for series_uid in {item.header.series_uid for item in items}:
+        _rewrite_metadata(hub, store, series_uid, written)
+    resource = imaging_study(
+        store,
+        study,
+        resource_id=resource_id,
+        patient_id=patient,
+        based=based_on(store, principal, newest.text("AccessionNumber")),
+    )
+    stored = write_study(store, principal, resource, resource_id)
+    study.imaging_study_id = stored.id
+    return True
+
+
+def _rewrite_metadata(hub: Hub, store: FhirStore, series_uid: str, written: list[str]) -> None:
+    """A new metadata object for the series; the row points at it, the old one goes after
+    the commit (a rollback removes the new one with the request's other objects)."""
+    session = store.session
+    session.flush()
+    series = session.get(index.DicomSeries, series_uid)
+    assert series is not None
+    key = f"dicom/metadata/{series_uid}/{uuid.uuid4().hex}.json"
+    written.append(key)
+    hub.objects.put(
+        key, index.series_metadata(session, series_uid), content_type="application/dicom+json"
+    )
+    if series.metadata_key:
+        _drop_after_commit(hub, session, series.metadata_key)
+    series.metadata_key = key
+
+
+def _reference(urls: DicomUrls, header: InstanceHeader) -> tuple[str, str, str]:
+    return (header.sop_class_uid, header.sop_uid, urls.instance(header))
+
+
+def _drop_after_commit(hub: Hub, session: Any, key: str) -> None:
+    after_commit(session, lambda: remove_objects(hub, [key]))
+
+
+def remove_objects(hub: Hub, keys: list[str]) -> None:
+    """Delete objects, best effort (what is left is unreferenced, harmless)."""
+    for key in keys:
+        try:
+            hub.objects.delete(key)
+        except Exception:  # noqa: BLE001 - best effort: an orphan object is harmless
+            log.warning("could not remove object %s", key)

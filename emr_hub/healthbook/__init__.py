@@ -72,7 +72,7 @@ def install(app: FastAPI) -> None:
     app.include_router(link_router)
     from fastapi.staticfiles import StaticFiles
 
-    from emr_hub.healthbook.page import STATIC_DIR
+    from emr_hub.healthbook.page_render import STATIC_DIR
     from emr_hub.healthbook.page import router as page_router
 
     app.include_router(page_router)

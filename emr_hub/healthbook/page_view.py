@@ -82,6 +82,14 @@ ACTIONS = {
     "batch": "Gửi hồ sơ",
     "110127": "Mở hồ sơ khẩn cấp",
 }
+OPERATIONS = {
+    "$shl-manifest": "Mở liên kết chia sẻ",
+    "$summary": "Xem tóm tắt hồ sơ",
+    "$everything": "Xem toàn bộ hồ sơ",
+    "$health-cards-issue": "Cấp thẻ sức khỏe",
+    "$referral-history": "Xem lịch sử chuyển tuyến",
+    "$export": "Xuất dữ liệu",
+}
 PURPOSES = {"TREAT": "Điều trị", "ETREAT": "Cấp cứu"}
 OUTCOMES = {"0": "Thành công", "4": "Bị từ chối", "8": "Lỗi hệ thống"}
 
@@ -296,12 +304,20 @@ def _access(parts: list[dict[str, Any]]) -> AccessView:
     subtype = values.get("what") or {}
     code = str(subtype.get("code") or "")
     action = ACTIONS.get(code, str(subtype.get("display") or code))
+    operation = str(values.get("operation") or "")
+    if operation:
+        action = OPERATIONS.get(operation, f"{action} {operation}")
     organization = values.get("organization") or {}
     practitioner = values.get("practitioner") or {}
     kinds = [k for k in str(values.get("data") or "").split(",") if k]
     return AccessView(
-        when=_local_time(str(values.get("when") or "")),
-        facility=str(organization.get("display") or organization.get("reference") or "—"),
+        when=_instant_text(str(values.get("when") or "")),
+        facility=str(
+            organization.get("display")
+            or organization.get("reference")
+            or values.get("recipient")  # a SMART Health Link's opener, named by itself
+            or "—"
+        ),
         practitioner=str(practitioner.get("value") or ""),
         action=action,
         data=", ".join(dict.fromkeys(DATA_KINDS.get(k, k) for k in kinds)),
@@ -312,9 +328,13 @@ def _access(parts: list[dict[str, Any]]) -> AccessView:
     )
 
 
-def _local_time(instant: str) -> str:
+def local_time(moment: datetime) -> str:
+    """A moment as Vietnam reads it: ``HH:MM dd/mm/yyyy``, in its time."""
+    return moment.astimezone(VIETNAM).strftime("%H:%M %d/%m/%Y")
+
+
+def _instant_text(instant: str) -> str:
     try:
-        moment = datetime.fromisoformat(instant.replace("Z", "+00:00"))
+        return local_time(datetime.fromisoformat(instant.replace("Z", "+00:00")))
     except ValueError:
         return instant
-    return moment.astimezone(VIETNAM).strftime("%H:%M %d/%m/%Y")

@@ -6,7 +6,10 @@ sharing settings honoured by the access policy; another citizen's data never sho
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -460,3 +463,61 @@ def test_the_signed_card_downloads_as_a_file(client: TestClient) -> None:
     assert "attachment" in card.headers["content-disposition"]
     credentials = card.json()["verifiableCredential"]
     assert len(credentials) == 1 and credentials[0].count(".") == 2
+
+
+# ------------------------------------------------------------------ share with a doctor
+def test_a_link_for_a_doctor_is_made_shown_once_and_revoked(
+    dev_hub: Hub, dev_client: TestClient
+) -> None:
+    dev_sign_in(dev_client, LAN.cccd)
+    token = csrf_of(book(dev_client))
+    asked = {
+        "patient": LAN.id,
+        "label": "Phòng khám Hà Đông",
+        "passcode": "241085",
+        "lifetime": "1d",
+    }
+    assert dev_client.post("/health-book/links", data=asked).status_code == 403  # no token
+    made = dev_client.post("/health-book/links", data=asked | {"csrf_token": token})
+    assert made.status_code == 200, made.text
+    shlink = re.search(
+        r'<textarea id="shlink" readonly rows="5">(shlink:/[^<]+)</textarea>', made.text
+    )
+    assert shlink and 'src="data:image/png;base64,' in made.text
+    encoded = shlink.group(1).removeprefix("shlink:/")
+    payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    assert payload["flag"] == "P" and payload["label"] == "Phòng khám Hà Đông"
+    assert 23 * 3600 < payload["exp"] - time.time() <= 24 * 3600
+
+    manifest = urlsplit(payload["url"]).path
+    clinic = {"recipient": "Phòng khám Hà Đông", "passcode": "241085"}
+    opened = dev_client.post(manifest, json=clinic)
+    assert opened.status_code == 200 and opened.json()["files"]
+    assert dev_client.post(manifest, json=clinic | {"passcode": "000000"}).status_code == 401
+
+    page = book(dev_client)
+    log = page.split('id="ai-da-xem"')[1].split("</section>")[0]
+    assert "Phòng khám Hà Đông" in log and "Mở liên kết chia sẻ" in log  # the clinic's opening
+    listed = re.findall(r'data-link="([0-9a-f-]{36})"', page)
+    assert len(listed) == 1 and "Phòng khám Hà Đông" in page
+    assert page.count(payload["key"]) == 0 and encoded not in page  # shown once, never again
+    with TestClient(create_app(dev_hub)) as toan_browser:
+        dev_sign_in(toan_browser, TOAN.cccd)
+        toan_token = csrf_of(book(toan_browser))
+        refused = toan_browser.post(
+            "/health-book/links/revoke", data={"csrf_token": toan_token, "link": listed[0]}
+        )
+        assert refused.status_code == 404
+    assert dev_client.post(manifest, json=clinic).status_code == 200
+    revoked = dev_client.post(
+        "/health-book/links/revoke",
+        data={"csrf_token": token, "patient": LAN.id, "link": listed[0]},
+        follow_redirects=False,
+    )
+    assert revoked.status_code == 303
+    assert dev_client.post(manifest, json=clinic).status_code == 404
+    assert 'data-link="' not in book(dev_client)
+    short = dev_client.post(
+        "/health-book/links", data=asked | {"csrf_token": token, "passcode": "1"}
+    )
+    assert short.status_code == 400

@@ -59,6 +59,7 @@ from emr_hub.security.audit.events import (
     ENTITY_TYPE,
     OBJECT_ROLE,
     PARTICIPATION,
+    RECIPIENT_SYSTEM,
     EventFacts,
     PatientEntity,
     outcome_of,
@@ -80,9 +81,6 @@ FILE_PATH = "/shl/f"
 SMART_HEALTH_CARD = "application/smart-health-card"
 FHIR_JSON = "application/fhir+json"
 MANIFEST_OPERATION = "$shl-manifest"
-RECIPIENT_SYSTEM = "urn:smart-health-links:recipient"
-"""The identifier system of the recipient a manifest request named, in its AuditEvent (not an
-``urn:emr-hub`` system, so the access log shows the recipient as who accessed)."""
 LINK_SYSTEM = "urn:emr-hub:health-link"
 LOCATION_LIFETIME = timedelta(minutes=10)
 """How long a ``location`` URL works (the spec allows an hour at most); it works once."""

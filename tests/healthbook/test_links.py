@@ -143,8 +143,7 @@ def access_entries(client: TestClient, headers: dict[str, str]) -> list[dict[str
         if parameter["name"] != "access":
             continue
         parts = {part["name"]: part for part in parameter["part"]}
-        who = parts.get("practitioner", {}).get("valueIdentifier", {})
-        if who.get("value") == RECIPIENT:
+        if parts.get("recipient", {}).get("valueString") == RECIPIENT:
             entries.append(parts)
     return entries
 
@@ -401,6 +400,8 @@ def test_every_manifest_request_is_in_her_access_log(demo_hub: Hub, client: Test
     assert [e["outcome"]["valueCode"] for e in entries] == ["4", "0", "4", "0"]
     for entry in entries:
         assert entry["what"]["valueCoding"]["code"] == "operation"
+        assert entry["operation"]["valueString"] == "$shl-manifest"
+        assert "practitioner" not in entry  # a name she was given, not a practitioner's id
         assert entry["breakGlass"]["valueBoolean"] is False
     disclosed = set(entries[1]["data"]["valueString"].split(","))
     assert "Patient" in disclosed and "Condition" in disclosed

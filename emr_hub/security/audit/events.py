@@ -47,6 +47,11 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 CLIENT_SYSTEM = "urn:emr-hub:client"
 PERSON_SYSTEM = "urn:emr-hub:person"
+RECIPIENT_SYSTEM = "urn:smart-health-links:recipient"
+"""The identifier system of an agent known only by the name it gave (who opened a health
+link); not an ``urn:emr-hub`` system, so the access log shows it as who accessed."""
+JOB_ROLE = "20"
+"""The object role of the entity naming the operation a request ran."""
 
 SOURCE_ROLE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
 DESTINATION_ROLE = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
@@ -263,7 +268,7 @@ def _entities(facts: EventFacts) -> list[dict[str, Any]]:
         entities.append(
             {
                 "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-                "role": {"system": OBJECT_ROLE, "code": "20", "display": "Job"},
+                "role": {"system": OBJECT_ROLE, "code": JOB_ROLE, "display": "Job"},
                 "name": facts.operation,
             }
         )

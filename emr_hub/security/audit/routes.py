@@ -39,6 +39,7 @@ from emr_hub.fhir.search.params import parse_count, split_values
 from emr_hub.fhir.search.values import parse_date_query
 from emr_hub.fhir.store import RESOURCE, format_instant
 from emr_hub.hub import Hub
+from emr_hub.security.audit.events import JOB_ROLE, RECIPIENT_SYSTEM
 from emr_hub.security.audit.log import ENTITY, EVENT, PATIENT
 from emr_hub.security.policy import BREAK_GLASS
 from emr_hub.security.principal import Principal, PrincipalDep
@@ -316,7 +317,11 @@ def _access_parts(
     for agent in event.get("agent") or []:
         identifier = (agent.get("who") or {}).get("identifier") or {}
         system = str(identifier.get("system") or "")
-        if agent.get("requestor") and system and not system.startswith("urn:emr-hub"):
+        if not agent.get("requestor") or not system or system.startswith("urn:emr-hub"):
+            continue
+        if system == RECIPIENT_SYSTEM:  # who opened a health link she shared: a name, no id
+            parts.append({"name": "recipient", "valueString": str(identifier.get("value"))})
+        else:
             parts.append(
                 {
                     "name": "practitioner",
@@ -325,6 +330,9 @@ def _access_parts(
             )
     subtype = (event.get("subtype") or [{}])[0]
     parts.append({"name": "what", "valueCoding": subtype})
+    for entity in event.get("entity") or []:
+        if entity.get("name") and (entity.get("role") or {}).get("code") == JOB_ROLE:
+            parts.append({"name": "operation", "valueString": entity["name"]})
     for entity in event.get("entity") or []:
         details = {d.get("type"): d.get("valueString") for d in entity.get("detail") or []}
         if details.get("person") == person and details.get("types"):

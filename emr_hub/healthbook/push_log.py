@@ -47,7 +47,7 @@ def patient_pushes(session: Session, patient_id: str, *, limit: int) -> list[Pus
         .order_by(col(OutboxMessage.created_at).desc(), col(WalletPush.id).desc())
         .limit(limit)
     )
-    return [_entry(push, message) for push, message in session.execute(statement).tuples()]
+    return [_entry(push, message) for push, message in session.execute(statement)]
 
 
 def _entry(push: WalletPush, message: OutboxMessage) -> PushEntry:

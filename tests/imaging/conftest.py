@@ -53,7 +53,8 @@ class Hospital:
 class ServedHub:
     """The app of ``hub`` served by uvicorn on ``port`` in a thread (lifespan included)."""
 
-    def __init__(self, hub: Hub, port: int) -> None:
+    def __init__(self, hub: Hub, port: int, s3: S3Server | None = None) -> None:
+        self.s3 = s3
         config = uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -72,6 +73,33 @@ class ServedHub:
     def http(self, hospital: Hospital | None = None) -> httpx.Client:
         headers = hospital.headers() if hospital else {}
         return httpx.Client(base_url=self.base, headers=headers, timeout=120)
+
+    def object_keys(self) -> list[str]:
+        """Every key under ``dicom/`` in the object store, listed by the store's own means."""
+        url = self.hub.settings.effective_object_store
+        if url.startswith("file://"):
+            root = Path(url.removeprefix("file://"))
+            folder = root / "dicom"
+            return sorted(
+                str(p.relative_to(root))
+                for p in folder.rglob("*")
+                if p.is_file() and not p.name.startswith(".")
+            )
+        assert self.s3 is not None
+        bucket = url.removeprefix("s3://")
+        listed = self.s3.client().list_objects(bucket, prefix="dicom/", recursive=True)
+        return sorted(str(item.object_name) for item in listed)
+
+    def index_rows(self) -> int:
+        from sqlalchemy import func, select
+
+        from storage.tables import DicomInstance, DicomSeries, DicomStudy
+
+        with self.hub.db.snapshot() as session:
+            return sum(
+                session.scalar(select(func.count()).select_from(table)) or 0
+                for table in (DicomInstance, DicomSeries, DicomStudy)
+            )
 
     def dicomweb(self, hospital: Hospital) -> DICOMwebClient:
         return DICOMwebClient(url=f"{self.base}/dicomweb", headers=hospital.headers())
@@ -97,7 +125,7 @@ class ServedHub:
 
 
 @pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])
-def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The settings of the hub's object store: a folder, or a fresh bucket on the S3 server."""
     if request.param == "file":
         yield {"object_store": f"file://{tmp_path / 'objects'}"}
@@ -105,6 +133,7 @@ def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dic
     server: S3Server = request.getfixturevalue("s3_server")
     bucket = f"imaging-{uuid.uuid4().hex[:20]}"
     yield {
+        "s3": server,
         "object_store": f"s3://{bucket}",
         "s3_endpoint": server.endpoint,
         "s3_access_key": server.access_key,
@@ -120,15 +149,15 @@ def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dic
 
 
 @pytest.fixture
-def served(tmp_path: Path, database_url: str, object_store: dict[str, str]) -> Iterator[ServedHub]:
+def served(tmp_path: Path, database_url: str, object_store: dict[str, Any]) -> Iterator[ServedHub]:
     port = free_port()
-    settings = make_settings(
-        tmp_path, database_url, base_url=f"http://127.0.0.1:{port}", **object_store
-    )
+    store = dict(object_store)
+    s3 = store.pop("s3", None)
+    settings = make_settings(tmp_path, database_url, base_url=f"http://127.0.0.1:{port}", **store)
     hub = Hub.from_settings(settings, migrate=True)
     hub.objects.ensure_ready()
     try:
-        with ServedHub(hub, port) as server:
+        with ServedHub(hub, port, s3) as server:
             yield server
     finally:
         hub.close()
@@ -156,6 +185,7 @@ def instance(
 ) -> Dataset:
     """A copy of a shipped test file with new UIDs (and the given attributes)."""
     dataset = pydicom.dcmread(source)
+    dataset.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: Vietnamese names
     sop = generate_uid()
     dataset.StudyInstanceUID = study
     dataset.SeriesInstanceUID = series or generate_uid()

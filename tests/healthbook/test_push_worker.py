@@ -9,8 +9,10 @@ the hub recorded it loses nothing and duplicates nothing; an unchanged summary s
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,15 @@ DEADLINE = 60
 
 @pytest.fixture
 def parts(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[dict[str, Any]]:
+    with running_parts(tmp_path, postgres_url, redis_url, DEBOUNCE) as running:
+        yield running
+
+
+@contextmanager
+def running_parts(
+    tmp_path: Path, postgres_url: str, redis_url: str, debounce: float
+) -> Iterator[dict[str, Any]]:
+    """A migrated PostgreSQL hub on Redis served over HTTP, and the wallet receiver."""
     hub_port, wallet_port = free_port(), free_port()
     base = f"http://127.0.0.1:{hub_port}"
     wallet = f"http://127.0.0.1:{wallet_port}/intake"
@@ -55,14 +66,14 @@ def parts(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[dict[st
         broker_url=redis_url,
         base_url=base,
         wallet_url=wallet,
-        wallet_debounce_seconds=DEBOUNCE,
+        wallet_debounce_seconds=debounce,
     )
     hub = Hub.from_settings(settings, migrate=True)
     configure_celery(settings, hub=hub)
     env = {
         "EMR_HUB_BASE_URL": base,
         "EMR_HUB_WALLET_URL": wallet,
-        "EMR_HUB_WALLET_DEBOUNCE_SECONDS": str(DEBOUNCE),
+        "EMR_HUB_WALLET_DEBOUNCE_SECONDS": str(debounce),
     }
     state = tmp_path / "wallet.sqlite3"
     receiver = WalletReceiver(wallet_port, base, state, tmp_path / "wallet.log")
@@ -242,3 +253,35 @@ def test_a_worker_killed_mid_push_loses_and_duplicates_nothing(parts: dict[str, 
         assert logged["idempotencyKey"] == received["accepted"][0]["key"]
     finally:
         second.stop()
+
+
+def test_the_push_lag_at_a_steady_write_load_with_the_default_window(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    """One visit a second for different patients, the default 10 s window: the time from each
+    write's answer to the wallet having the card (the receiver's clock, the same machine's)."""
+    window, visits = 10.0, 12
+    with running_parts(tmp_path, postgres_url, redis_url, window) as running:
+        receiver = running["receiver"]
+        worker = start_worker(running, "worker")
+        try:
+            api = api_of(running)
+            written: dict[str, float] = {}
+            for number in range(visits):
+                cccd = f"0010840{number:05d}"
+                started = time.monotonic()
+                assert api.post("", visit_bundle(cccd)).status_code == 200
+                written[cccd] = time.time()
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))  # the load's pace
+            wait_for(accepted(receiver, visits), 120, "every visit's push", worker.log)
+        finally:
+            worker.stop()
+        lags = sorted(
+            p["received_at"] - written[p["cccd"]] for p in receiver.received()["accepted"]
+        )
+    p50, p95 = statistics.median(lags), lags[int(0.95 * (len(lags) - 1))]
+    print(
+        f"wallet push lag, {visits} visits at 1/s, window {window:g} s: "
+        f"p50 {p50:.1f} s, p95 {p95:.1f} s"
+    )
+    assert window <= lags[0] and p95 < window + 20

@@ -22,7 +22,6 @@ transaction as the outbox's own bookkeeping; an answered attempt also writes its
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 from weakref import WeakSet
@@ -57,8 +56,6 @@ from emr_hub.security.principal import CITIZEN, Principal
 from emr_hub.security.scopes import ScopeSet
 from storage.db import Database, after_commit
 from storage.tables import WalletPush
-
-log = logging.getLogger(__name__)
 
 WALLET_RETRY = RetryPolicy(backoff_cap=900.0, max_age=timedelta(days=7))
 """A wallet down for hours loses nothing: attempts every 15 minutes at most, for a week."""

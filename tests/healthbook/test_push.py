@@ -24,6 +24,7 @@ from emr_hub.main import create_app
 from emr_hub.outbox import relay_pending, utcnow
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_citizen_token
+from storage.db import as_utc
 from storage.tables import AuditEventRow, OutboxMessage, WalletPush
 from tests.conftest import free_port, make_settings
 from tests.fhir.conftest import Api, token_for
@@ -200,3 +201,34 @@ def test_a_push_reaches_the_wallet_verified_and_audited(
             )
         )
     assert events == [person_of_cccd(LAN_CCCD)]  # one answered attempt, recorded as hers
+
+
+def test_an_unreachable_wallet_is_retried_for_a_week_then_the_push_fails(
+    wallet_hub: Hub, client: TestClient
+) -> None:
+    patient_id = patient_id_of(Api(client, token_for(wallet_hub)).post("", visit_bundle()))
+    with wallet_hub.db.snapshot() as session:
+        [owed_at] = session.scalars(select(OutboxMessage.created_at))
+    owed_at = as_utc(owed_at)
+    moment, delays = past_the_window(), []
+    for _ in range(12):  # nothing listens at the wallet's URL
+        assert relay_pending(wallet_hub, now=moment).retried == 1
+        with wallet_hub.db.snapshot() as session:
+            [due] = session.scalars(select(OutboxMessage.available_at))
+        delays.append((as_utc(due) - moment).total_seconds())
+        moment = as_utc(due)
+    assert delays[1] < delays[2] < delays[3]  # backing off ...
+    assert all(900 <= delay <= 990 for delay in delays[-2:])  # ... to 15 minutes, jitter included
+    log = pushes(
+        citizen_api(wallet_hub, client, LAN_CCCD).get(f"/Patient/{patient_id}/$wallet-log").json()
+    )
+    assert log[0]["status"] == "owed" and log[0]["attempts"] == 12
+
+    assert relay_pending(wallet_hub, now=owed_at + timedelta(days=7, seconds=1)).failed == 1
+    log = pushes(
+        citizen_api(wallet_hub, client, LAN_CCCD).get(f"/Patient/{patient_id}/$wallet-log").json()
+    )
+    assert log[0]["status"] == "failed" and "nextAttempt" not in log[0]
+    with wallet_hub.db.snapshot() as session:
+        assert dict((k[0], v) for k, v in pushes_by_status(session)) == {"owed": 0, "failed": 1}
+        assert list(oldest_owed_age(session)) == [((), 0.0)]

@@ -30,6 +30,7 @@ from emr_hub.healthbook.card_keys import (
     list_card_keys,
     rotate_card_key,
 )
+from emr_hub.healthbook.credentials import issue_compact_card, issue_full_card
 from emr_hub.healthbook.qr import qr_images
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
@@ -228,6 +229,53 @@ def test_the_compact_card_fits_a_qr_code_and_holds_what_it_should(
     conditions = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Condition"]
     assert {c["code"].get("text") for c in conditions} >= {"Đái tháo đường típ 2", "Hen phế quản"}
     assert "Gãy xương cẳng tay" not in {c["code"].get("text") for c in conditions}  # resolved
+
+
+def test_a_compact_card_too_big_for_a_qr_code_is_cut_at_the_tail(
+    demo_hub: Hub, client: TestClient, lan: Api
+) -> None:
+    """Sixty vaccinations do not fit one QR code: the card keeps the allergies and problems
+    and the newest vaccinations that fit, and says how many it left out."""
+    bach_mai = hospital(demo_hub, client, "bach-mai")
+    vaccinations = [
+        {
+            "resource": {
+                "resourceType": "Immunization", "status": "completed",
+                "patient": {"reference": f"Patient/{LAN.id}"},
+                "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx",
+                                            "code": str(100 + n)}]},
+                "occurrenceDateTime": f"{1960 + n}-03-01",
+            },
+            "request": {"method": "POST", "url": "Immunization"},
+        }
+        for n in range(60)
+    ]  # fmt: skip
+    posted = bach_mai.post("", {"resourceType": "Bundle", "type": "transaction",
+                                "entry": vaccinations})  # fmt: skip
+    assert posted.status_code == 200, posted.text
+    summary = lan.get(f"/Patient/{LAN.id}/$summary").json()
+    sections = {
+        s["code"]["coding"][0]["code"]: [e["reference"] for e in s.get("entry", [])]
+        for s in summary["entry"][0]["resource"]["section"]
+    }
+    wanted = sections["48765-2"] + sections["11450-4"] + sections["11369-6"]
+    card = issue_compact_card(demo_hub, summary)
+    assert len(card.jws) <= MAX_QR_JWS
+    base = demo_hub.settings.fhir_base_url
+    kept = [f"{base}/{source}" for source in card.sources[1:]]
+    assert 0 < len(kept) < len(wanted)
+    assert kept == wanted[: len(kept)]  # allergies, problems, then the newest vaccinations
+    assert card.left_out == len(wanted) - len(kept)
+    # One more entry would not have fitted: the cut is where the limit is.
+    by_url = {e["fullUrl"]: e for e in summary["entry"]}
+    one_more = [by_url[f"{base}/Patient/{LAN.id}"], *(by_url[u] for u in wanted[: len(kept) + 1])]
+    compact_patient = ("name", "birthDate", "gender")
+    longer = issue_full_card(demo_hub, {"entry": one_more}, identity_claims=compact_patient)
+    assert len(longer.jws) > MAX_QR_JWS
+    _, payload = verified(card.jws, served_keys(client))
+    assert len(fhir_bundle(payload)["entry"]) == len(card.sources)
+    png, _ = qr_images(card.jws)
+    assert len(png_modules(png)) <= 17 + 4 * 22
 
 
 def test_the_qr_code_carries_the_compact_card(demo_hub: Hub, client: TestClient, lan: Api) -> None:

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete
+from sqlmodel import col
 
 from emr_hub.errors import forbidden
 from emr_hub.security.sealing import key_encryption_key
@@ -79,7 +80,7 @@ def open_session(hub: Hub, person: str, method: str, *, now: datetime | None = N
     secret = secrets.token_urlsafe(SECRET_BYTES)
     lifetime = timedelta(hours=hub.settings.citizen_session_hours)
     with hub.db.transaction() as session:
-        session.execute(delete(CitizenSession).where(CitizenSession.expires_at < moment))  # type: ignore[arg-type]
+        session.execute(delete(CitizenSession).where(col(CitizenSession.expires_at) < moment))
         session.add(
             CitizenSession(
                 id=_row_id(secret),

@@ -15,6 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from oidc_provider_mock import run_server_in_thread
+from selenium import webdriver
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 from sqlalchemy import select
 
 from emr_hub.config import Settings
@@ -43,11 +48,9 @@ SECRET = "the-hubs-secret-at-the-provider"
 
 
 @pytest.fixture
-def browser() -> Iterator[object]:
+def browser() -> Iterator[WebDriver]:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         service_missing(f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (apt chromium)")
-    from selenium import webdriver
-
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
@@ -66,8 +69,6 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def issuer() -> Iterator[str]:
-    from oidc_provider_mock import run_server_in_thread
-
     with run_server_in_thread(require_nonce=True, user_claims=USERS) as server:
         yield f"http://localhost:{server.server_port}"
 
@@ -100,13 +101,9 @@ def served(tmp_path: Path, issuer: str) -> Iterator[tuple[str, Hub]]:
 
 
 def test_lan_signs_in_reads_her_book_shares_and_logs_out(
-    browser: object, served: tuple[str, Hub], tmp_path: Path
+    browser: WebDriver, served: tuple[str, Hub], tmp_path: Path
 ) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import Select
-
-    driver: WebDriver = browser  # type: ignore[assignment]
+    driver = browser
     base, hub = served
     commune = {"Authorization": f"Bearer {token_for(hub, client_id=COMMUNE)}"}
     her_record = f"{base}/fhir/Patient/{LAN.id}"
@@ -176,11 +173,8 @@ def test_lan_signs_in_reads_her_book_shares_and_logs_out(
     assert LAN_NAME not in page and all(text not in page for text in LAN_ONLY)
 
 
-def save_screenshot(driver: object, tmp_path: Path) -> None:
+def save_screenshot(driver: WebDriver, tmp_path: Path) -> None:
     """Her whole page (beyond the phone's screen) as a PNG: the test's artifact."""
-    from selenium.webdriver.chrome.webdriver import WebDriver
-
-    assert isinstance(driver, WebDriver)
     shot = driver.execute_cdp_cmd(
         "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
     )

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from oidc_provider_mock import User, run_server_in_thread
 from sqlalchemy import func, select
 
+from emr_hub.config import Settings
 from emr_hub.demo import PATIENTS, load_demo
 from emr_hub.fhir.persons import person_of_cccd
 from emr_hub.healthbook.session import FORM_COOKIE, SESSION_COOKIE
@@ -54,7 +55,7 @@ def issuer() -> Iterator[str]:
         yield f"http://localhost:{server.server_port}"
 
 
-def oidc_settings(tmp_path: Path, database_url: str, issuer: str, **extra: str) -> object:
+def oidc_settings(tmp_path: Path, database_url: str, issuer: str, **extra: str) -> Settings:
     return make_settings(
         tmp_path,
         database_url,
@@ -325,7 +326,8 @@ def test_a_tampered_cookie_opens_nothing(dev_hub: Hub, dev_client: TestClient) -
     dev_sign_in(dev_client, LAN.cccd)
     value = dev_client.cookies[SESSION_COOKIE]
     payload, _, signature = value.rpartition(".")
-    flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    # The first character: all its bits count (the last one's lowest bits are padding).
+    flipped = ("B" if signature[0] != "B" else "C") + signature[1:]
     for tampered in (f"{payload}.{flipped}", value.replace(value[:4], "AAAA", 1)):
         with copied_session(dev_hub, tampered) as copy:
             assert signed_in_as(copy.get("/health-book").text) is None
@@ -521,3 +523,51 @@ def test_a_link_for_a_doctor_is_made_shown_once_and_revoked(
         "/health-book/links", data=asked | {"csrf_token": token, "passcode": "1"}
     )
     assert short.status_code == 400
+
+
+# ------------------------------------------------------------------ the ID token's checks
+def test_the_id_token_is_checked_for_nonce_audience_and_issuer(tmp_path: Path, issuer: str) -> None:
+    """A real ID token of the provider, obtained by hand, against verify_id_token."""
+    from emr_hub.healthbook import signin
+
+    settings = oidc_settings(tmp_path, f"sqlite:///{tmp_path / 'unused.db'}", issuer)
+    provider = signin.discover(settings)
+    redirect_uri = "http://127.0.0.1:8000/health-book/callback"
+    authorize_url = httpx.URL(
+        provider.authorization_endpoint,
+        params={
+            "response_type": "code",
+            "client_id": CLIENT_ID,
+            "redirect_uri": redirect_uri,
+            "scope": "openid",
+            "state": "s",
+            "nonce": "the-nonce",
+        },
+    )
+    answer = httpx.post(authorize_url, data={"sub": "lan"}, follow_redirects=False)
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    tokens = httpx.post(
+        provider.token_endpoint,
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri},
+        auth=(CLIENT_ID, "the-hubs-secret-at-the-provider"),
+    ).json()
+    id_token = tokens["id_token"]
+
+    claims = signin.verify_id_token(settings, provider, id_token, "the-nonce")
+    assert claims["cccd"] == LAN.cccd and claims["sub"] == "lan"
+    with pytest.raises(signin.SignInFailed):
+        signin.verify_id_token(settings, provider, id_token, "another-nonce")
+    other_client = oidc_settings(tmp_path, "sqlite://", issuer)
+    other_client.citizen_oidc_client_id = "another-relying-party"
+    with pytest.raises(signin.SignInFailed):
+        signin.verify_id_token(other_client, provider, id_token, "the-nonce")
+    elsewhere = signin.Provider(
+        "https://idp.example.vn", provider.authorization_endpoint, provider.token_endpoint,
+        provider.jwks_uri, None,
+    )  # fmt: skip
+    with pytest.raises(signin.SignInFailed):
+        signin.verify_id_token(settings, elsewhere, id_token, "the-nonce")
+    header, payload, signature = id_token.split(".")
+    forged = f"{header}.{payload}.{signature[:-4]}AAAA"
+    with pytest.raises(signin.SignInFailed):
+        signin.verify_id_token(settings, provider, forged, "the-nonce")

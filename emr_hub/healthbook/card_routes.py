@@ -20,7 +20,7 @@ caller's access policy, so who may see the patient's summary may have her cards,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,8 @@ HEALTH_CARD_MEDIA = "application/smart-health-card"
 CARD_FILE_NAME = "so-suc-khoe.smart-health-card"
 IMAGE_MEDIA = {"png": "image/png", "svg": "image/svg+xml"}
 _PRIVATE = {"Cache-Control": "no-store"}
+CardMaker = Callable[..., Card]
+""":func:`issue_full_card` or :func:`issue_compact_card`."""
 
 
 @dataclass(frozen=True)
@@ -75,17 +77,11 @@ async def health_cards_issue(
     patient_id: str, request: Request, hub: HubDep, principal: PrincipalDep
 ) -> Response:
     wanted = parse_issue_request(await read_body(request, hub))
+    makers = (issue_full_card, issue_compact_card)
     cards = await run_in_threadpool(
-        _issue, hub, principal, patient_id, wanted.identity_claims, (True, True)
+        _issue, hub, principal, patient_id, makers, wanted.identity_claims
     )
-    chosen = [
-        issued
-        for issued in cards
-        if set(wanted.credential_types) <= issued.tags
-        and (
-            wanted.since is None or (issued.changed is not None and issued.changed >= wanted.since)
-        )
-    ]
+    chosen = [issued for issued in cards if _matches(issued, wanted)]
     return fhir_response(_parameters(chosen, hub.settings.fhir_base_url), headers=_PRIVATE)
 
 
@@ -95,8 +91,8 @@ def health_card_file(
 ) -> Response:
     if card not in ("full", "compact"):
         raise bad_request("card is full or compact", "card")
-    compact = card == "compact"
-    (issued,) = _issue(hub, principal, patient_id, None, (not compact, compact))
+    maker = issue_compact_card if card == "compact" else issue_full_card
+    (issued,) = _issue(hub, principal, patient_id, (maker,))
     body = orjson.dumps({"verifiableCredential": [issued.card.jws]})
     disposition = f'attachment; filename="{CARD_FILE_NAME}"'
     headers = {**_PRIVATE, "Content-Disposition": disposition}
@@ -109,7 +105,7 @@ def health_card_qr(
 ) -> Response:
     if format not in IMAGE_MEDIA:
         raise bad_request("format is png or svg", "format")
-    (issued,) = _issue(hub, principal, patient_id, None, (False, True))
+    (issued,) = _issue(hub, principal, patient_id, (issue_compact_card,))
     png, svg = qr_images(issued.card.jws)
     content = png if format == "png" else svg.encode()
     return Response(content, media_type=IMAGE_MEDIA[format], headers=_PRIVATE)
@@ -166,24 +162,28 @@ def _instant(value: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def _matches(issued: _Issued, wanted: IssueRequest) -> bool:
+    """The card holds every type asked for and, with ``_since``, something changed since."""
+    if not set(wanted.credential_types) <= issued.tags:
+        return False
+    if wanted.since is None:
+        return True
+    return issued.changed is not None and issued.changed >= wanted.since
+
+
 def _issue(
     hub: Hub,
     principal: Principal,
     patient_id: str,
-    claims: Collection[str] | None,
-    which: tuple[bool, bool],
+    makers: Sequence[CardMaker],
+    claims: Collection[str] | None = None,
 ) -> list[_Issued]:
-    """The cards asked for by ``which`` (full, compact), in that order."""
+    """The card each of ``makers`` makes of the patient's summary as ``principal`` sees it."""
     base = hub.settings.fhir_base_url
     summary = in_snapshot(
         hub, principal, lambda store: patient_summary(store, principal, patient_id, base)
     )
     changed = _last_updated(summary)
-    makers: list[Callable[..., Card]] = []
-    if which[0]:
-        makers.append(issue_full_card)
-    if which[1]:
-        makers.append(issue_compact_card)
     # The summary is read; signing happens outside the snapshot (it may make the first key).
     try:
         cards = [maker(hub, summary, identity_claims=claims) for maker in makers]

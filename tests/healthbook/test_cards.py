@@ -531,6 +531,26 @@ def test_only_who_may_see_her_summary_gets_her_cards(
     assert len(issued_cards(toan, TOAN.id)) == 2  # her own
 
 
+def test_a_hospital_issuing_her_card_is_in_her_access_log(
+    demo_hub: Hub, client: TestClient, lan: Api
+) -> None:
+    def reads_by_bach_mai() -> int:
+        log = lan.get(f"/Patient/{LAN.id}/$access-log").json()
+        return sum(
+            1
+            for p in log["parameter"]
+            if p["name"] == "access"
+            for part in p["part"]
+            if part["name"] == "organization"
+            and part["valueReference"]["reference"] == "Organization/bach-mai"
+        )
+
+    before = reads_by_bach_mai()
+    bach_mai = hospital(demo_hub, client, "bach-mai")
+    assert bach_mai.get(f"/Patient/{LAN.id}/$health-card-qr").status_code == 200
+    assert reads_by_bach_mai() > before
+
+
 def test_smart_configuration_advertises_health_cards(client: TestClient) -> None:
     config = client.get("/fhir/.well-known/smart-configuration").json()
     assert "health-cards" in config["capabilities"]

@@ -11,11 +11,13 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from fastapi import Response
 from fastapi.testclient import TestClient
 from oidc_provider_mock import User, run_server_in_thread
 from sqlalchemy import func, select
@@ -23,7 +25,13 @@ from sqlalchemy import func, select
 from emr_hub.config import Settings
 from emr_hub.demo import PATIENTS, load_demo
 from emr_hub.fhir.persons import person_of_cccd
-from emr_hub.healthbook.session import FORM_COOKIE, SESSION_COOKIE
+from emr_hub.healthbook.session import (
+    DEVELOPMENT,
+    FORM_COOKIE,
+    SESSION_COOKIE,
+    open_session,
+    set_session_cookie,
+)
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from emr_hub.security.audit.log import EVENT
@@ -127,8 +135,14 @@ def csrf_of(page: str) -> str:
     return match.group(1)
 
 
-def cookie_attributes(response: httpx.Response, name: str) -> dict[str, str]:
-    for header in response.headers.get_list("set-cookie"):
+def cookie_attributes(response: httpx.Response | Response, name: str) -> dict[str, str]:
+    headers = response.headers
+    values = (
+        headers.get_list("set-cookie")
+        if isinstance(headers, httpx.Headers)
+        else [value for key, value in headers.items() if key == "set-cookie"]
+    )
+    for header in values:
         cookie_name, _, rest = header.partition("=")
         if cookie_name == name:
             value, *attributes = rest.split(";")
@@ -331,6 +345,19 @@ def test_a_tampered_cookie_opens_nothing(dev_hub: Hub, dev_client: TestClient) -
     for tampered in (f"{payload}.{flipped}", value.replace(value[:4], "AAAA", 1)):
         with copied_session(dev_hub, tampered) as copy:
             assert signed_in_as(copy.get("/health-book").text) is None
+
+
+def test_an_expired_session_opens_nothing(dev_hub: Hub, dev_client: TestClient) -> None:
+    person = person_of_cccd(LAN.cccd)
+    for hours_ago, opens in ((1, True), (9, False)):  # sessions last 8 hours
+        secret = open_session(
+            dev_hub, person, DEVELOPMENT, now=datetime.now(UTC) - timedelta(hours=hours_ago)
+        )
+        carrier = Response()
+        set_session_cookie(carrier, dev_hub, secret)
+        value = cookie_attributes(carrier, SESSION_COOKIE)["value"]
+        with copied_session(dev_hub, value) as browser:
+            assert (signed_in_as(browser.get("/health-book").text) == LAN_NAME) is opens
 
 
 # ------------------------------------------------------------------ the book's content
@@ -571,3 +598,25 @@ def test_the_id_token_is_checked_for_nonce_audience_and_issuer(tmp_path: Path, i
     forged = f"{header}.{payload}.{signature[:-4]}AAAA"
     with pytest.raises(signin.SignInFailed):
         signin.verify_id_token(settings, provider, forged, "the-nonce")
+
+
+def test_a_citizen_registered_by_two_hospitals_picks_either_record(
+    dev_hub: Hub, dev_client: TestClient
+) -> None:
+    bach_mai = hospital(dev_hub, dev_client, "bach-mai")
+    second = {
+        "resourceType": "Patient",
+        "identifier": [{"system": "http://fhir.hl7.org.vn/core/sid/cccd", "value": LAN.cccd}],
+        "name": [{"family": "Nguyễn", "given": ["Thị", "Lan"], "text": LAN_NAME}],
+        "birthDate": "1985-04-12",
+    }
+    created = bach_mai.post("/Patient", second)
+    assert created.status_code == 201, created.text
+    other_id = created.json()["id"]
+    dev_sign_in(dev_client, LAN.cccd)
+    page = book(dev_client)
+    options = re.findall(r'<option value="([^"]+)"(?: selected)?>\1</option>', page)
+    assert sorted(options) == sorted([LAN.id, other_id])
+    chosen = book(dev_client, f"?patient={other_id}")
+    assert f"card.smart-health-card?patient={other_id}" in chosen
+    assert signed_in_as(chosen) == LAN_NAME

@@ -45,6 +45,7 @@ def progress_bar() -> Any:
 @click.group()
 def main() -> None:
     """emr_hub: FHIR R4 interchange hub for a network of hospitals."""
+    from emr_hub.healthbook.push_delivery import install as install_wallet_push
     from emr_hub.referrals.enforcement import install as install_referral_rules
     from emr_hub.security import install as install_security
     from emr_hub.subscriptions import install as install_subscriptions
@@ -53,6 +54,7 @@ def main() -> None:
     install_security(get_settings())
     install_referral_rules()
     install_subscriptions(get_settings())
+    install_wallet_push()
 
 
 @main.command()

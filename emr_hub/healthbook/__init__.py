@@ -82,12 +82,10 @@ def install(app: FastAPI) -> None:
 def install_wallet_push(app: FastAPI) -> None:
     """The push to the identity wallet: the change hook that owes pushes (after the access
     grants), its outbox handler, ``$wallet-log``, and its gauges in /metrics."""
-    from emr_hub.fhir import hooks
-    from emr_hub.healthbook import metrics, push_delivery  # noqa: F401 - registers the handler
-    from emr_hub.healthbook.push import owe_pushes
+    from emr_hub.healthbook import metrics, push_delivery
     from emr_hub.healthbook.push_routes import router
 
-    hooks.on_changes(owe_pushes, stage=150)
+    push_delivery.install()
     operations.declare(
         "Patient",
         "wallet-log",

@@ -31,11 +31,12 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from emr_hub.fhir import hooks
 from emr_hub.fhir.persons import patient_cccd, person_of_cccd
 from emr_hub.fhir.store import FhirStore, format_instant
 from emr_hub.healthbook.card_keys import card_signing_key
 from emr_hub.healthbook.credentials import issue_health_card
-from emr_hub.healthbook.push import TOPIC
+from emr_hub.healthbook.push import TOPIC, owe_pushes
 from emr_hub.healthbook.summary import content_digest, patient_summary
 from emr_hub.healthbook.wallet import idempotency_key, post_push, push_body
 from emr_hub.hub import Hub
@@ -73,6 +74,14 @@ def push_principal(person: str, push_id: str) -> Principal:
     return Principal(
         PUSH_CLIENT, None, PUSH_SCOPES, f"wallet-push:{push_id}", kind=CITIZEN, person=person
     )
+
+
+def install() -> None:
+    """Owe pushes on every write (the change hook, after the access grants); importing this
+    module has registered their delivery. Every process that writes or relays the outbox needs
+    both (the API, the command line, the worker): a relay without the handler would fail the
+    pushes as of an unknown topic."""
+    hooks.on_changes(owe_pushes, stage=150)
 
 
 @handler(TOPIC, retry=WALLET_RETRY)

@@ -10,6 +10,11 @@ Summary), and what is built on it.
 Health cards: :mod:`.card_keys` (their signing key), :mod:`.credentials` (the signed card),
 :mod:`.qr` (its QR code), :mod:`.card_routes` (``$health-cards-issue`` and the downloads).
 
+The citizen's page, ``/health-book``: :mod:`.page` (its routes; :mod:`.page_links` for links
+to a doctor), :mod:`.page_view` (what it shows), :mod:`.page_render` (templates, audit),
+:mod:`.consent_settings` (sharing as her Consents), :mod:`.signin` (OpenID Connect) and
+:mod:`.session` (cookie, server-side sessions, CSRF).
+
 Everything is read through the FHIR store with the caller's principal, so the access policy
 and the audit trail apply as to any other read.
 """

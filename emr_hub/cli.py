@@ -1,5 +1,5 @@
 """The ``emr-hub`` command line: serve, worker, beat, migrate, demo, client, token, keys,
-import, reindex, xml130, audit."""
+import, reindex, xml130, audit, dicom-scp, dicom-ae."""
 
 from __future__ import annotations
 
@@ -662,3 +662,41 @@ def _principal_of(hub: Hub, client_id: str | None) -> Principal:
             kind=registered.role,
             break_glass_allowed=registered.break_glass,
         )
+
+
+@main.command("dicom-scp")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=11112, show_default=True, type=int)
+@click.option("--ae-title", default="EMRHUB", show_default=True)
+def dicom_scp(host: str, port: int, ae_title: str) -> None:
+    """Receive DICOM over C-STORE (and answer C-ECHO) from the registered AE titles."""
+    from emr_hub.imaging.dimse import Receiver
+
+    hub = _hub()
+    click.echo(f"DICOM receiver {ae_title} listening on {host}:{port}")
+    try:
+        Receiver(hub, ae_title).serve(host, port)
+    finally:
+        hub.close()
+
+
+@main.group("dicom-ae")
+def dicom_ae() -> None:
+    """The calling AE titles the C-STORE receiver accepts."""
+
+
+@dicom_ae.command("add")
+@click.argument("ae_title")
+@click.option("--organization", required=True, help="Organization/ID whose images it sends.")
+def dicom_ae_add(ae_title: str, organization: str) -> None:
+    """Accept AE_TITLE as a sender for the hospital; its images are written as that hospital."""
+    from emr_hub.imaging.dimse import register_title
+
+    hub = _hub()
+    try:
+        register_title(hub, ae_title, organization)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        hub.close()
+    click.echo(f"AE title {ae_title.strip()} sends for {organization}")

@@ -713,3 +713,14 @@ class WalletPush(SQLModel, table=True):
         Index("ix_wallet_push_patient", "patient_id", "outcome", "generation"),
         Index("ix_wallet_push_owed", "outcome", "patient_id"),
     )
+
+
+class DicomAe(SQLModel, table=True):
+    """A DICOM application entity (a modality, a PACS) allowed to send to the hub's C-STORE
+    receiver, and the hospital whose images it sends (``emr-hub dicom-ae add``)."""
+
+    __tablename__ = "dicom_ae"
+
+    ae_title: str = Field(primary_key=True, max_length=16)
+    organization: str = Field(max_length=128)
+    created_at: datetime = _tz_column()

@@ -134,28 +134,44 @@ def store_instances(
     outcome = Outcome()
     written: list[str] = []
     try:
-        accepted = _receive(hub, parts, study_uid, outcome, written)
+        accepted = receive(hub, parts, study_uid, outcome, written)
         if not accepted and not outcome.failed:
             raise FhirError(400, [Issue("invalid", "The multipart body holds no instance")])
-        if accepted:
-            with hub.db.transaction() as session:
-                store = store_for(session, hub.settings, principal)
-                _index(hub, store, principal, accepted, outcome, written)
-                store.flush()
-                absorb_write(hub, principal, store, outcome.status)
+        commit(hub, principal, accepted, outcome, written)
     except BaseException:
         remove_objects(hub, written)
         raise
     return outcome
 
 
-def _receive(
+def commit(
+    hub: Hub,
+    principal: Principal,
+    accepted: list[Accepted],
+    outcome: Outcome,
+    written: list[str],
+) -> None:
+    """Index what was received, in one transaction with one ImagingStudy version per study
+    (an upload request, or a DIMSE association); the objects are removed by the caller if it
+    fails."""
+    if not accepted:
+        return
+    with hub.db.transaction() as session:
+        store = store_for(session, hub.settings, principal)
+        _index(hub, store, principal, accepted, outcome, written)
+        store.flush()
+        absorb_write(hub, principal, store, outcome.status)
+
+
+def receive(
     hub: Hub,
     parts: Iterable[Part],
     study_uid: str | None,
     outcome: Outcome,
     written: list[str],
 ) -> list[Accepted]:
+    """Stream each part to the object store and read its header; what is refused is in
+    ``outcome.failed`` (its object removed), the keys written are added to ``written``."""
     accepted: list[Accepted] = []
     for part in parts:
         media = (part.content_type or DICOM).split(";")[0].strip().lower()

@@ -2,7 +2,8 @@
 
 ``dicom_study`` (the QIDO-RS matching keys, counts, its ImagingStudy), ``dicom_series``
 (the object of its precomputed WADO-RS metadata) and ``dicom_instance`` (the object, its
-SHA-256, where its native pixel data lies, its metadata).
+SHA-256, where its native pixel data lies, its metadata); ``dicom_ae`` the calling AE titles
+the C-STORE receiver accepts, each with its hospital.
 
 Revision ID: 0015
 Revises: 0014
@@ -91,8 +92,17 @@ def upgrade() -> None:
         batch_op.create_index("ix_dicom_instance_series_uid", ["series_uid"], unique=False)
         batch_op.create_index("ix_dicom_instance_study_uid", ["study_uid"], unique=False)
 
+    op.create_table(
+        "dicom_ae",
+        sa.Column("ae_title", _text(16), nullable=False),
+        sa.Column("organization", _text(128), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("ae_title"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("dicom_ae")
     with op.batch_alter_table("dicom_instance", schema=None) as batch_op:
         batch_op.drop_index("ix_dicom_instance_study_uid")
         batch_op.drop_index("ix_dicom_instance_series_uid")

@@ -36,9 +36,13 @@ def install(app: FastAPI) -> None:
     """Declare the operations and add the routes (before the FHIR router, whose
     ``/Patient/{id}/{type}`` route would otherwise take them)."""
     install_wallet_push(app)
+    from fastapi.staticfiles import StaticFiles
+
     from emr_hub.healthbook.card_keys import card_public_jwks
     from emr_hub.healthbook.card_routes import router as card_router
     from emr_hub.healthbook.link_routes import router as link_router
+    from emr_hub.healthbook.page import router as page_router
+    from emr_hub.healthbook.page_render import STATIC_DIR
     from emr_hub.healthbook.routes import router
     from emr_hub.security.keys import publish_in_jwks
 
@@ -75,11 +79,6 @@ def install(app: FastAPI) -> None:
     app.include_router(card_router)
     app.include_router(router)
     app.include_router(link_router)
-    from fastapi.staticfiles import StaticFiles
-
-    from emr_hub.healthbook.page_render import STATIC_DIR
-    from emr_hub.healthbook.page import router as page_router
-
     app.include_router(page_router)
     app.mount("/health-book/static", StaticFiles(directory=STATIC_DIR), name="health-book-static")
 

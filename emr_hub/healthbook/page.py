@@ -47,8 +47,9 @@ from emr_hub.healthbook.page_render import (
     render,
     signed_in,
 )
-from emr_hub.healthbook.page_view import BookView, accesses_of, read_book
+from emr_hub.healthbook.page_view import accesses_of, her_patients, read_book
 from emr_hub.healthbook.qr import qr_images
+from emr_hub.healthbook.summary import patient_summary
 from emr_hub.hub import Hub
 from emr_hub.security.citizens import UnknownCitizen, citizen_person
 from emr_hub.security.principal import Principal
@@ -251,13 +252,15 @@ async def card_file(request: Request, hub: HubDep) -> Response:
     patient_id = request.query_params.get("patient", "")
 
     def card(principal: Principal) -> str:
-        def summary(store: Any) -> BookView:
-            book = read_book(store, principal, _base(hub), patient_id or None)
-            if book is None or (patient_id and book.patient_id != patient_id):
+        def summary(store: Any) -> dict[str, Any]:
+            assert principal.person is not None
+            hers = her_patients(store, principal.person)
+            chosen = patient_id or (hers[0] if hers else "")
+            if chosen not in hers:
                 raise not_found("No such record of yours")
-            return book
+            return patient_summary(store, principal, chosen, _base(hub))
 
-        return issue_health_card(hub, in_snapshot(hub, principal, summary).bundle)
+        return issue_health_card(hub, in_snapshot(hub, principal, summary))
 
     try:
         jws = await audited(request, hub, citizen.principal, card)

@@ -37,7 +37,7 @@ from emr_hub.errors import FhirError, not_found
 from emr_hub.fhir.routes import in_snapshot, in_transaction
 from emr_hub.healthbook import consent_settings, page_links, signin
 from emr_hub.healthbook import session as sessions
-from emr_hub.healthbook.credentials import issue_health_card
+from emr_hub.healthbook.credentials import issue_compact_card, issue_health_card
 from emr_hub.healthbook.links import list_links
 from emr_hub.healthbook.page_render import (
     SECURITY_HEADERS,
@@ -81,9 +81,15 @@ async def health_book(request: Request, hub: HubDep) -> Response:
         if book is None:
             return {"book": None}
         book.accesses = accesses_of(hub, principal, book.patient_id)
-        png, _ = qr_images(issue_health_card(hub, book.bundle, compact=True))
+        compact = issue_compact_card(hub, book.bundle)
+        png, _ = qr_images(compact.jws)
         links = [link for link in list_links(hub, principal) if link.active()]
-        return {"book": book, "qr_png": base64.b64encode(png).decode(), "links": links}
+        return {
+            "book": book,
+            "qr_png": base64.b64encode(png).decode(),
+            "qr_left_out": compact.left_out,
+            "links": links,
+        }
 
     try:
         shown = await audited(request, hub, citizen.principal, read)

@@ -74,8 +74,12 @@ class CardKeyInfo:
 class _Cache:
     lock: threading.Lock = field(default_factory=threading.Lock)
     signer: ECKey | None = None
+    signer_loaded: float = float("-inf")
     published: list[dict[str, Any]] = field(default_factory=list)
-    loaded: float = float("-inf")
+    published_loaded: float = float("-inf")
+
+    def forget(self) -> None:
+        self.signer_loaded = self.published_loaded = float("-inf")
 
 
 _caches: WeakKeyDictionary[Database, _Cache] = WeakKeyDictionary()
@@ -87,15 +91,30 @@ def card_signing_key(hub: Hub) -> ECKey:
 
     Raises :class:`~emr_hub.security.sealing.SealingError` when the key-encryption key is
     missing or wrong."""
-    cache = _fresh(hub)
-    if cache.signer is None:  # pragma: no cover - _fresh always loads a signer
-        raise RuntimeError("no health-card signing key")
-    return cache.signer
+    cache = _cache(hub.db)
+    refresh = hub.settings.signing_key_refresh_seconds
+    signer = cache.signer
+    if signer is not None and time.monotonic() - cache.signer_loaded < refresh:
+        return signer
+    with cache.lock:
+        if cache.signer is None or time.monotonic() - cache.signer_loaded >= refresh:
+            cache.signer = _load_signer(hub)
+            cache.signer_loaded = time.monotonic()
+        return cache.signer
 
 
 def card_public_jwks(hub: Hub) -> list[dict[str, Any]]:
-    """The public JWKs of every health-card key, rotated ones included, oldest first."""
-    return list(_fresh(hub).published)
+    """The public JWKs of every health-card key, rotated ones included, oldest first. Only
+    public keys are read, so the key-encryption key is needed only to make the first key."""
+    cache = _cache(hub.db)
+    if time.monotonic() - cache.published_loaded >= hub.settings.signing_key_refresh_seconds:
+        published = _read_published(hub)
+        if not published:
+            card_signing_key(hub)
+            published = _read_published(hub)
+        with cache.lock:
+            cache.published, cache.published_loaded = published, time.monotonic()
+    return list(cache.published)
 
 
 def rotate_card_key(hub: Hub) -> tuple[str, datetime]:
@@ -112,7 +131,7 @@ def rotate_card_key(hub: Hub) -> tuple[str, datetime]:
                 unseal(kek, row.kid, row.sealed_private)
         new = _new_row(hub, moment)
         session.add(new)
-    _cache(hub.db).loaded = float("-inf")
+    _cache(hub.db).forget()
     return new.kid, moment + publication_delay(hub)
 
 
@@ -147,28 +166,21 @@ def _cache(db: Database) -> _Cache:
         return cache
 
 
-def _fresh(hub: Hub) -> _Cache:
-    cache = _cache(hub.db)
-    refresh = hub.settings.signing_key_refresh_seconds
-    if cache.signer is not None and time.monotonic() - cache.loaded < refresh:
-        return cache
-    with cache.lock:
-        if cache.signer is None or time.monotonic() - cache.loaded >= refresh:
-            cache.signer, cache.published = _load(hub)
-            cache.loaded = time.monotonic()
-    return cache
+def _read_published(hub: Hub) -> list[dict[str, Any]]:
+    with hub.db.snapshot() as session:
+        return [dict(row.public_jwk) for row in _rows(session)]
 
 
-def _load(hub: Hub) -> tuple[ECKey, list[dict[str, Any]]]:
-    """The signer and the published keys, after making the first key or retiring the keys
-    a newer one took over from, if either is due."""
+def _load_signer(hub: Hub) -> ECKey:
+    """The signer, after making the first key or retiring the keys a newer one took over
+    from, if either is due."""
     moment = datetime.now(UTC)
     delay = publication_delay(hub)
     with hub.db.snapshot() as session:
         rows = _rows(session)
         signer = _signer(rows, moment, delay)
         due = signer is None or _superseded(rows, signer)
-        loaded = (signer.kid, signer.sealed_private, _published(rows)) if signer else None
+        loaded = (signer.kid, signer.sealed_private) if signer else None
     if due:
         with hub.db.transaction() as session:
             _lock(hub.db, session)
@@ -181,12 +193,11 @@ def _load(hub: Hub) -> tuple[ECKey, list[dict[str, Any]]]:
             for row in _superseded(rows, signer):
                 row.rotated_at = moment
                 row.sealed_private = None
-            loaded = (signer.kid, signer.sealed_private, _published(rows))
-    if loaded is None or loaded[1] is None:  # pragma: no cover - the signer has its key
+            loaded = (signer.kid, signer.sealed_private)
+    kid, sealed_private = loaded if loaded is not None else ("", None)
+    if sealed_private is None:  # pragma: no cover - the signer always has its private key
         raise RuntimeError("the health-card signer has no private key")
-    kid, sealed_private, published = loaded
-    private = unseal(key_encryption_key(hub.settings), kid, sealed_private)
-    return _import(private, kid), published
+    return _import(unseal(key_encryption_key(hub.settings), kid, sealed_private), kid)
 
 
 def _rows(session: Session) -> list[HealthCardKey]:
@@ -210,10 +221,6 @@ def _superseded(rows: list[HealthCardKey], signer: HealthCardKey) -> list[Health
     """The keys older than the signer that still hold a private key."""
     older = rows[: rows.index(signer)]
     return [row for row in older if row.sealed_private is not None or row.rotated_at is None]
-
-
-def _published(rows: list[HealthCardKey]) -> list[dict[str, Any]]:
-    return [dict(row.public_jwk) for row in rows]
 
 
 def _lock(db: Database, session: Session) -> None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 import subprocess
+import threading
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import pytest
 import segno
 from fastapi.testclient import TestClient
 from jwcrypto import jwk, jws
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from emr_hub.demo import load_demo
@@ -37,7 +41,7 @@ from emr_hub.main import create_app
 from emr_hub.referrals.enforcement import install as install_referral_rules
 from emr_hub.security import install as install_security
 from emr_hub.security.keys import signing_key
-from storage.db import as_utc
+from storage.db import Database, as_utc
 from storage.tables import HealthCardKey
 from tests.conftest import make_settings
 from tests.fhir.conftest import Api
@@ -505,6 +509,52 @@ def test_the_cli_rotates_the_health_card_key(tmp_path: Path) -> None:
         assert f"{first}  signing" in listed and f"{kids[1]}  next" in listed
     finally:
         hub.close()
+
+
+def test_processes_racing_for_the_first_key_agree(hub: Hub) -> None:
+    """Four API processes (their own engines, their own keys in memory) need a health-card
+    key at the same moment: one key is made and all sign with it."""
+    processes = [
+        Hub(settings=hub.settings, db=Database(hub.settings.effective_database_url))
+        for _ in range(4)
+    ]
+    start = threading.Barrier(len(processes))
+
+    def first_kid(process: Hub) -> str:
+        start.wait(timeout=30)
+        return str(card_signing_key(process).kid)
+
+    try:
+        with ThreadPoolExecutor(len(processes)) as pool:
+            kids = set(pool.map(first_kid, processes))
+    finally:
+        for process in processes:
+            process.close()
+    assert len(kids) == 1
+    assert [info.kid for info in list_card_keys(hub)] == list(kids)
+
+
+def test_a_wrong_key_encryption_key_stops_cards_not_the_jwks(
+    demo_hub: Hub, client: TestClient, lan: Api
+) -> None:
+    card = issued_cards(lan, LAN.id)[1]  # the key exists, sealed with the right KEK
+    wrong = base64.b64encode(os.urandom(32)).decode()
+    other = Hub(
+        settings=demo_hub.settings.model_copy(update={"key_encryption_key": SecretStr(wrong)}),
+        db=Database(demo_hub.settings.effective_database_url),
+    )
+    try:
+        with TestClient(create_app(other)) as other_client:
+            verified(card, served_keys(other_client))  # publishing needs no private key
+            refused = Api(other_client, lan.token).post(
+                f"/Patient/{LAN.id}/$health-cards-issue",
+                parameters(("credentialType", "valueUri", "Patient")),
+            )
+    finally:
+        other.close()
+    assert refused.status_code == 503
+    issue_text = refused.json()["issue"][0]
+    assert issue_text["code"] == "transient" and wrong not in refused.text
 
 
 def test_a_card_is_no_access_token(demo_hub: Hub, client: TestClient, lan: Api) -> None:

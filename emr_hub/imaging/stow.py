@@ -55,6 +55,20 @@ from storage.objects import StoredObject
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
 TAIL_BYTES = 64
+KEPT_ELEMENTS = (
+    "encounter",
+    "basedOn",
+    "referrer",
+    "interpreter",
+    "procedureReference",
+    "procedureCode",
+    "location",
+    "reasonCode",
+    "reasonReference",
+    "note",
+)
+"""What the headers do not say but a hospital may have added to the ImagingStudy over FHIR
+(its visit, its order ...): kept when a later upload rewrites the study."""
 
 
 class Capture:
@@ -247,8 +261,10 @@ def _index_study(
     urls = DicomUrls(hub.settings.base_url)
     existing = session.get(index.DicomStudy, study_uid)
     resource_id = existing.imaging_study_id if existing is not None else None
+    kept: dict[str, Any] = {}
     if resource_id is not None:
-        store.read("ImagingStudy", resource_id)  # 404 when the sender may not see it
+        current = store.read("ImagingStudy", resource_id).content or {}  # 404 if unseen
+        kept = {key: current[key] for key in KEPT_ELEMENTS if key in current}
     newest = items[-1].header
     try:
         patient = match_patient(store, principal, newest.text("PatientID"))
@@ -278,6 +294,8 @@ def _index_study(
         patient_id=patient,
         based=based_on(store, principal, newest.text("AccessionNumber")),
     )
+    for key, value in kept.items():
+        resource.setdefault(key, value)
     stored = write_study(store, principal, resource, resource_id)
     study.imaging_study_id = stored.id
     return True

@@ -2,8 +2,10 @@
 
 Every referral ServiceRequest of the patient, oldest first (``authoredOn``), each followed by
 its Tasks, the Organizations that sent and received it, what came back on the Tasks
-(``Task.output``) and the Appointments based on it. Everything is read through the FHIR
-search and store with the caller's principal, so scopes apply to every resource returned.
+(``Task.output``), the Appointments based on it, and its images: the ImagingStudies in its
+``supportingInfo`` and those of its Encounter, each followed by its DICOMweb Endpoint.
+Everything is read through the FHIR search and store with the caller's principal, so scopes
+apply to every resource returned.
 
 Cost: the patient, the referral search, then the Tasks (``focus``) and the Appointments
 (``based-on``) of :data:`CHUNK` referrals per search, and one ``load_many`` for the
@@ -81,10 +83,12 @@ def referral_history(
         for task in tasks[referral.id]:
             for output in (task.content or {}).get("output") or []:
                 linked.append(output.get("valueReference"))
+        linked += _imaging_of(store, principal, base_url, content)
         keys = (_key(reference) for reference in linked)
         related[referral.id] = list(dict.fromkeys(k for k in keys if k))
     wanted = (k for keys in related.values() for k in keys if principal.allows(k[0], "r"))
     loaded = {(item.resource_type, item.id): item for item in store.load_many(wanted)}
+    _add_endpoints(store, principal, related, loaded)
     out: list[tuple[Stored, str]] = []
     seen: set[tuple[str, str]] = set()  # included once, under the first referral naming it
     for referral in referrals:
@@ -97,6 +101,46 @@ def referral_history(
                 seen.add(key)
                 out.append((item, "include"))
     return out
+
+
+def _imaging_of(
+    store: FhirStore, principal: Principal, base_url: str, referral: dict[str, Any]
+) -> list[Any]:
+    """The ImagingStudies a referral brings: those in its ``supportingInfo`` and those of its
+    Encounter."""
+    found = [
+        item
+        for item in referral.get("supportingInfo") or []
+        if (_key(item) or ("",))[0] == "ImagingStudy"
+    ]
+    encounter = _key(referral.get("encounter"))
+    if encounter is not None and encounter[0] == "Encounter":
+        query = [("encounter", "/".join(encounter))]
+        studies = _search(store, principal, base_url, "ImagingStudy", query)
+        found += [{"reference": f"ImagingStudy/{study.id}"} for study in studies]
+    return found
+
+
+def _add_endpoints(
+    store: FhirStore,
+    principal: Principal,
+    related: dict[str, list[tuple[str, str]]],
+    loaded: dict[tuple[str, str], Stored],
+) -> None:
+    """Each ImagingStudy is followed by its Endpoints (the DICOMweb address to fetch it from:
+    ``<Endpoint.address>/studies/<Study Instance UID>``)."""
+    if not principal.allows("Endpoint", "r"):
+        return
+    for keys in related.values():
+        for key in [k for k in keys if k[0] == "ImagingStudy" and k in loaded]:
+            endpoints = (loaded[key].content or {}).get("endpoint") or []
+            position = keys.index(key) + 1
+            for endpoint in (_key(e) for e in endpoints):
+                if endpoint is not None and endpoint not in keys:
+                    keys.insert(position, endpoint)
+                    position += 1
+    missing = {k for keys in related.values() for k in keys if k[0] == "Endpoint"} - set(loaded)
+    loaded.update({(e.resource_type, e.id): e for e in store.load_many(sorted(missing))})
 
 
 def history_bundle(

@@ -20,6 +20,7 @@ caller's access policy, so who may see the patient's summary may have her cards,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ from emr_hub.security.principal import Principal, PrincipalDep
 from emr_hub.security.sealing import SealingError
 
 router = APIRouter(prefix="/fhir")
+log = logging.getLogger(__name__)
 
 HEALTH_CARD_MEDIA = "application/smart-health-card"
 CARD_FILE_NAME = "so-suc-khoe.smart-health-card"
@@ -188,6 +190,7 @@ def _issue(
     try:
         cards = [maker(hub, summary, identity_claims=claims) for maker in makers]
     except SealingError as error:
+        log.error("the health-card key cannot be opened: %s", error)  # says what to fix
         raise FhirError(503, [_keys_unavailable()]) from error
     return [_described(card, changed) for card in cards]
 

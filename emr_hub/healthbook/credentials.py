@@ -256,7 +256,10 @@ def _minimal(value: Any, short: dict[str, str]) -> Any:
                 out[name] = short.get(child, child)
             continue
         if name == "coding" and isinstance(child, list):
-            child = [{k: v for k, v in c.items() if k != "display"} for c in child]
+            child = [
+                {k: v for k, v in c.items() if k != "display"} if isinstance(c, dict) else c
+                for c in child
+            ]
         kept = _minimal(child, short)
         if kept is not None:
             out[name] = kept
@@ -269,7 +272,7 @@ def _minimal(value: Any, short: dict[str, str]) -> Any:
 
 
 def _is_laboratory(resource: Resource) -> bool:
-    if resource.get("resourceType") not in ("Observation", "DiagnosticReport"):
+    if resource.get("resourceType") != "Observation":
         return False
     return any(
         coding.get("system") == OBSERVATION_CATEGORY and coding.get("code") == "laboratory"

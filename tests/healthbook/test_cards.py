@@ -50,6 +50,7 @@ from tests.processes import EMR_HUB, cli_env
 
 HEALTH_CARD = "https://smarthealth.cards#health-card"
 IMMUNIZATION_CARD = "https://smarthealth.cards#immunization"
+LABORATORY_CARD = "https://smarthealth.cards#laboratory"
 MAX_QR_JWS = 1195
 COMPACT_TYPES = {"Patient", "AllergyIntolerance", "Condition", "Immunization"}
 
@@ -156,6 +157,8 @@ def test_cards_verify_with_another_library_and_follow_the_spec(
         assert abs(payload["nbf"] - datetime.now(UTC).timestamp()) < 60
         assert HEALTH_CARD in payload["vc"]["type"]
         assert IMMUNIZATION_CARD in payload["vc"]["type"]  # Lan has immunizations
+        # Lab results are in the whole book, not in the compact card.
+        assert (LABORATORY_CARD in payload["vc"]["type"]) == (card == cards[0])
         subject = payload["vc"]["credentialSubject"]
         assert subject["fhirVersion"] == "4.0.1"
         bundle = subject["fhirBundle"]

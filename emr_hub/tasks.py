@@ -50,6 +50,7 @@ celery_app = Celery(
         "emr_hub.subscriptions.delivery",
         "emr_hub.export.tasks",
         "emr_hub.healthbook.push_delivery",
+        "emr_hub.imaging.removal",
         "emr_hub.metrics.worker",
     ],
 )

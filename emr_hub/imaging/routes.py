@@ -23,7 +23,7 @@ from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.imaging.access import readable_study
 from emr_hub.imaging.body import ThreadBody, too_large
-from emr_hub.imaging.index import instances_of, remove_study, series_of
+from emr_hub.imaging.index import instances_of, series_of
 from emr_hub.imaging.multipart import (
     MalformedBody,
     RelatedParts,
@@ -32,7 +32,7 @@ from emr_hub.imaging.multipart import (
     related_type,
 )
 from emr_hub.imaging.qido import INSTANCE_LEVEL, SERIES_LEVEL, STUDY_LEVEL, parse_query, search
-from emr_hub.imaging.stow import DICOM, Outcome, remove_objects, store_instances
+from emr_hub.imaging.stow import DICOM, Outcome, store_instances
 from emr_hub.imaging.uids import require_uid
 from emr_hub.imaging.urls import DicomUrls
 from emr_hub.imaging.wado import (
@@ -46,7 +46,6 @@ from emr_hub.imaging.wado import (
     render,
 )
 from emr_hub.security.principal import Principal, PrincipalDep
-from storage.db import after_commit
 from storage.tables import DicomInstance, DicomSeries
 
 DICOM_JSON = "application/dicom+json"
@@ -322,16 +321,14 @@ class _LazyObject:
 # ----------------------------------------------------------------------- DELETE
 @router.delete("/studies/{study}")
 def delete_study(study: str, hub: HubDep, principal: PrincipalDep) -> Response:
-    """Remove a study: its ImagingStudy (as its writer may), index rows and objects."""
+    """Remove a study: its ImagingStudy (as its writer may), and with it (:mod:`.removal`)
+    its index rows and objects."""
     require_uid(study, "study")
     principal.require("ImagingStudy", "d")
 
     def work(store: FhirStore) -> interactions.Result:
         row = readable_study(store, principal, study)
-        result = interactions.delete(store, principal, "ImagingStudy", row.imaging_study_id)
-        keys = remove_study(store.session, study)
-        after_commit(store.session, lambda: remove_objects(hub, keys))
-        return result
+        return interactions.delete(store, principal, "ImagingStudy", row.imaging_study_id)
 
     in_transaction(hub, principal, work)
     return Response(status_code=204)

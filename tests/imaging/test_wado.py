@@ -26,6 +26,7 @@ from tests.imaging.conftest import (
     related_body,
     stow_headers,
 )
+from tests.processes import wait_for
 
 
 def multipart_parts(answer: httpx.Response) -> list[tuple[str, bytes]]:
@@ -189,16 +190,17 @@ def test_a_study_one_may_not_see_is_404_everywhere(
         assert client.get("/dicomweb/studies/1.2.3.04").status_code == 400
 
 
-def test_delete_removes_the_study_its_objects_and_its_imaging_study(
-    served: ServedHub, hospital_a: Hospital, study: dict[str, Any]
+@pytest.mark.parametrize("way", ["dicomweb", "fhir"])
+def test_deleting_the_study_or_its_imaging_study_removes_both_and_the_objects(
+    served: ServedHub, hospital_a: Hospital, study: dict[str, Any], way: str
 ) -> None:
+    search = {"identifier": f"urn:dicom:uid|urn:oid:{study['study']}"}
     with served.http(hospital_a) as client:
-        imaging = client.get(
-            "/fhir/ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study['study']}"}
-        ).json()
-        [entry] = imaging["entry"]
-        assert client.delete(f"/dicomweb/studies/{study['study']}").status_code == 204
+        [entry] = client.get("/fhir/ImagingStudy", params=search).json()["entry"]
+        resource = f"/fhir/ImagingStudy/{entry['resource']['id']}"
+        path = f"/dicomweb/studies/{study['study']}" if way == "dicomweb" else resource
+        assert client.delete(path).status_code == 204
         assert client.get(f"/dicomweb/studies/{study['study']}").status_code == 404
-        assert client.get(f"/fhir/ImagingStudy/{entry['resource']['id']}").status_code == 410
-    assert served.object_keys() == []
+        assert client.get(resource).status_code == 410
     assert served.index_rows() == 0
+    wait_for(lambda: served.object_keys() == [], 30, "the study's objects to be removed")

@@ -82,7 +82,10 @@ def jwks(hub: HubDep) -> JSONResponse:
         keys = served_jwks(hub)
     except SealingError as error:
         return _keys_unavailable(error)
-    return JSONResponse(keys, headers={"Cache-Control": "public, max-age=300"})
+    # Any origin may read it: browser verifiers of health cards fetch it (the SMART Health
+    # Cards spec asks for CORS on the issuer's JWKS); it holds public keys only.
+    headers = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
+    return JSONResponse(keys, headers=headers)
 
 
 @router.get("/fhir/.well-known/smart-configuration", tags=["auth"], summary="SMART discovery")

@@ -99,6 +99,7 @@ def issued_cards(api: Api, patient_id: str, *pairs: tuple[str, str, str]) -> lis
 def served_keys(client: TestClient) -> jwk.JWKSet:
     response = client.get("/.well-known/jwks.json")
     assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"  # browser verifiers
     return jwk.JWKSet.from_json(response.text)
 
 

@@ -32,7 +32,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from emr_hub.deps import HubDep
-from emr_hub.errors import FhirError, Issue, bad_request, fhir_error
+from emr_hub.errors import FhirError, Issue, bad_request, fhir_error, unprocessable
 from emr_hub.fhir.http import fhir_response
 from emr_hub.fhir.routes import in_snapshot, read_body
 from emr_hub.healthbook.credentials import (
@@ -41,7 +41,7 @@ from emr_hub.healthbook.credentials import (
     issue_compact_card,
     issue_full_card,
 )
-from emr_hub.healthbook.qr import qr_images
+from emr_hub.healthbook.qr import CardTooLarge, qr_images
 from emr_hub.healthbook.summary import patient_summary
 from emr_hub.hub import Hub
 from emr_hub.security.principal import Principal, PrincipalDep
@@ -108,7 +108,10 @@ def health_card_qr(
     if format not in IMAGE_MEDIA:
         raise bad_request("format is png or svg", "format")
     (issued,) = _issue(hub, principal, patient_id, (issue_compact_card,))
-    png, svg = qr_images(issued.card.jws)
+    try:
+        png, svg = qr_images(issued.card.jws)
+    except CardTooLarge as error:  # her name and birth date alone past a QR code's room
+        raise unprocessable(str(error), code="too-costly") from None
     content = png if format == "png" else svg.encode()
     return Response(content, media_type=IMAGE_MEDIA[format], headers=_PRIVATE)
 

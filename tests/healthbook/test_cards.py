@@ -44,7 +44,7 @@ from emr_hub.security.keys import signing_key
 from storage.db import Database, as_utc
 from storage.tables import HealthCardKey
 from tests.conftest import make_settings
-from tests.fhir.conftest import Api
+from tests.fhir.conftest import Api, token_for
 from tests.healthbook.test_summary import LAN, TOAN, citizen, hospital, post_records
 from tests.processes import EMR_HUB, cli_env
 
@@ -380,6 +380,21 @@ def png_modules(data: bytes, border: int = 4) -> list[list[bool]]:
         ]
         for y in range(modules_across)
     ]
+
+
+def test_a_patient_too_big_for_any_qr_code_gets_an_outcome(
+    demo_hub: Hub, client: TestClient
+) -> None:
+    operator = Api(client, token_for(demo_hub, client_id="ops", role="operator"))
+    names = [{"family": f"Họ {n:03d}", "given": ["Tên đệm rất dài", f"Tên {n:03d}"]}
+             for n in range(120)]  # fmt: skip
+    created = operator.post("/Patient", {"resourceType": "Patient", "name": names})
+    assert created.status_code == 201, created.text
+    patient_id = created.json()["id"]
+    response = operator.get(f"/Patient/{patient_id}/$health-card-qr")
+    assert response.status_code == 422, response.text
+    assert response.json()["issue"][0]["code"] == "too-costly"
+    assert operator.get(f"/Patient/{patient_id}/$health-card").status_code == 200  # a file
 
 
 def test_the_file_form(demo_hub: Hub, client: TestClient, lan: Api) -> None:

@@ -27,7 +27,7 @@ from emr_hub.fhir.search.service import run_search
 from emr_hub.fhir.store import RESOURCE
 from emr_hub.healthbook import narrative
 from emr_hub.healthbook.summary import patient_summary
-from emr_hub.security.audit.routes import _access_log
+from emr_hub.security.audit.access_log import read_access_log
 from emr_hub.security.consent import is_privacy_consent
 from emr_hub.security.principal import CITIZEN, Principal
 from emr_hub.security.scopes import ScopeSet
@@ -206,7 +206,7 @@ def read_book(
 
 def accesses_of(hub: Hub, principal: Principal, patient_id: str) -> list[AccessView]:
     """Who accessed her record, newest first (the ``$access-log`` reading)."""
-    log = _access_log(hub, principal, patient_id, ACCESS_LOG_ROWS, None)
+    log = read_access_log(hub, principal, patient_id, ACCESS_LOG_ROWS, None)
     return [_access(part["part"]) for part in log["parameter"] if part.get("name") == "access"]
 
 

@@ -111,6 +111,7 @@ def read_header(prefix: bytes, size: int, tail: bytes) -> InstanceHeader:
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(source, stop_before_pixels=True)
             stop = source.tell()
+            dataset.buffer = None  # keep the header's values, not the instance's first bytes
             transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "")
             uids = {
                 "study": dataset.get("StudyInstanceUID"),

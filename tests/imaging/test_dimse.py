@@ -14,9 +14,11 @@ from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
 
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
+from emr_hub.security.audit.log import EVENT
 from tests.conftest import free_port, make_settings
 from tests.fhir.conftest import token_for
 from tests.imaging.conftest import CT, HOSPITAL_SYSTEM, MR, instance
@@ -118,6 +120,13 @@ def test_c_store_from_a_registered_modality(scp: tuple[Scp, Hub]) -> None:
     assert entry["resource"]["meta"]["versionId"] == "1"  # one version for the association
     assert entry["resource"]["subject"]["reference"] == f"Patient/{patient.json()['id']}"
     assert entry["resource"]["numberOfInstances"] == 3
+    with hub.db.snapshot() as session:
+        recorded = session.execute(
+            select(EVENT.c.organization, EVENT.c.outcome).where(
+                EVENT.c.client_id == "dicom-ae:CT_SCANNER_1"
+            )
+        ).all()
+    assert recorded == [(ORGANIZATION, "0")]  # the association's write, audited once
     retrieved = client.get(f"/dicomweb/studies/{study}/metadata").json()
     assert sorted(m["00080018"]["Value"][0] for m in retrieved) == sorted(
         d.SOPInstanceUID for d in datasets

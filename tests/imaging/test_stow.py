@@ -249,3 +249,20 @@ def test_scopes_are_needed(served: ServedHub, hospital_a: Hospital, patient: str
             == 401
         )
     _nothing_stored(served)
+
+
+def test_adding_to_a_study_one_may_not_see_is_404_and_stores_nothing(
+    served: ServedHub, hospital_a: Hospital, hospital_b: Hospital, patient: str
+) -> None:
+    study = generate_uid()
+    assert (
+        stow(served, hospital_a, related_body([part10(instance(CT, study=study))])).status_code
+        == 200
+    )
+    keys = served.object_keys()
+    served.patient(hospital_b, "BN-0001")
+
+    answer = stow(served, hospital_b, related_body([part10(instance(CT, study=study))]))
+
+    assert answer.status_code == 404
+    assert served.object_keys() == keys

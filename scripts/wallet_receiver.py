@@ -12,15 +12,16 @@ unknown ``kid``), and for issuers given with ``--trust`` only:
 * the ``Idempotency-Key`` header: a key already taken is answered 200 again and counted as a
   repeat, nothing else happens;
 * the body: a well-formed CCCD, ``issued``, and a credential ``{"verifiableCredential":
-  [jws]}`` whose JWS verifies (ES256, ``zip: DEF`` raw-DEFLATE payload, ``iss`` trusted,
-  ``vc.type`` a health card, ``fhirVersion`` 4.0.1, ``nbf`` not in the future).
+  [jws, ...]}`` (one card per Patient of hers) whose every JWS verifies (ES256, ``zip: DEF``
+  raw-DEFLATE payload, ``iss`` trusted, ``vc.type`` a health card, ``fhirVersion`` 4.0.1,
+  ``nbf`` not in the future).
 
-Refusals: 401 (the JWT), 400 (the body or its credential). The latest card per CCCD is kept
+Refusals: 401 (the JWT), 400 (the body or its credential). The latest cards per CCCD are kept
 (by ``issued``: an older push arriving late does not replace a newer card). Everything is kept
 in a SQLite file (``--state``, default in memory), so a restarted receiver still knows the keys
 it took; ``--answer-delay`` makes a slow wallet that answers only after storing (tests).
 ``GET /received`` tells what it got (``accepted``, ``repeats``, ``refused``), and
-``GET /cards/<cccd>`` the card held: for tests and the demo, so loopback only.
+``GET /cards/<cccd>`` the cards held: for tests and the demo, so loopback only.
 
 The signatures are checked here with ``cryptography`` directly, not with the hub's JOSE code.
 """
@@ -50,11 +51,12 @@ LEEWAY = 60
 CCCD = re.compile(r"\d{12}")
 HEALTH_CARD = "https://smarthealth.cards#health-card"
 INTAKE = "/intake"
+MAX_CARDS = 50
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS push (key TEXT PRIMARY KEY, cccd TEXT NOT NULL,
-    issued TEXT NOT NULL, received_at REAL NOT NULL, jws TEXT NOT NULL);
+    issued TEXT NOT NULL, received_at REAL NOT NULL, cards TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS card (cccd TEXT PRIMARY KEY, issued TEXT NOT NULL, key TEXT NOT NULL,
-    jws TEXT NOT NULL);
+    cards TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS repeat (key TEXT NOT NULL, received_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS refusal (status INTEGER NOT NULL, reason TEXT NOT NULL,
     received_at REAL NOT NULL);
@@ -161,7 +163,7 @@ class Store:
                 return False
             return True
 
-    def accept(self, key: str, cccd: str, issued: str, jws: str) -> bool:
+    def accept(self, key: str, cccd: str, issued: str, cards: str) -> bool:
         """Store the push under ``key``; False when the key was taken before (a repeat)."""
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
@@ -171,12 +173,14 @@ class Store:
                     self.db.execute("COMMIT")
                     return False
                 self.db.execute(
-                    "INSERT INTO push VALUES (?, ?, ?, ?, ?)", (key, cccd, issued, time.time(), jws)
+                    "INSERT INTO push VALUES (?, ?, ?, ?, ?)",
+                    (key, cccd, issued, time.time(), cards),
                 )
                 held = self.db.execute("SELECT issued FROM card WHERE cccd = ?", (cccd,)).fetchone()
                 if held is None or _instant(held[0]) <= _instant(issued):
                     self.db.execute(
-                        "INSERT OR REPLACE INTO card VALUES (?, ?, ?, ?)", (cccd, issued, key, jws)
+                        "INSERT OR REPLACE INTO card VALUES (?, ?, ?, ?)",
+                        (cccd, issued, key, cards),
                     )
                 self.db.execute("COMMIT")
                 return True
@@ -187,13 +191,13 @@ class Store:
     def received(self) -> dict[str, Any]:
         with self.lock:
             pushes = self.db.execute(
-                "SELECT key, cccd, issued, received_at, jws FROM push ORDER BY received_at"
+                "SELECT key, cccd, issued, received_at, cards FROM push ORDER BY received_at"
             ).fetchall()
             repeats = self.db.execute("SELECT key FROM repeat ORDER BY received_at").fetchall()
             refused = self.db.execute("SELECT status, reason FROM refusal").fetchall()
         return {
             "accepted": [
-                {"key": k, "cccd": c, "issued": i, "received_at": r, "jws": j}
+                {"key": k, "cccd": c, "issued": i, "received_at": r, "credentials": json.loads(j)}
                 for k, c, i, r, j in pushes
             ],
             "repeats": [k for (k,) in repeats],
@@ -203,11 +207,11 @@ class Store:
     def card(self, cccd: str) -> dict[str, Any] | None:
         with self.lock:
             row = self.db.execute(
-                "SELECT issued, key, jws FROM card WHERE cccd = ?", (cccd,)
+                "SELECT issued, key, cards FROM card WHERE cccd = ?", (cccd,)
             ).fetchone()
         if row is None:
             return None
-        return {"issued": row[0], "key": row[1], "verifiableCredential": [row[2]]}
+        return {"issued": row[0], "key": row[1], "verifiableCredential": json.loads(row[2])}
 
 
 def _instant(text: str) -> datetime:
@@ -228,12 +232,12 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         try:
             key = self._authenticate(body)
-            cccd, issued, jws = self._check(body)
+            cccd, issued, cards = self._check(body)
         except Refused as refusal:
             self.store.refuse(refusal.status, refusal.reason)
             self._answer(refusal.status, {"error": refusal.reason})
             return
-        taken = self.store.accept(key, cccd, issued, jws)
+        taken = self.store.accept(key, cccd, issued, json.dumps(cards))
         time.sleep(self.answer_delay)
         self._answer(201 if taken else 200, {"status": "stored" if taken else "repeat"})
 
@@ -271,17 +275,24 @@ class Handler(BaseHTTPRequestHandler):
             raise Refused(400, "an Idempotency-Key header is needed")
         return key
 
-    def _check(self, body: bytes) -> tuple[str, str, str]:
+    def _check(self, body: bytes) -> tuple[str, str, list[str]]:
         try:
             push = json.loads(body)
             cccd, issued = push["cccd"], push["issued"]
-            [jws] = push["credential"]["verifiableCredential"]
+            cards = push["credential"]["verifiableCredential"]
             _instant(issued)
         except (ValueError, KeyError, TypeError):
             raise Refused(400, "the body is not a push") from None
         if not isinstance(cccd, str) or not CCCD.fullmatch(cccd):
             raise Refused(400, "not a CCCD")
-        header, payload = verify_jws(str(jws), self.keys)
+        if not isinstance(cards, list) or not 1 <= len(cards) <= MAX_CARDS:
+            raise Refused(400, f"a push carries 1 to {MAX_CARDS} cards")
+        for card in cards:
+            self._check_card(str(card))
+        return cccd, issued, [str(card) for card in cards]
+
+    def _check_card(self, jws: str) -> None:
+        header, payload = verify_jws(jws, self.keys)
         vc = payload.get("vc") or {}
         if header.get("zip") != "DEF" or HEALTH_CARD not in (vc.get("type") or []):
             raise Refused(400, "the credential is not a SMART Health Card")
@@ -291,7 +302,6 @@ class Handler(BaseHTTPRequestHandler):
         nbf = payload.get("nbf")
         if not isinstance(nbf, int | float) or nbf > time.time() + LEEWAY:
             raise Refused(400, "the credential is not valid yet")
-        return cccd, issued, str(jws)
 
     def _answer(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

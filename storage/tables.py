@@ -686,7 +686,7 @@ class HealthLinkFile(SQLModel, table=True):
 
 
 class WalletPush(SQLModel, table=True):
-    """A push of a patient's health book to the identity wallet (:mod:`emr_hub.healthbook.push`).
+    """A push of a citizen's health book to the identity wallet (:mod:`emr_hub.healthbook.push`).
 
     The row is written with the change that owes the push, beside its outbox message (same
     ``id``), which carries when it was owed, the attempts, the next attempt and the last error;
@@ -696,22 +696,23 @@ class WalletPush(SQLModel, table=True):
     __tablename__ = "wallet_push"
 
     id: str = Field(primary_key=True, max_length=36)
-    patient_id: str = Field(max_length=64)
+    person: str = Field(max_length=64)
+    """The citizen's person key (of her CCCD): one push carries all her Patients' cards."""
     changes: int = 1
     """Transactions coalesced into this push."""
     outcome: str | None = Field(default=None, max_length=16, nullable=True)
     digest: str | None = Field(default=None, max_length=64, nullable=True)
     idempotency_key: str | None = Field(default=None, max_length=36, nullable=True)
     generation: int | None = None
-    """Which delivered push of the patient this is (1, 2 ...): part of the idempotency key."""
+    """Which delivered push of the person this is (1, 2 ...): part of the idempotency key."""
     sent_at: datetime | None = _tz_column(nullable=True)
     answered_at: datetime | None = _tz_column(nullable=True)
     answer: int | None = None
     """The wallet's HTTP status to the last attempt."""
 
     __table_args__ = (
-        Index("ix_wallet_push_patient", "patient_id", "outcome", "generation"),
-        Index("ix_wallet_push_owed", "outcome", "patient_id"),
+        Index("ix_wallet_push_person", "person", "outcome", "generation"),
+        Index("ix_wallet_push_owed", "outcome", "person"),
     )
 
 

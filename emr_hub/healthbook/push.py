@@ -2,19 +2,22 @@
 
 Runs once per transaction that changed resources, before its commit (:mod:`emr_hub.fhir.hooks`):
 
-1. The patients of the change are read from the compartment rows of the resources written
-   (and, for deletions, from what the store knew before removing them); only resources of the
-   types the summary is built from count (:data:`~emr_hub.healthbook.sections.LOADED_TYPES`).
-2. Only a patient with a CCCD can be pushed: the wallet keys health books by the national ID.
+1. The patients of the change, with their person keys, are read from the compartment rows of
+   the resources written (and, for deletions, from what the store knew before removing them);
+   only resources of the types the summary is built from count
+   (:data:`~emr_hub.healthbook.sections.LOADED_TYPES`).
+2. Only a citizen with a CCCD can be pushed: the wallet keys health books by the national ID.
    A Patient without one has the person key of its own id
    (:func:`~emr_hub.fhir.persons.person_of_patient_id`), which tells them apart without reading
    the Patient; such a patient owes nothing (once a CCCD is added, that update owes a push).
-3. Per patient, a push still waiting for its turn takes the change (``changes`` + 1): a visit
+3. Pushes are per **person**, not per Patient resource: the hospitals that treated her each
+   post a Patient of their own, all with her CCCD, and the wallet holds one health book per
+   CCCD, so one push carries a card for each of her Patients (:mod:`.push_delivery`).
+4. Per person, a push still waiting for its turn takes the change (``changes`` + 1): a visit
    Bundle of 70 entries, or ten writes within the debounce window, is one push. Otherwise a new
    ``wallet_push`` row and its outbox message (same id) are added in the write's transaction,
-   held back ``EMR_HUB_WALLET_DEBOUNCE_SECONDS`` from this first change; the summary is built
-   and signed when the message is delivered (:mod:`.push_delivery`), so it holds every change
-   made until then.
+   held back ``EMR_HUB_WALLET_DEBOUNCE_SECONDS`` from this first change; the summaries are built
+   and signed when the message is delivered, so they hold every change made until then.
 
 A push that is being delivered right now (its row locked by the relay, on PostgreSQL) cannot
 take the change any more: it may have read the record already. The change then owes a push of
@@ -51,7 +54,7 @@ CHUNK = 500
 
 
 def owe_pushes(store: FhirStore, changes: list[Stored]) -> None:
-    """The change hook: owe (or join) one push per patient with a CCCD the changes touch."""
+    """The change hook: owe (or join) one push per citizen with a CCCD the changes touch."""
     settings = process_settings()
     if not settings.wallet_url:
         return
@@ -61,33 +64,28 @@ def owe_pushes(store: FhirStore, changes: list[Stored]) -> None:
     if not keys:
         return
     store.flush()
-    patients = sorted(_patients_of(store, keys))
+    persons = sorted(_persons_of(store, keys))
     debounce = timedelta(seconds=settings.wallet_debounce_seconds)
     owed_any = False
-    for patient_id in patients:
-        if not _join_waiting_push(store.session, patient_id):
-            owe_push(store.session, patient_id, debounce)
+    for person in persons:
+        if not _join_waiting_push(store.session, person):
+            owe_push(store.session, person, debounce)
             owed_any = True
     if owed_any and not in_process():
         _kick_relay_after(store.session, settings.wallet_debounce_seconds)
 
 
-def owe_push(session: Session, patient_id: str, debounce: timedelta) -> str:
-    """Add a push of ``patient_id``'s health book, due ``debounce`` from now."""
+def owe_push(session: Session, person: str, debounce: timedelta) -> str:
+    """Add a push of the health book of ``person`` (a person key), due ``debounce`` from now."""
     push_id = str(uuid.uuid4())
-    session.add(WalletPush(id=push_id, patient_id=patient_id, changes=1))
+    session.add(WalletPush(id=push_id, person=person, changes=1))
     return add_message(
-        session,
-        TOPIC,
-        {"patient": patient_id},
-        key=push_id,
-        subject=f"Patient/{patient_id}",
-        not_before=utcnow() + debounce,
+        session, TOPIC, {"person": person}, key=push_id, not_before=utcnow() + debounce
     )
 
 
-def _patients_of(store: FhirStore, keys: list[tuple[str, str]]) -> set[str]:
-    """The patients with a CCCD whose compartments hold ``keys``."""
+def _persons_of(store: FhirStore, keys: list[tuple[str, str]]) -> set[str]:
+    """The persons with a CCCD whose patients' compartments hold ``keys``."""
     pairs: set[tuple[str, str]] = set()
     for key in keys:
         pairs.update(store.members.get(key, ()))  # deletions: known before the rows went
@@ -99,18 +97,16 @@ def _patients_of(store: FhirStore, keys: list[tuple[str, str]]) -> set[str]:
             )
         )
         pairs.update((str(patient), str(person)) for patient, person in rows)
-    return {patient for patient, person in pairs if _has_cccd(patient, person)}
+    return {person for patient, person in pairs if _has_cccd(patient, person)}
 
 
 def _has_cccd(patient_id: str, person: str) -> bool:
     return person != person_of_patient_id(patient_id)
 
 
-def _join_waiting_push(session: Session, patient_id: str) -> bool:
-    """Add the change to the patient's push still waiting, if there is one not being sent."""
-    statement = (
-        select(PUSH.c.id).where(PUSH.c.patient_id == patient_id, PUSH.c.outcome.is_(None)).limit(1)
-    )
+def _join_waiting_push(session: Session, person: str) -> bool:
+    """Add the change to the person's push still waiting, if there is one not being sent."""
+    statement = select(PUSH.c.id).where(PUSH.c.person == person, PUSH.c.outcome.is_(None)).limit(1)
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
     waiting = session.scalar(statement)

@@ -3,17 +3,18 @@
 At send time, inside the relay's transaction (:func:`emr_hub.outbox.delivery_session`):
 
 1. The push row is locked (a change arriving now owes a push of its own instead of joining
-   this one, :mod:`.push`), and on PostgreSQL the patient too, so two workers never send one
-   patient's pushes at once (a later summary can never be overtaken by an earlier one).
-2. The summary is built as the citizen herself sees it: a citizen principal for the person
-   key of her CCCD reads her record through the access policy
+   this one, :mod:`.push`), and on PostgreSQL the person too, so two workers never send one
+   citizen's pushes at once (a later book can never be overtaken by an earlier one).
+2. Her live Patients are those whose compartment row names her person key (one per hospital
+   that posted her, all with her CCCD). The summary of each is built as she herself sees it: a
+   citizen principal for her person key reads through the access policy
    (:func:`~emr_hub.healthbook.summary.patient_summary`), and what it read is audited.
-3. Its :func:`~emr_hub.healthbook.summary.content_digest` equal to the last delivered one:
-   nothing is sent (outcome ``unchanged``).
-4. Otherwise it is signed now (:func:`~emr_hub.healthbook.credentials.issue_health_card`)
-   and POSTed (:mod:`.wallet`) with an idempotency key derived from the patient, the number of
-   her pushes delivered before and the digest: every attempt of one push has the same key, so
-   a push the wallet took just before the worker died is not taken twice.
+3. Their digest (:func:`books_digest`) equal to the last delivered one: nothing is sent
+   (outcome ``unchanged``).
+4. Otherwise each is signed now (:func:`~emr_hub.healthbook.credentials.issue_health_card`),
+   and the cards are POSTed together (:mod:`.wallet`) with an idempotency key derived from the
+   person, the number of her pushes delivered before and the digest: every attempt of one push
+   has the same key, so a push the wallet took just before the worker died is not taken twice.
 
 Each attempt's times, answer, digest and key are recorded on the push row in the same
 transaction as the outbox's own bookkeeping; an answered attempt also writes its AuditEvent
@@ -22,6 +23,7 @@ transaction as the outbox's own bookkeeping; an answered attempt also writes its
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any
 from weakref import WeakSet
@@ -33,6 +35,7 @@ from sqlmodel import col
 
 from emr_hub.fhir import hooks
 from emr_hub.fhir.persons import patient_cccd, person_of_cccd
+from emr_hub.fhir.search.indexer import COMPARTMENT
 from emr_hub.fhir.store import FhirStore, format_instant
 from emr_hub.healthbook.card_keys import card_signing_key
 from emr_hub.healthbook.credentials import issue_health_card
@@ -88,30 +91,32 @@ def install() -> None:
 def deliver_push(hub: Hub, message_id: str, payload: dict[str, Any]) -> None:
     session = delivery_session()
     push = _locked_push(session, message_id)
-    patient_id = str(payload["patient"])
+    person = str(payload["person"])
     wallet_url = hub.settings.wallet_url
     if not wallet_url:
         push.outcome = SKIPPED  # the wallet was switched off since the push was owed
         return
-    _lock_patient(session, patient_id)
-    patient = FhirStore(session).current("Patient", patient_id)
-    cccd = patient_cccd(patient.content or {}) if patient is not None else None
-    if cccd is None:
-        push.outcome = SKIPPED  # deleted, or its CCCD removed, since the change
+    _lock_person(session, person)
+    patients = _patients_of(session, person)
+    if not patients:
+        push.outcome = SKIPPED  # deleted, or their CCCD changed, since the change
         return
-    principal = push_principal(person_of_cccd(cccd), push.id)
+    cccd = patients[0][1]
+    principal = push_principal(person, push.id)
     store = store_for(session, hub.settings, principal)
-    bundle = patient_summary(store, principal, patient_id, hub.settings.fhir_base_url)
-    digest = content_digest(bundle)
-    last = _last_delivered(session, patient_id)
+    base = hub.settings.fhir_base_url
+    bundles = [patient_summary(store, principal, patient_id, base) for patient_id, _ in patients]
+    digest = books_digest(bundles)
+    last = _last_delivered(session, person)
     if last is not None and last.digest == digest:
         push.outcome, push.digest = UNCHANGED, digest
         return
     _require_loaded_keys(hub, session)
     generation = (last.generation or 0) + 1 if last is not None else 1
-    key = idempotency_key(patient_id, generation, digest)
+    key = idempotency_key(person, generation, digest)
     issued = utcnow()
-    body = push_body(cccd, format_instant(issued), issue_health_card(hub, bundle, now=issued))
+    cards = [issue_health_card(hub, bundle, now=issued) for bundle in bundles]
+    body = push_body(cccd, format_instant(issued), cards)
     push.digest, push.idempotency_key, push.generation = digest, key, generation
     push.sent_at, push.answered_at, push.answer = issued, None, None
     try:
@@ -140,18 +145,45 @@ def _locked_push(session: Session, push_id: str) -> WalletPush:
     return push
 
 
-def _lock_patient(session: Session, patient_id: str) -> None:
-    """One delivery per patient at a time (PostgreSQL; SQLite runs one relay at a time)."""
+def _lock_person(session: Session, person: str) -> None:
+    """One delivery per citizen at a time (PostgreSQL; SQLite runs one relay at a time)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"wallet|{patient_id}"}
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"wallet|{person}"}
         )
 
 
-def _last_delivered(session: Session, patient_id: str) -> WalletPush | None:
+def _patients_of(session: Session, person: str) -> list[tuple[str, str]]:
+    """(Patient id, CCCD) of the person's live Patients, by id: each Patient's own compartment
+    row names its person, and the CCCD read back must be the person's."""
+    ids = session.scalars(
+        select(COMPARTMENT.c.resource_id)
+        .where(COMPARTMENT.c.person == person, COMPARTMENT.c.resource_type == "Patient")
+        .distinct()
+    )
+    found = []
+    patients = [("Patient", patient_id) for patient_id in sorted(ids)]
+    for stored in FhirStore(session).load_many(patients, checked=False, disclose=False):
+        cccd = patient_cccd(stored.content or {})
+        if cccd is not None and person_of_cccd(cccd) == person:
+            found.append((stored.id, cccd))
+    return found
+
+
+def books_digest(bundles: list[dict[str, Any]]) -> str:
+    """The digest of what one push carries: the summary's
+    :func:`~emr_hub.healthbook.summary.content_digest` when she has one Patient (the digest her
+    ``$summary`` has), else the SHA-256 of her Patients' digests in order."""
+    digests = [content_digest(bundle) for bundle in bundles]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("|".join(digests).encode()).hexdigest()
+
+
+def _last_delivered(session: Session, person: str) -> WalletPush | None:
     statement = (
         select(WalletPush)
-        .where(col(WalletPush.patient_id) == patient_id, col(WalletPush.outcome) == DELIVERED)
+        .where(col(WalletPush.person) == person, col(WalletPush.outcome) == DELIVERED)
         .order_by(col(WalletPush.generation).desc())
         .limit(1)
     )

@@ -1,5 +1,5 @@
-"""A patient's wallet pushes, newest first: the ``wallet_push`` rows with their outbox
-messages (when each was owed, its attempts, next attempt and last error).
+"""A citizen's wallet pushes, newest first: the ``wallet_push`` rows of her person key with
+their outbox messages (when each was owed, its attempts, next attempt and last error).
 
 A push's status: ``owed`` (waiting for its debounce window or for the wallet to come back),
 ``delivered``, ``unchanged`` (the summary was the one last delivered: nothing sent),
@@ -39,11 +39,11 @@ class PushEntry:
     last_error: str | None
 
 
-def patient_pushes(session: Session, patient_id: str, *, limit: int) -> list[PushEntry]:
+def person_pushes(session: Session, person: str, *, limit: int) -> list[PushEntry]:
     statement = (
         select(WalletPush, OutboxMessage)
         .join(OutboxMessage, col(OutboxMessage.id) == col(WalletPush.id))
-        .where(col(WalletPush.patient_id) == patient_id)
+        .where(col(WalletPush.person) == person)
         .order_by(col(OutboxMessage.created_at).desc(), col(WalletPush.id).desc())
         .limit(limit)
     )

@@ -1,5 +1,6 @@
-"""``GET /fhir/Patient/{id}/$wallet-log``: the pushes of the patient's health book to the
-identity wallet, newest first (``_count``, default 100, at most 1000).
+"""``GET /fhir/Patient/{id}/$wallet-log``: the pushes of the health book of the citizen this
+Patient is (her person key: the pushes carry all her Patients) to the identity wallet, newest
+first (``_count``, default 100, at most 1000). A Patient without a CCCD has none.
 
 Who may read it: the citizen herself (a Patient of her person key) and the operator. A
 hospital may not, even one that treats her: when her book reached her wallet is between her
@@ -19,10 +20,11 @@ from fastapi.responses import Response
 from emr_hub.deps import HubDep
 from emr_hub.errors import forbidden
 from emr_hub.fhir.http import fhir_response, wants_pretty
+from emr_hub.fhir.persons import patient_cccd, person_of_cccd
 from emr_hub.fhir.routes import in_snapshot
 from emr_hub.fhir.search.params import parse_count
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
-from emr_hub.healthbook.push_log import PushEntry, patient_pushes
+from emr_hub.healthbook.push_log import PushEntry, person_pushes
 from emr_hub.hub import Hub
 from emr_hub.security.principal import Principal, PrincipalDep
 
@@ -48,7 +50,10 @@ def _wallet_log(hub: Hub, principal: Principal, patient_id: str, count: int) -> 
 
     def read_log(store: FhirStore) -> tuple[Stored, list[PushEntry]]:
         patient = store.read("Patient", patient_id)  # 404 unless she is the caller's to see
-        return patient, patient_pushes(store.session, patient_id, limit=count)
+        cccd = patient_cccd(patient.content or {})
+        if cccd is None:
+            return patient, []
+        return patient, person_pushes(store.session, person_of_cccd(cccd), limit=count)
 
     patient, pushes = in_snapshot(hub, principal, read_log)
     return {

@@ -3,11 +3,11 @@
 One ``POST`` to ``EMR_HUB_WALLET_URL`` per push::
 
     Authorization: Bearer <a JWT the hub signs>
-    Idempotency-Key: <derived from the patient, her push number and the summary's digest>
+    Idempotency-Key: <derived from her person key, her push number and the books' digest>
     Content-Type: application/json
 
     {"cccd": "...", "issued": "2026-12-07T10:00:00Z",
-     "credential": {"verifiableCredential": ["<the health card JWS>"]}}
+     "credential": {"verifiableCredential": ["<a health card JWS per Patient of hers>"]}}
 
 The JWT is signed with the hub's access-token key (ES256, ``kid`` in the hub's JWKS):
 ``typ`` ``wallet-push+jwt`` (so it can never pass for an access token, whose ``typ`` is
@@ -62,16 +62,17 @@ class Answer:
         return self.status in REFUSALS
 
 
-def idempotency_key(patient_id: str, generation: int, digest: str) -> str:
-    """The key of the ``generation``-th delivered push of the patient with summary ``digest``:
-    the same for every attempt of one push, different for a later push even when its summary
-    comes back to an earlier one."""
-    return str(uuid.uuid5(KEY_NAMESPACE, f"{patient_id}|{generation}|{digest}"))
+def idempotency_key(person: str, generation: int, digest: str) -> str:
+    """The key of the ``generation``-th delivered push of the person (her person key) with
+    books ``digest``: the same for every attempt of one push, different for a later push even
+    when her book comes back to an earlier one."""
+    return str(uuid.uuid5(KEY_NAMESPACE, f"{person}|{generation}|{digest}"))
 
 
-def push_body(cccd: str, issued: str, health_card: str) -> bytes:
+def push_body(cccd: str, issued: str, health_cards: list[str]) -> bytes:
+    """One card per Patient of hers (each hospital that posted her), in the file form."""
     return orjson.dumps(
-        {"cccd": cccd, "issued": issued, "credential": {"verifiableCredential": [health_card]}}
+        {"cccd": cccd, "issued": issued, "credential": {"verifiableCredential": health_cards}}
     )
 
 

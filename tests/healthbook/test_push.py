@@ -43,6 +43,7 @@ from tests.processes import wait_for
 
 WINDOW = 60.0
 """A debounce window no test waits for: the relay is run with a clock past it."""
+LAN = person_of_cccd(LAN_CCCD)
 
 
 def hub_with(tmp_path: Path, database_url: str, **settings: Any) -> Hub:
@@ -70,10 +71,9 @@ def client(wallet_hub: Hub) -> Iterator[TestClient]:
 
 
 def push_rows(hub: Hub) -> list[tuple[str, int, str | None]]:
+    """(person, changes, outcome) of every push."""
     with hub.db.snapshot() as session:
-        rows = session.execute(
-            select(WalletPush.patient_id, WalletPush.changes, WalletPush.outcome)
-        )
+        rows = session.execute(select(WalletPush.person, WalletPush.changes, WalletPush.outcome))
         return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
@@ -94,18 +94,18 @@ def test_a_visit_owes_one_push_and_changes_in_the_window_join_it(
     answer = api.post("", visit_bundle())
     assert answer.status_code == 200, answer.text
     patient_id = patient_id_of(answer)
-    assert push_rows(wallet_hub) == [(patient_id, 1, None)]  # 70 entries, one push
+    assert push_rows(wallet_hub) == [(LAN, 1, None)]  # 70 entries, one push
     with wallet_hub.db.snapshot() as session:
         [message] = session.scalars(
             select(OutboxMessage).where(OutboxMessage.topic == "wallet.push")
         )
-        assert message.payload == {"patient": patient_id}
+        assert message.payload == {"person": LAN}
         held_back = (message.available_at.replace(tzinfo=written.tzinfo) - written).total_seconds()
     assert WINDOW - 5 < held_back <= WINDOW + 5
 
     for note in ("ít ngủ", "hút thuốc"):
         assert api.post("/Observation", social_history(patient_id, note)).status_code == 201
-    assert push_rows(wallet_hub) == [(patient_id, 3, None)]
+    assert push_rows(wallet_hub) == [(LAN, 3, None)]
 
     with wallet_hub.db.snapshot() as session:
         assert dict((k[0], v) for k, v in pushes_by_status(session)) == {"owed": 1, "failed": 0}
@@ -173,12 +173,13 @@ def test_a_push_reaches_the_wallet_verified_and_audited(
 
             def delivered() -> bool:
                 relay_pending(wallet_hub, now=past_the_window())
-                return push_rows(wallet_hub) == [(patient_id, 1, "delivered")]
+                return push_rows(wallet_hub) == [(LAN, 1, "delivered")]
 
             wait_for(delivered, 60, "the push to be delivered", receiver.log)
             [push] = receiver.received()["accepted"]
             jwks = httpx.get(f"{base}/.well-known/jwks.json").json()
-            assert verify_card(push["jws"], jwks)["zip"] == "DEF"
+            [card] = push["credentials"]
+            assert verify_card(card, jwks)["zip"] == "DEF"
 
             # A note the summary does not show owes a push that sends nothing.
             assert api.post("/Observation", social_history(patient_id, "ít ngủ")).status_code == 201
@@ -232,3 +233,37 @@ def test_an_unreachable_wallet_is_retried_for_a_week_then_the_push_fails(
     with wallet_hub.db.snapshot() as session:
         assert dict((k[0], v) for k, v in pushes_by_status(session)) == {"owed": 0, "failed": 1}
         assert list(oldest_owed_age(session)) == [((), 0.0)]
+
+
+def test_her_patients_at_two_hospitals_make_one_push_with_a_card_each(
+    wallet_hub: Hub, client: TestClient, tmp_path: Path
+) -> None:
+    base = wallet_hub.settings.base_url
+    wallet_port = int(str(wallet_hub.settings.wallet_url).rsplit(":", 1)[1].split("/")[0])
+    receiver = WalletReceiver(wallet_port, base, tmp_path / "wallet.db", tmp_path / "wallet.log")
+    try:
+        with ServedHub(wallet_hub, int(base.rsplit(":", 1)[1])):
+            receiver.wait_ready()
+            first = Api(client, token_for(wallet_hub, client_id="bach-mai"))
+            second = Api(client, token_for(wallet_hub, client_id="bac-ninh-general"))
+            ids = sorted(patient_id_of(api.post("", visit_bundle())) for api in (first, second))
+            assert ids[0] != ids[1]  # two Patient resources, one citizen
+            assert push_rows(wallet_hub) == [(LAN, 2, None)]
+
+            def delivered() -> bool:
+                relay_pending(wallet_hub, now=past_the_window())
+                return push_rows(wallet_hub) == [(LAN, 2, "delivered")]
+
+            wait_for(delivered, 60, "the push to be delivered", receiver.log)
+            [push] = receiver.received()["accepted"]
+            jwks = httpx.get(f"{base}/.well-known/jwks.json").json()
+            assert len(push["credentials"]) == 2
+            for card in push["credentials"]:
+                verify_card(card, jwks)
+            assert receiver.card(LAN_CCCD).json()["verifiableCredential"] == push["credentials"]
+            # Either Patient's log is hers.
+            lan = citizen_api(wallet_hub, client, LAN_CCCD)
+            logs = [pushes(lan.get(f"/Patient/{i}/$wallet-log").json()) for i in ids]
+            assert logs[0] == logs[1] and [p["status"] for p in logs[0]] == ["delivered"]
+    finally:
+        receiver.stop()

@@ -156,7 +156,8 @@ def test_a_visit_gives_one_push_whose_card_verifies_and_an_unchanged_summary_non
         push = received["accepted"][0]
         assert push["cccd"] == LAN_CCCD
         jwks = httpx.get(f"{parts['served'].base}/.well-known/jwks.json").json()
-        header = verify_card(push["jws"], jwks)
+        [card] = push["credentials"]  # she has one Patient
+        header = verify_card(card, jwks)
         assert header["zip"] == "DEF" and header["alg"] == "ES256"
         assert receiver.card(LAN_CCCD).json()["key"] == push["key"]
 

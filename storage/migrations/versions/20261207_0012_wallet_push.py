@@ -1,7 +1,7 @@
-"""wallet push: the pushes of patients' health books to the identity wallet
+"""wallet push: the pushes of citizens' health books to the identity wallet
 
-One row per push, beside its outbox message (same id): the digest and idempotency key sent,
-when it was sent and answered, and how it ended.
+One row per push of a person (her CCCD's person key), beside its outbox message (same id): the
+digest and idempotency key sent, when it was sent and answered, and how it ended.
 
 Revision ID: 0012
 Revises: 0011
@@ -26,7 +26,7 @@ def upgrade() -> None:
     op.create_table(
         'wallet_push',
         sa.Column('id', _text(36), nullable=False),
-        sa.Column('patient_id', _text(64), nullable=False),
+        sa.Column('person', _text(64), nullable=False),
         sa.Column('changes', sa.Integer(), nullable=False),
         sa.Column('outcome', _text(16), nullable=True),
         sa.Column('digest', _text(64), nullable=True),
@@ -39,13 +39,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('wallet_push', schema=None) as batch_op:
         batch_op.create_index(
-            'ix_wallet_push_patient', ['patient_id', 'outcome', 'generation'], unique=False
+            'ix_wallet_push_person', ['person', 'outcome', 'generation'], unique=False
         )
-        batch_op.create_index('ix_wallet_push_owed', ['outcome', 'patient_id'], unique=False)
+        batch_op.create_index('ix_wallet_push_owed', ['outcome', 'person'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('wallet_push', schema=None) as batch_op:
         batch_op.drop_index('ix_wallet_push_owed')
-        batch_op.drop_index('ix_wallet_push_patient')
+        batch_op.drop_index('ix_wallet_push_person')
     op.drop_table('wallet_push')

@@ -28,10 +28,8 @@ EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 EXPLICIT_BIG = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = frozenset({IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG})
-_SEQUENCE_END = {
-    True: b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
-    False: b"\xff\xfe\xe0\xdd\x00\x00\x00\x00",
-}
+SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+"""The sequence delimitation item that ends encapsulated pixel data (always little endian)."""
 
 # Failure reasons of the Store Instances Response (PS3.18 Table I.2-3 and PS3.4 Annex B).
 PROCESSING_FAILURE = 0x0110
@@ -59,7 +57,8 @@ class InstanceHeader:
     transfer_syntax: str
     dataset: Dataset = field(repr=False)
     pixel_offset: int | None = None
-    """Where the pixel data's value starts in the instance (native pixel data only)."""
+    """Where the pixel data's value starts in the instance (for encapsulated pixel data: its
+    first item, the Basic Offset Table)."""
     pixel_length: int | None = None
     has_pixels: bool = False
     pixel_vr: str = "OW"
@@ -88,7 +87,7 @@ class InstanceHeader:
         samples, bits = self.number("SamplesPerPixel") or 1, self.number("BitsAllocated")
         if rows is None or columns is None or bits is None or bits % 8:
             return None
-        if self.pixel_offset is None:
+        if self.pixel_offset is None or self.transfer_syntax not in NATIVE_SYNTAXES:
             return None
         return rows * columns * samples * bits // 8
 
@@ -102,9 +101,10 @@ class InstanceHeader:
         return body
 
 
-def read_header(prefix: bytes, size: int, tail: bytes) -> InstanceHeader:
-    """The header of an instance of ``size`` bytes whose first bytes are ``prefix`` and last
-    bytes ``tail``; :class:`Refused` when it is not a complete DICOM Part 10 instance."""
+def read_header(prefix: bytes, size: int, sequence_end: int | None) -> InstanceHeader:
+    """The header of an instance of ``size`` bytes whose first bytes are ``prefix``;
+    ``sequence_end`` is where the last sequence delimitation item found in the instance ends
+    (None: none found). :class:`Refused` when it is not a complete DICOM Part 10 instance."""
     source = io.BytesIO(prefix)
     try:
         with warnings.catch_warnings():
@@ -143,9 +143,9 @@ def read_header(prefix: bytes, size: int, tail: bytes) -> InstanceHeader:
         has_pixels = True
         offset, length, vr = _pixel_element(element, little, implicit)
         if length == UNDEFINED_LENGTH:
-            if not tail.rstrip(b"\x00").endswith(_SEQUENCE_END[little].rstrip(b"\x00")):
+            if sequence_end is None or sequence_end <= offset + stop:
                 raise Refused(CANNOT_UNDERSTAND, "the encapsulated pixel data is truncated")
-            offset = length = None
+            offset, length = offset + stop, None  # its items start there
         else:
             offset += stop
             if offset + length > size:

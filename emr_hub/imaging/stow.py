@@ -31,6 +31,7 @@ from emr_hub.imaging.headers import (
     DATA_SET_MISMATCH,
     DUPLICATE_INSTANCE,
     PROCESSING_FAILURE,
+    SEQUENCE_END,
     SOP_CLASS_NOT_SUPPORTED,
     InstanceHeader,
     Refused,
@@ -54,7 +55,6 @@ from storage.objects import StoredObject
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
-TAIL_BYTES = 64
 KEPT_ELEMENTS = (
     "encounter",
     "basedOn",
@@ -72,20 +72,32 @@ KEPT_ELEMENTS = (
 
 
 class Capture:
-    """Passes an instance's chunks through, keeping its first ``keep`` bytes and its last few."""
+    """Passes an instance's chunks through, keeping its first ``keep`` bytes and noting where
+    the last sequence delimitation item ends (the end of encapsulated pixel data)."""
 
     def __init__(self, chunks: Iterable[bytes], keep: int) -> None:
         self._chunks = chunks
         self._keep = keep
         self.prefix = bytearray()
-        self.tail = b""
+        self.sequence_end: int | None = None
 
     def __iter__(self) -> Iterator[bytes]:
+        overlap = len(SEQUENCE_END) - 1
+        carried = b""  # the last bytes before this chunk, for a delimiter across two chunks
+        offset = 0  # where this chunk starts in the instance
         for chunk in self._chunks:
             room = self._keep - len(self.prefix)
             if room > 0:
                 self.prefix += chunk[:room]
-            self.tail = (self.tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
+            inside = chunk.rfind(SEQUENCE_END)
+            if inside >= 0:
+                self.sequence_end = offset + inside + len(SEQUENCE_END)
+            else:
+                across = (carried + chunk[:overlap]).rfind(SEQUENCE_END)
+                if across >= 0:
+                    self.sequence_end = offset - len(carried) + across + len(SEQUENCE_END)
+            carried = chunk[-overlap:] if len(chunk) >= overlap else (carried + chunk)[-overlap:]
+            offset += len(chunk)
             yield chunk
 
 
@@ -197,7 +209,7 @@ def receive(
         written.append(key)
         stored = hub.objects.put(key, iter(capture), content_type=DICOM)
         try:
-            header = read_header(bytes(capture.prefix), stored.size, capture.tail)
+            header = read_header(bytes(capture.prefix), stored.size, capture.sequence_end)
             if study_uid is not None and header.study_uid != study_uid:
                 raise Refused(DATA_SET_MISMATCH, "the instance is not of the study in the URL")
         except Refused as refusal:

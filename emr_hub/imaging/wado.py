@@ -5,7 +5,8 @@ object store.
   instance, each read from the store chunk by chunk as it is sent;
 * a series' metadata is one object (written by STOW), a study's the series' objects in turn;
 * frames of native (uncompressed) pixel data are cut out of the stored object by their
-  offsets, known from the header; compressed pixel data is retrieved as instances;
+  offsets, known from the header; compressed frames are served as encoded, found through the
+  Basic Offset Table (or one fragment per frame);
 * ``/rendered`` decodes one single-frame image (the one place pixel data enters memory,
   bounded by :data:`MAX_RENDERED_BYTES`) and encodes it as JPEG or PNG.
 """
@@ -74,20 +75,102 @@ def frame_numbers(text: str, frames: int) -> list[int]:
 def frame_parts(
     objects: ObjectStore, row: DicomInstance, numbers: list[int]
 ) -> Iterator[tuple[dict[str, str], Iterable[bytes]]]:
-    if row.pixel_offset is None or row.frame_bytes is None:
-        raise not_acceptable(
-            "Frames are served for native (uncompressed) pixel data; retrieve the instance"
-        )
+    """The frames ``numbers`` as parts: native frames cut out by offset, encapsulated
+    (compressed) ones as they are encoded, one per part."""
+    if row.pixel_offset is None:
+        raise not_acceptable("The instance has no pixel data")
+    if row.frame_bytes is None:
+        frames = encapsulated_frames(objects, row, set(numbers))
+        headers = {"Content-Type": f"{OCTETS}; transfer-syntax={row.transfer_syntax}"}
+        for number in numbers:
+            yield headers, [frames[number]]
+        return
     for number in numbers:
         start = row.pixel_offset + (number - 1) * row.frame_bytes
         headers = {"Content-Type": f"{OCTETS}; transfer-syntax={row.transfer_syntax}"}
         yield headers, byte_range(objects, row.object_key, start, row.frame_bytes)
 
 
+class _Reader:
+    """Sequential reads of an object from ``start`` (the store streams it from its start)."""
+
+    def __init__(self, chunks: Iterator[bytes], start: int) -> None:
+        self._chunks = chunks
+        self._held = b""
+        self._skip = start
+
+    def read(self, size: int) -> bytes:
+        while len(self._held) < size + self._skip:
+            chunk = next(self._chunks, b"")
+            if not chunk:
+                break
+            if self._skip >= len(chunk) and not self._held:
+                self._skip -= len(chunk)
+                continue
+            self._held += chunk
+        if self._skip:
+            self._held, self._skip = self._held[self._skip :], 0
+        data, self._held = self._held[:size], self._held[size:]
+        if len(data) < size:
+            raise FhirError(500, [Issue("exception", "The stored pixel data ends early")])
+        return data
+
+
+ITEM, SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
+
+
+def encapsulated_frames(
+    objects: ObjectStore, row: DicomInstance, wanted: set[int]
+) -> dict[int, bytes]:
+    """The wanted frames of encapsulated pixel data, read in one pass over its items: the
+    Basic Offset Table says where each frame starts; without one, one fragment is one frame
+    (or all fragments are the frame of a single-frame instance)."""
+    assert row.pixel_offset is not None
+    with objects.get(row.object_key) as chunks:  # type: ignore[attr-defined]
+        reader = _Reader(iter(chunks), row.pixel_offset)
+        table_length = _item(reader)
+        table = reader.read(table_length)
+        starts = [int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), 4)]
+        frames: dict[int, bytearray] = {}
+        position = fragment = 0
+        while True:
+            length = _item(reader)
+            if length < 0:
+                break
+            if starts:
+                number = sum(1 for start in starts if start <= position)
+            else:
+                number = fragment + 1 if row.frames > 1 else 1
+            data = reader.read(length)
+            if number in wanted:
+                frames.setdefault(number, bytearray()).extend(data)
+            position += 8 + length
+            fragment += 1
+    if not starts and row.frames > 1 and fragment != row.frames:
+        raise not_acceptable("Without an offset table the frames cannot be told apart")
+    missing = wanted - set(frames)
+    if missing:
+        raise not_acceptable(f"Frames {sorted(missing)} cannot be told apart in the pixel data")
+    return {number: bytes(data) for number, data in frames.items()}
+
+
+def _item(reader: _Reader) -> int:
+    """The length of the next item, or -1 at the sequence's end."""
+    head = reader.read(8)
+    tag = int.from_bytes(head[:2], "little") << 16 | int.from_bytes(head[2:4], "little")
+    if tag == SEQUENCE_END:
+        return -1
+    if tag != ITEM:
+        raise FhirError(500, [Issue("exception", "The stored pixel data is not encapsulated")])
+    return int.from_bytes(head[4:8], "little")
+
+
 def pixel_data_part(
     objects: ObjectStore, row: DicomInstance
 ) -> Iterator[tuple[dict[str, str], Iterable[bytes]]]:
-    """The whole native pixel data of an instance (its BulkDataURI), as one part."""
+    """The native pixel data of an instance (its BulkDataURI), frame after frame."""
+    if row.frame_bytes is None:
+        raise not_acceptable("Compressed pixel data is served as frames; or retrieve the instance")
     return frame_parts(objects, row, list(range(1, row.frames + 1)))
 
 

@@ -204,3 +204,26 @@ def test_deleting_the_study_or_its_imaging_study_removes_both_and_the_objects(
         assert client.get(resource).status_code == 410
     assert served.index_rows() == 0
     wait_for(lambda: served.object_keys() == [], 30, "the study's objects to be removed")
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "SC_rgb_rle_2frame.dcm", "MR_small_RLE.dcm"])
+def test_compressed_frames_come_as_encoded(
+    served: ServedHub, hospital_a: Hospital, name: str
+) -> None:
+    from pydicom.encaps import generate_frames
+
+    served.patient(hospital_a, "BN-0001")
+    dataset = instance(TEST_FILES / name, study=generate_uid())
+    with served.http(hospital_a) as client:
+        stored = client.post(
+            "/dicomweb/studies", content=related_body([part10(dataset)]), headers=stow_headers()
+        )
+        assert stored.status_code == 200, stored.text
+        url = stored.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
+        frames = int(dataset.get("NumberOfFrames", 1))
+        wanted = list(range(frames, 0, -1))
+        answer = client.get(f"{url}/frames/{','.join(map(str, wanted))}")
+        assert client.get(f"{url}/pixeldata").status_code == 406
+    assert answer.status_code == 200, answer.text
+    expected = list(generate_frames(dataset.PixelData, number_of_frames=frames))
+    assert [body for _, body in multipart_parts(answer)] == [expected[n - 1] for n in wanted]

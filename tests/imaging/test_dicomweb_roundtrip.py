@@ -40,3 +40,17 @@ def test_store_search_and_retrieve_with_dicomweb_client(
     assert "BulkDataURI" in metadata[0]["7FE00010"]
     frames = client.retrieve_instance_frames(study, series, datasets[0].SOPInstanceUID, [1])
     assert frames[0] == datasets[0].PixelData
+    found_series = client.search_for_series(study)
+    assert [s["0020000E"]["Value"][0] for s in found_series] == [series]
+    found_instances = client.search_for_instances(
+        study, series, search_filters={"InstanceNumber": "2"}
+    )
+    assert [i["00080018"]["Value"][0] for i in found_instances] == [datasets[1].SOPInstanceUID]
+    one = client.retrieve_instance(study, series, datasets[2].SOPInstanceUID)
+    assert one.SOPInstanceUID == datasets[2].SOPInstanceUID
+    assert one.PixelData == datasets[2].PixelData
+    assert len(client.retrieve_study_metadata(study)) == 3
+    rendered = client.retrieve_instance_rendered(
+        study, series, datasets[0].SOPInstanceUID, media_types=("image/png",)
+    )
+    assert rendered.startswith(b"\x89PNG")

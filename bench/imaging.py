@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emr_hub_imaging_")))
         store_url = args.object_store or f"file://{temp / 'objects'}"
         settings = {"EMR_HUB_OBJECT_STORE": store_url}
+        for name in ("EMR_HUB_S3_ENDPOINT", "EMR_HUB_S3_ACCESS_KEY", "EMR_HUB_S3_SECRET_KEY"):
+            if name in os.environ:  # the server gets no other EMR_HUB_* of this shell
+                settings[name] = os.environ[name]
         url = args.database_url or f"sqlite:///{temp / 'hub.db'}"
         running = start_server(args, url, stack, 1, settings)
         pid = running.server.process.pid

@@ -15,7 +15,7 @@ The JWT is signed with the hub's access-token key (ES256, ``kid`` in the hub's J
 ``iat``, ``exp`` (:data:`ASSERTION_SECONDS` later), a fresh ``jti``, and ``body_sha256``, the
 base64url SHA-256 of the exact body bytes, so a captured token cannot carry another body.
 
-Any 2xx answer means the wallet holds the card (or already held it under this key). The
+Any 2xx answer means the wallet holds the cards (or already held them under this key). The
 answers of :data:`REFUSALS` mean the wallet will never take this body: the push fails for
 good. Anything else, a timeout or a refused connection included, is retried.
 """

@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from emr_hub.config import get_settings
 from emr_hub.fhir.persons import person_of_cccd
 from emr_hub.healthbook.metrics import oldest_owed_age, pushes_by_status
 from emr_hub.hub import Hub
@@ -24,6 +25,7 @@ from emr_hub.main import create_app
 from emr_hub.outbox import relay_pending, utcnow
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import issue_citizen_token
+from emr_hub.tasks import configure_celery
 from storage.db import as_utc
 from storage.tables import AuditEventRow, OutboxMessage, WalletPush
 from tests.conftest import free_port, make_settings
@@ -60,8 +62,11 @@ def wallet_hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
         wallet_url=f"http://127.0.0.1:{wallet_port}/intake",
         wallet_debounce_seconds=WINDOW,
     )
-    yield hub
-    hub.close()
+    try:
+        yield hub
+    finally:
+        configure_celery(get_settings())  # later tests' writes must not see this wallet
+        hub.close()
 
 
 @pytest.fixture
@@ -134,6 +139,7 @@ def test_no_wallet_configured_owes_nothing(tmp_path: Path, database_url: str) ->
             assert answer.status_code == 200, answer.text
         assert push_rows(hub) == []
     finally:
+        configure_celery(get_settings())
         hub.close()
 
 

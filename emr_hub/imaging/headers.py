@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -30,6 +31,30 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = frozenset({IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG})
 SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 """The sequence delimitation item that ends encapsulated pixel data (always little endian)."""
+
+INDEXED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "InstanceNumber",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+)
+"""The attributes the index, the ImagingStudy and the frame offsets are made from."""
 
 # Failure reasons of the Store Instances Response (PS3.18 Table I.2-3 and PS3.4 Annex B).
 PROCESSING_FAILURE = 0x0110
@@ -62,6 +87,20 @@ class InstanceHeader:
     pixel_length: int | None = None
     has_pixels: bool = False
     pixel_vr: str = "OW"
+
+    metadata_json: str | None = None
+    """The DICOM JSON of the header (set by :meth:`kept`)."""
+
+    def kept(self, bulk_data_uri: str) -> InstanceHeader:
+        """What the hub keeps of the header while an upload goes on: its DICOM JSON and the
+        attributes it indexes, not the whole parsed data set (hundreds of elements each,
+        which would add up over a study of thousands of instances)."""
+        small = Dataset()
+        for keyword in INDEXED:
+            if keyword in self.dataset:
+                small[keyword] = self.dataset[keyword]
+        body = orjson.dumps(self.metadata(bulk_data_uri)).decode()
+        return replace(self, dataset=small, metadata_json=body)
 
     def text(self, keyword: str) -> str | None:
         value = self.dataset.get(keyword)

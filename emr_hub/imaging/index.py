@@ -10,7 +10,6 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-import orjson
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -47,7 +46,7 @@ def add_instance(
     session: Session,
     header: InstanceHeader,
     stored: StoredObject,
-    metadata: dict[str, object],
+    metadata_json: str,
     moment: datetime,
 ) -> None:
     session.add(
@@ -66,7 +65,7 @@ def add_instance(
             columns=header.number("Columns"),
             frame_bytes=header.frame_bytes,
             pixel_offset=header.pixel_offset,
-            metadata_json=orjson.dumps(metadata).decode(),
+            metadata_json=metadata_json,
             stored_at=moment,
         )
     )

@@ -21,8 +21,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from emr_hub.errors import FhirError, Issue
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
@@ -199,6 +197,7 @@ def receive(
     """Stream each part to the object store and read its header; what is refused is in
     ``outcome.failed`` (its object removed), the keys written are added to ``written``."""
     accepted: list[Accepted] = []
+    urls = DicomUrls(hub.settings.base_url)
     for part in parts:
         media = (part.content_type or DICOM).split(";")[0].strip().lower()
         if media != DICOM:
@@ -210,6 +209,7 @@ def receive(
         stored = hub.objects.put(key, iter(capture), content_type=DICOM)
         try:
             header = read_header(bytes(capture.prefix), stored.size, capture.sequence_end)
+            header = header.kept(urls.pixel_data(header))
             if study_uid is not None and header.study_uid != study_uid:
                 raise Refused(DATA_SET_MISMATCH, "the instance is not of the study in the URL")
         except Refused as refusal:
@@ -288,12 +288,12 @@ def _index_study(
     moment = store.moment
     for item in items:
         header = item.header
-        metadata = header.metadata(urls.pixel_data(header))
+        metadata = header.metadata_json or "{}"
         index.add_instance(session, header, item.stored, metadata, moment)
-        index.update_series(session, header, orjson.dumps(metadata).decode())
+        index.update_series(session, header, metadata)
         outcome.stored.append(_reference(urls, header))
     outcome.studies.add(study_uid)
-    attributes = orjson.dumps(newest.metadata(urls.pixel_data(newest))).decode()
+    attributes = newest.metadata_json or "{}"
     planned_id = resource_id or uuid.uuid4().hex
     study = index.update_study(session, newest, attributes, planned_id, moment)
     index.recount(session, study_uid)

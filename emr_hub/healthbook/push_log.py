@@ -19,7 +19,7 @@ from sqlmodel import col
 from storage.db import as_utc
 from storage.tables import OutboxMessage, WalletPush
 
-OWED, FAILED = "owed", "failed"
+OWED, FAILED, DELIVERED = "owed", "failed", "delivered"
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class PushEntry:
     owed_at: datetime
     changes: int
     attempts: int
+    """Sending attempts made: the outbox counts the failed ones, a delivery adds its own."""
     sent_at: datetime | None
     answered_at: datetime | None
     answer: int | None
@@ -61,7 +62,7 @@ def _entry(push: WalletPush, message: OutboxMessage) -> PushEntry:
         status=status,
         owed_at=as_utc(message.created_at),
         changes=push.changes,
-        attempts=message.attempts,
+        attempts=message.attempts + (1 if push.outcome == DELIVERED else 0),
         sent_at=_utc(push.sent_at),
         answered_at=_utc(push.answered_at),
         answer=push.answer,

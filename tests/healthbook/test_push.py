@@ -198,6 +198,7 @@ def test_a_push_reaches_the_wallet_verified_and_audited(
             assert [p["status"] for p in log] == ["unchanged", "delivered"]
             assert log[0]["digest"] == log[1]["digest"] and "sent" not in log[0]
             assert log[1]["idempotencyKey"] == push["key"] and log[1]["answer"] == 201
+            assert log[1]["attempts"] >= 1 and log[0]["attempts"] == 0  # the second sent nothing
             assert len(receiver.received()["accepted"]) == 1
     finally:
         receiver.stop()

@@ -164,6 +164,7 @@ def test_a_visit_gives_one_push_whose_card_verifies_and_an_unchanged_summary_non
         [logged] = wallet_log(parts, patient_id)
         assert logged["status"] == "delivered" and logged["answer"] == 201
         assert logged["idempotencyKey"] == push["key"] and logged["changes"] == 1
+        assert logged["attempts"] == 1
         assert lag < DEBOUNCE + 15, f"push lag {lag:.1f} s"
 
         # A note the summary does not show: a push is owed, and finds nothing to send.
@@ -251,6 +252,7 @@ def test_a_worker_killed_mid_push_loses_and_duplicates_nothing(parts: dict[str, 
         assert received["repeats"] == [received["accepted"][0]["key"]]  # the resend, dropped
         [logged] = wallet_log(parts, patient_id)
         assert logged["status"] == "delivered" and logged["answer"] == 200  # "a repeat"
+        assert logged["attempts"] == 1  # the killed attempt left no trace: it rolled back
         assert logged["idempotencyKey"] == received["accepted"][0]["key"]
     finally:
         second.stop()

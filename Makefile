@@ -27,10 +27,24 @@ $(DEV_STAMP): $(STAMP)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 RUN_ENV := EMR_HUB_BASE_URL="$${EMR_HUB_BASE_URL:-http://$(HOST):$(PORT)}"
+# The demo's identity wallet: scripts/wallet_receiver.py on WALLET_PORT, started beside the hub
+# and stopped with it, so the demo patients' health books are pushed to it (its state in
+# data/wallet.sqlite3; `curl http://127.0.0.1:8090/received`). WALLET=off runs the hub alone;
+# an EMR_HUB_WALLET_URL of your own is kept (the local receiver still starts).
+WALLET ?= on
+WALLET_PORT ?= 8090
+ifeq ($(WALLET),off)
+WALLET_START := true
+else
+RUN_ENV += EMR_HUB_WALLET_URL="$${EMR_HUB_WALLET_URL-http://127.0.0.1:$(WALLET_PORT)/intake}"
+WALLET_START := mkdir -p data; $(BIN)/python scripts/wallet_receiver.py --port $(WALLET_PORT) \
+	--trust "$${EMR_HUB_BASE_URL:-http://$(HOST):$(PORT)}" --state data/wallet.sqlite3 &
+endif
 
 run: $(STAMP)
 	$(RUN_ENV) $(BIN)/emr-hub migrate
-	$(RUN_ENV) $(BIN)/emr-hub demo
+	$(WALLET_START) trap 'kill $$! 2>/dev/null' EXIT INT TERM; \
+	$(RUN_ENV) $(BIN)/emr-hub demo && \
 	$(RUN_ENV) $(BIN)/emr-hub serve --host $(HOST) --port $(PORT)
 
 test: $(DEV_STAMP)

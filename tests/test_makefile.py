@@ -65,3 +65,16 @@ def test_the_base_url_the_shell_derives(tmp_path: Path) -> None:
             check=True,
         )
         assert shown.stdout.strip() == expected
+
+
+def test_make_run_starts_the_demo_wallet_and_points_the_hub_at_it(tmp_path: Path) -> None:
+    steps = dry_run(tmp_path, "run", "PORT=8010", "WALLET_PORT=8095")
+    (receiver,) = [step for step in steps if "wallet_receiver.py" in step]
+    assert "--port 8095" in receiver and '--trust "${EMR_HUB_BASE_URL:-http://127.0.0.1:8010}"' in (
+        receiver + " " + steps[steps.index(receiver) + 1]
+    )
+    for command in ("migrate", "demo", "serve"):
+        (step,) = [s for s in steps if f"emr-hub {command}" in s]
+        assert 'EMR_HUB_WALLET_URL="${EMR_HUB_WALLET_URL-http://127.0.0.1:8095/intake}"' in step
+    alone = dry_run(tmp_path, "run", "WALLET=off")
+    assert not any("wallet_receiver.py" in s or "EMR_HUB_WALLET_URL" in s for s in alone)

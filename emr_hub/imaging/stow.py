@@ -15,9 +15,12 @@ immutable once stored, as DICOM expects of a UID; delete the study to replace it
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +56,10 @@ from storage.objects import StoredObject
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
+SMALL_INSTANCE = 8 * 1024 * 1024
+"""A part that ends within this many bytes is stored by a thread while the next is read."""
+IN_FLIGHT = 4
+"""Small instances stored at once (and so, at most, held in memory)."""
 KEPT_ELEMENTS = (
     "encounter",
     "basedOn",
@@ -194,31 +201,75 @@ def receive(
     outcome: Outcome,
     written: list[str],
 ) -> list[Accepted]:
-    """Stream each part to the object store and read its header; what is refused is in
-    ``outcome.failed`` (its object removed), the keys written are added to ``written``."""
+    """Store each part and read its header; what is refused is in ``outcome.failed`` (its
+    object removed), the keys written are added to ``written``.
+
+    A part that ends within :data:`SMALL_INSTANCE` bytes is read whole and stored by one of
+    :data:`IN_FLIGHT` threads while the next parts are read (an object-store put waits on the
+    network or the disk most of its time); a larger one streams to the store as it is read.
+    Memory is bounded either way: at most ``IN_FLIGHT`` small instances are held at once."""
     accepted: list[Accepted] = []
-    urls = DicomUrls(hub.settings.base_url)
-    for part in parts:
-        media = (part.content_type or DICOM).split(";")[0].strip().lower()
-        if media != DICOM:
-            outcome.failed.append((None, None, SOP_CLASS_NOT_SUPPORTED))
-            continue
-        key = f"dicom/instances/{uuid.uuid4().hex}"
-        capture = Capture(part.chunks, hub.settings.dicom_header_bytes)
-        written.append(key)
-        stored = hub.objects.put(key, iter(capture), content_type=DICOM)
-        try:
-            header = read_header(bytes(capture.prefix), stored.size, capture.sequence_end)
-            header = header.kept(urls.pixel_data(header))
-            if study_uid is not None and header.study_uid != study_uid:
-                raise Refused(DATA_SET_MISMATCH, "the instance is not of the study in the URL")
-        except Refused as refusal:
-            log.info("STOW part refused: %s", refusal)
-            outcome.failed.append((None, None, refusal.reason))
-            remove_objects(hub, [key])
-            continue
-        accepted.append(Accepted(header, stored))
+    pending: deque[Future[Accepted | int]] = deque()
+
+    def settle(future: Future[Accepted | int]) -> None:
+        result = future.result()
+        if isinstance(result, Accepted):
+            accepted.append(result)
+        else:
+            outcome.failed.append((None, None, result))
+
+    with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="stow") as pool:
+        for part in parts:
+            media = (part.content_type or DICOM).split(";")[0].strip().lower()
+            if media != DICOM:
+                outcome.failed.append((None, None, SOP_CLASS_NOT_SUPPORTED))
+                continue
+            key = f"dicom/instances/{uuid.uuid4().hex}"
+            written.append(key)
+            head, whole = _read_up_to(part.chunks, SMALL_INSTANCE)
+            if whole:
+                while len(pending) >= IN_FLIGHT:
+                    settle(pending.popleft())
+                pending.append(pool.submit(_store, hub, key, [head], study_uid))
+                continue
+            while pending:  # keep the answer in the order of the parts
+                settle(pending.popleft())
+            settle(_done(_store(hub, key, itertools.chain([head], part.chunks), study_uid)))
+        while pending:
+            settle(pending.popleft())
     return accepted
+
+
+def _read_up_to(chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:
+    """The first bytes of a part, and whether they are all of it (it ends within ``limit``)."""
+    held = bytearray()
+    for chunk in chunks:
+        held += chunk
+        if len(held) > limit:
+            return bytes(held), False
+    return bytes(held), True
+
+
+def _done(result: Accepted | int) -> Future[Accepted | int]:
+    future: Future[Accepted | int] = Future()
+    future.set_result(result)
+    return future
+
+
+def _store(hub: Hub, key: str, chunks: Iterable[bytes], study_uid: str | None) -> Accepted | int:
+    """Put one instance and read its header: what was accepted, or the FailureReason."""
+    capture = Capture(chunks, hub.settings.dicom_header_bytes)
+    stored = hub.objects.put(key, iter(capture), content_type=DICOM)
+    try:
+        header = read_header(bytes(capture.prefix), stored.size, capture.sequence_end)
+        header = header.kept(DicomUrls(hub.settings.base_url).pixel_data(header))
+        if study_uid is not None and header.study_uid != study_uid:
+            raise Refused(DATA_SET_MISMATCH, "the instance is not of the study in the URL")
+    except Refused as refusal:
+        log.info("STOW part refused: %s", refusal)
+        remove_objects(hub, [key])
+        return refusal.reason
+    return Accepted(header, stored)
 
 
 def _index(

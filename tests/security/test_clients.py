@@ -279,5 +279,9 @@ def test_secrets_turned_off(hub: Hub, organization: str) -> None:
         assert "turned off" in body["error_description"]
         config = app.get("/fhir/.well-known/smart-configuration").json()
     assert config["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
-    assert config["capabilities"] == ["client-confidential-asymmetric", "permission-v2"]
+    assert config["capabilities"] == [
+        "client-confidential-asymmetric",
+        "permission-v2",
+        "health-cards",
+    ]
     assert config["token_endpoint_auth_signing_alg_values_supported"] == ["ES384", "RS384", "ES256"]

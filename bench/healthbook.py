@@ -9,6 +9,22 @@ Bundle whose Composition has the eleven sections and whose first entry after it 
 Patient; a card answer holding a verifiable credential. ``/healthz`` is measured in the same
 run as the floor. Prints p50/p95/p99 per kind, requests/s, errors.
 
+Then the **wallet push lag** at a steady write load. The server runs with
+``EMR_HUB_WALLET_URL`` pointing at ``scripts/wallet_receiver.py`` (a real intake, its own
+process on a free port, trusting the server's base URL) and ``EMR_HUB_WALLET_DEBOUNCE_SECONDS``
+(``--wallet-debounce``, default 10); with ``--broker`` (default ``redis://127.0.0.1:6379/8``;
+``--broker ''`` for the API's embedded relay) server and an ``emr-hub worker --beat`` share
+that Redis broker, so pushes go through the worker as deployed. At ``--push-rate`` writes/s
+(default 1) for ``--push-seconds`` (default 60; 0 skips this part), the ``bench`` hospital,
+which owns the loaded patients, posts a heart-rate Observation for the next sampled patient
+(each write another patient while the sample lasts), carrying a fresh ``urn:uuid`` identifier.
+A write's lag runs from its answer to the ``received_at`` of the first push for her CCCD whose
+cards carry that identifier (so the debounce, the summary, the signing and the delivery are
+all in it). After the writes it waits at most ``--push-drain-seconds`` (default 180) for the
+stragglers, then prints lag p50/p95/p99/max, the writes, the pushes received, the receiver's
+repeats and refusals, pushes that arrived after a write without it (``stale``), pushes for
+CCCDs not written (``other``) and writes never pushed (``missing``).
+
 Usage (see bench/README.md)::
 
     .venv/bin/python bench/healthbook.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
@@ -18,10 +34,17 @@ Usage (see bench/README.md)::
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import random
+import subprocess
 import sys
+import tempfile
 import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +55,25 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generate import Generator, PatientCopy
-from bench.ingest import DEFAULT_DATA, _code_version, _diagnostics, _loadavg, database_kind, log
+from bench.ingest import (
+    DEFAULT_DATA,
+    _code_version,
+    _diagnostics,
+    _loadavg,
+    database_kind,
+    free_port,
+    log,
+)
+from bench.load import _stop_group
 from bench.search import (
+    Api,
     Query,
+    Running,
     Sample,
     kept_database,
     machine,
     machine_line,
+    percentile,
     read_state,
     run_mix,
     sample_patients,
@@ -54,6 +89,9 @@ CARD_PARAMETERS = {
     "resourceType": "Parameters",
     "parameter": [{"name": "credentialType", "valueUri": "https://smarthealth.cards#health-card"}],
 }
+PUSH = "wallet-push"
+RECEIVER = Path(__file__).resolve().parent.parent / "scripts" / "wallet_receiver.py"
+MARKER_SYSTEM = "urn:ietf:rfc:3986"
 
 
 class CitizenApi:
@@ -159,6 +197,214 @@ def queries_for(kind: str, patients: list[tuple[PatientCopy, str]], count: int) 
     return out
 
 
+# ----------------------------------------------------------------- wallet push lag
+class Wallet:
+    """``scripts/wallet_receiver.py`` as a process of its own on a free port, trusting the
+    issuer ``issuer`` (the server's base URL); stopped with :meth:`stop`."""
+
+    def __init__(self, issuer: str, folder: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/intake"
+        self.log_path = folder / "wallet.log"
+        with self.log_path.open("wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, str(RECEIVER), "--port", str(port), "--trust", issuer],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if self.client.get("/received").status_code == 200:
+                    return
+            time.sleep(0.1)  # polling the receiver's port with a deadline
+        raise SystemExit(f"the wallet receiver did not start:\n{self.log_path.read_text()}")
+
+    def received(self) -> dict[str, Any]:
+        response = self.client.get("/received")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def stop(self) -> None:
+        self.client.close()
+        _stop_group(self.process)
+
+
+def worker_log(running: Running) -> Path:
+    return Path(running.env["EMR_HUB_DATA_DIR"]).parent / "worker.log"
+
+
+def start_worker(running: Running, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
+    """``emr-hub worker --beat`` with the server's settings (so its broker), as load.py runs it."""
+    with worker_log(running).open("wb") as output:
+        worker = subprocess.Popen(
+            [running.executable, "worker", "--beat", "--concurrency", "2"],
+            env=running.env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack.callback(_stop_group, worker)
+    return worker
+
+
+@dataclass
+class Write:
+    cccd: str
+    marker: str  # the Observation's identifier, looked for in the pushed cards
+    answered: float  # wall clock (the receiver's received_at is one too, same machine)
+    seconds: float
+    status: int
+
+
+def vital_signs(patient_id: str, marker: str, beats: int) -> bytes:
+    """A heart-rate Observation of now, identified by ``marker``."""
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    category = "http://terminology.hl7.org/CodeSystem/observation-category"
+    observation = {
+        "resourceType": "Observation",
+        "identifier": [{"system": MARKER_SYSTEM, "value": marker}],
+        "status": "final",
+        "category": [{"coding": [{"system": category, "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": now,
+        "valueQuantity": {
+            "value": beats,
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
+    }
+    return orjson.dumps(observation)
+
+
+def post_writes(
+    api: Api, patients: list[tuple[PatientCopy, str]], rate: float, seconds: float
+) -> list[Write]:
+    """One write every ``1 / rate`` s for ``seconds``, each for the next sampled patient."""
+    count = max(1, round(rate * seconds))
+    if count > len(patients):
+        log(f"{count} writes over {len(patients)} patients: some are written twice")
+    writes = []
+    started = time.monotonic()
+    for index in range(count):
+        wait = started + index / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # the fixed arrival rate, not a synchronisation
+        copy, patient_id = patients[index % len(patients)]
+        marker = f"urn:uuid:{uuid.uuid4()}"
+        body = vital_signs(patient_id, marker, 60 + index % 40)
+        sent = time.perf_counter()
+        try:
+            status = api.request("POST", "/fhir/Observation", content=body).status_code
+        except httpx.HTTPError:
+            status = 0
+        writes.append(Write(copy.cccd, marker, time.time(), time.perf_counter() - sent, status))
+    return writes
+
+
+def card_payloads(push: dict[str, Any]) -> bytes:
+    """The pushed cards' payloads (raw DEFLATE, as the receiver checked them), joined."""
+    payloads = []
+    for jws in push.get("credentials") or []:
+        part = str(jws).split(".")[1]
+        payloads.append(
+            zlib.decompress(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)), -15)
+        )
+    return b"\n".join(payloads)
+
+
+@dataclass
+class Matched:
+    lags: list[float]  # seconds, one per write a push carried
+    missing: int  # writes (answered 201) no push has carried yet
+    stale: int  # pushes after a write, for her CCCD, that did not carry it
+    other: int  # pushes for CCCDs this run did not write
+
+
+def match_pushes(
+    writes: list[Write], accepted: list[dict[str, Any]], payloads: dict[str, bytes]
+) -> Matched:
+    """Each stored write to the first push for her CCCD whose cards carry its identifier."""
+    by_cccd: dict[str, list[dict[str, Any]]] = {}
+    for push in accepted:
+        by_cccd.setdefault(push["cccd"], []).append(push)
+    for pushes in by_cccd.values():
+        pushes.sort(key=lambda p: p["received_at"])
+    lags, missing, stale = [], 0, 0
+    for write in writes:
+        if write.status != 201:
+            continue
+        later = [p for p in by_cccd.get(write.cccd, []) if p["received_at"] >= write.answered]
+        carrier = next((p for p in later if write.marker.encode() in payloads[p["key"]]), None)
+        if carrier is None:
+            missing += 1
+            continue
+        lags.append(carrier["received_at"] - write.answered)
+        stale += sum(1 for p in later if p["received_at"] < carrier["received_at"])
+    written = {w.cccd for w in writes}
+    other = sum(len(p) for cccd, p in by_cccd.items() if cccd not in written)
+    return Matched(lags, missing, stale, other)
+
+
+def measure_push_lag(
+    running: Running,
+    wallet: Wallet,
+    patients: list[tuple[PatientCopy, str]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    log(f"wallet push: {args.push_rate:g} writes/s for {args.push_seconds:g} s ...")
+    started = time.monotonic()
+    writes = post_writes(running.api, patients, args.push_rate, args.push_seconds)
+    elapsed = time.monotonic() - started
+    log(f"waiting (at most {args.push_drain_seconds:g} s) for the pushes of {len(writes)} writes")
+    payloads: dict[str, bytes] = {}
+    deadline = time.monotonic() + args.push_drain_seconds
+    while True:
+        received = wallet.received()
+        for push in received["accepted"]:
+            if push["key"] not in payloads:
+                payloads[push["key"]] = card_payloads(push)
+        matched = match_pushes(writes, received["accepted"], payloads)
+        if not matched.missing or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)  # polling the receiver with a deadline
+    lags = sorted(matched.lags)
+    answered = sorted(w.seconds * 1000 for w in writes)
+    figures: dict[str, Any] = {
+        "rate": args.push_rate,
+        "seconds": args.push_seconds,
+        "writes_per_s": len(writes) / elapsed,
+        "debounce_s": args.wallet_debounce,
+        "relay": f"celery worker, {args.broker}" if args.broker else "embedded relay thread",
+        "writes": len(writes),
+        "write_errors": sum(1 for w in writes if w.status != 201),
+        "write_p50_ms": percentile(answered, 0.50),
+        "write_p95_ms": percentile(answered, 0.95),
+        "pushes_received": len(received["accepted"]),
+        "pushed_writes": len(lags),
+        "repeats": len(received["repeats"]),
+        "refusals": len(received["refused"]),
+        "refusal_reasons": sorted({r["reason"] for r in received["refused"]}),
+        "stale": matched.stale,
+        "other": matched.other,
+        "missing": matched.missing,
+    }
+    if lags:
+        figures |= {
+            "lag_p50_s": percentile(lags, 0.50),
+            "lag_p95_s": percentile(lags, 0.95),
+            "lag_p99_s": percentile(lags, 0.99),
+            "lag_max_s": lags[-1],
+        }
+    return figures
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True, help="the PostgreSQL server's URL")
@@ -174,8 +420,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample", type=int, default=200, help="patients asked about")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds")
+    parser.add_argument("--push-rate", type=float, default=1.0, help="wallet push: writes/s")
+    parser.add_argument(
+        "--push-seconds", type=float, default=60.0, help="wallet push: seconds of writes (0: none)"
+    )
+    parser.add_argument(
+        "--push-drain-seconds", type=float, default=180.0, help="wallet push: wait for stragglers"
+    )
+    parser.add_argument(
+        "--wallet-debounce", type=float, default=10.0, help="EMR_HUB_WALLET_DEBOUNCE_SECONDS"
+    )
+    parser.add_argument(
+        "--broker",
+        default="redis://127.0.0.1:6379/8",
+        help="Celery broker of the server and the worker ('': the API's embedded relay)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
+    if args.push_seconds > 0 and args.push_rate <= 0:
+        parser.error("--push-rate must be positive")
     if database_kind(args.database_url) != "postgresql":
         parser.error("--database-url must be a PostgreSQL URL")
     return args
@@ -193,7 +456,21 @@ def main(argv: list[str] | None = None) -> int:
         if state is None or not state.copies:
             raise SystemExit(f"{args.reuse_db} was not loaded by bench/search.py")
         with contextlib.ExitStack() as stack:
-            running = start_server(args, url, stack, args.clients)
+            wallet, settings = None, {}
+            if args.push_seconds > 0:
+                args.port = args.port or free_port()  # the receiver trusts the server's URL
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wallet_")))
+                wallet = Wallet(f"http://127.0.0.1:{args.port}", folder)
+                stack.callback(wallet.stop)
+                wallet.wait_ready(args.startup_timeout)
+                settings = {
+                    "EMR_HUB_WALLET_URL": wallet.url,
+                    "EMR_HUB_WALLET_DEBOUNCE_SECONDS": f"{args.wallet_debounce:g}",
+                }
+                if args.broker:
+                    settings["EMR_HUB_BROKER_URL"] = args.broker
+            running = start_server(args, url, stack, args.clients, settings)
+            worker = start_worker(running, stack) if wallet and args.broker else None
             rng = random.Random(args.seed * 13 + 7)
             patients = sample_patients(
                 running.api, generator, state, rng, args.sample, {}, args.clients
@@ -215,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
                 problems = [s.problem for s in samples if s.problem]
                 if problems:
                     log(f"{kind}: {len(problems)} wrong answers, the first: {problems[0]}")
+            push = None
+            if wallet is not None:
+                if worker is not None and worker.poll() is not None:
+                    tail = worker_log(running).read_text()[-4000:]
+                    raise SystemExit(f"the worker exited ({worker.returncode}):\n{tail}")
+                push = measure_push_lag(running, wallet, patients, args)
     figures = {
         "code": _code_version(),
         "machine": machine(),
@@ -225,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "clients": args.clients,
         "kinds": kinds,
+        "wallet_push": push,
         "loadavg_1min": {"before": load_before, "after": _loadavg()},
     }
     if args.json:
@@ -250,6 +534,28 @@ def print_figures(f: dict[str, Any]) -> None:
             f"{kind:14}{k['requests_per_s']:>9.1f}{k['p50_ms']:>9.1f}{k['p95_ms']:>9.1f}"
             f"{k['p99_ms']:>9.1f}{k['errors']:>8}{k['unexpected']:>7}{k['mean_entries']:>9.0f}"
         )
+    p = f["wallet_push"]
+    if not p:
+        return
+    if "lag_p50_s" in p:
+        print(
+            f"{PUSH:14}{p['writes_per_s']:>9.1f}{p['lag_p50_s'] * 1000:>9.0f}"
+            f"{p['lag_p95_s'] * 1000:>9.0f}{p['lag_p99_s'] * 1000:>9.0f}"
+            f"{p['write_errors'] + p['refusals']:>8}{p['missing'] + p['stale']:>7}"
+        )
+    else:
+        print(f"{PUSH:14} no write was pushed")
+    print(
+        f"{PUSH}: write answered -> received by the wallet, {p['debounce_s']:g} s debounce, "
+        f"{p['relay']}: {p['writes']} writes at {p['rate']:g}/s for {p['seconds']:g} s "
+        f"(answered p50 {p['write_p50_ms']:.0f} ms, p95 {p['write_p95_ms']:.0f} ms, "
+        f"{p['write_errors']} failed); lag max {p.get('lag_max_s', 0):.1f} s; "
+        f"{p['pushes_received']} pushes received, {p['pushed_writes']} carrying a write, "
+        f"{p['repeats']} repeats, {p['refusals']} refusals, {p['stale']} stale, "
+        f"{p['other']} for other CCCDs, {p['missing']} writes missing at the end"
+    )
+    for reason in p["refusal_reasons"]:
+        print(f"  refused: {reason}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """``Patient/$summary``: the patient's health book as an International Patient Summary
 ``document`` Bundle, built from every hospital's records the caller may see.
 
-What is read: the patient's compartment rows and what they point at outside it (one query
-each, :mod:`emr_hub.fhir.operations.everything`), then the resources of the types the
-sections use (:data:`~emr_hub.healthbook.sections.LOADED_TYPES`) through the store, so the
-access policy of the caller is in the SQL: a citizen sees all of her record, a hospital what
-the policy opens to it. Each section picks its entries (:mod:`.sections`); the Bundle holds
-the Composition, the Patient, the entries, and every resource those point at that the
-summary read (a second round covers what the first pulled in: an Observation's Encounter
-brings its Organization). Only what goes into the Bundle is disclosed to the audit trail.
+What is read: the patient's compartment rows (one query,
+:mod:`emr_hub.fhir.operations.everything`), then the resources of the types the sections use
+(:data:`~emr_hub.healthbook.sections.LOADED_TYPES`) through the store, so the access policy of
+the caller is in the SQL: a citizen sees all of her record, a hospital what the policy opens
+to it. Each section picks its entries (:mod:`.sections`); the Bundle holds the Composition,
+the Patient, the entries, and what those point at (two rounds: an Observation's Encounter,
+then the Encounter's Organization), the few resources outside the compartment loaded by id
+for the round. Only what goes into the Bundle is disclosed to the audit trail.
 
 The Bundle's ``identifier`` and ``timestamp`` change with every call; :func:`content_digest`
 is the digest of everything else, so two summaries of an unchanged record have the same.
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from emr_hub.fhir.operations.everything import compartment_members, referenced_outside
+from emr_hub.fhir.operations.everything import compartment_members
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.healthbook import narrative
 from emr_hub.healthbook.sections import LOADED_TYPES, SECTIONS, Context, Section
@@ -61,7 +61,10 @@ def patient_summary(
     context = Context(moment, _names(loaded))
     chosen = [(section, section.select(by_type, context)) for section in SECTIONS]
     included = _with_references(
-        [patient, *(loaded[_key(r)] for _, entries in chosen for r in entries)], loaded
+        store,
+        principal,
+        [patient, *(loaded[_key(r)] for _, entries in chosen for r in entries)],
+        loaded,
     )
     store.disclose(included)
     composition = _composition(patient, chosen, context, base_url)
@@ -91,10 +94,11 @@ def content_digest(bundle: dict[str, Any]) -> str:
 
 
 def _load(store: FhirStore, principal: Principal, patient_id: str) -> dict[tuple, Stored]:
-    members = compartment_members(store, patient_id)
-    members |= referenced_outside(store, patient_id, members)
+    """The patient's compartment, of the types the sections read, as the caller may see it."""
     wanted = sorted(
-        key for key in members if key[0] in LOADED_TYPES and principal.allows(key[0], "r")
+        key
+        for key in compartment_members(store, patient_id)
+        if key[0] in LOADED_TYPES and principal.allows(key[0], "r")
     )
     return {(s.resource_type, s.id): s for s in store.load_many(wanted, disclose=False)}
 
@@ -103,22 +107,34 @@ def _key(resource: dict[str, Any]) -> tuple[str, str]:
     return (resource["resourceType"], resource["id"])
 
 
-def _with_references(chosen: list[Stored], loaded: dict[tuple, Stored]) -> list[Stored]:
-    """``chosen`` in order without repeats, then what they point at among ``loaded``, in
-    :data:`REFERENCE_ROUNDS` rounds."""
+def _with_references(
+    store: FhirStore, principal: Principal, chosen: list[Stored], loaded: dict[tuple, Stored]
+) -> list[Stored]:
+    """``chosen`` in order without repeats, then what they point at, in
+    :data:`REFERENCE_ROUNDS` rounds. What is not in ``loaded`` yet (the Organizations,
+    Practitioners, Locations ... outside the compartment) is loaded for the round, few ids in
+    one statement per type, and added to ``loaded`` for the narratives' names."""
     out: dict[tuple[str, str], Stored] = {}
     for item in chosen:
         out.setdefault((item.resource_type, item.id), item)
     frontier = list(out.values())
     for _ in range(REFERENCE_ROUNDS):
-        found = []
-        for item in frontier:
-            for key in _references(item.content):
-                target = loaded.get(key)
-                if target is not None and key not in out:
-                    out[key] = target
-                    found.append(target)
-        frontier = found
+        named = [key for item in frontier for key in _references(item.content)]
+        missing = sorted(
+            {
+                key
+                for key in named
+                if key not in loaded and key[0] in LOADED_TYPES and principal.allows(key[0], "r")
+            }
+        )
+        for item in store.load_many(missing, disclose=False) if missing else ():
+            loaded[(item.resource_type, item.id)] = item
+        frontier = []
+        for key in named:
+            target = loaded.get(key)
+            if target is not None and key not in out:
+                out[key] = target
+                frontier.append(target)
     return list(out.values())
 
 

@@ -301,9 +301,12 @@ def post_writes(
         body = vital_signs(patient_id, marker, 60 + index % 40)
         sent = time.perf_counter()
         try:
-            status = api.request("POST", "/fhir/Observation", content=body).status_code
-        except httpx.HTTPError:
-            status = 0
+            response = api.request("POST", "/fhir/Observation", content=body)
+            status, problem = response.status_code, _diagnostics(response)[:200]
+        except httpx.HTTPError as exc:
+            status, problem = 0, type(exc).__name__
+        if status != 201 and not any(w.status != 201 for w in writes):
+            log(f"a write failed, the first: HTTP {status}: {problem}")
         writes.append(Write(copy.cccd, marker, time.time(), time.perf_counter() - sent, status))
     return writes
 

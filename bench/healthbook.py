@@ -365,6 +365,8 @@ def measure_push_lag(
     started = time.monotonic()
     writes = post_writes(running.api, patients, args.push_rate, args.push_seconds)
     elapsed = time.monotonic() - started
+    if any(w.status >= 500 for w in writes):
+        log(f"server log:\n{running.server.log_tail()}")
     log(f"waiting (at most {args.push_drain_seconds:g} s) for the pushes of {len(writes)} writes")
     payloads: dict[str, bytes] = {}
     deadline = time.monotonic() + args.push_drain_seconds

@@ -4,8 +4,9 @@ Everything comes through the FHIR store with her principal (a citizen principal 
 person key, as :func:`emr_hub.security.tokens.verify_access_token` builds one), in one
 snapshot (:func:`emr_hub.fhir.routes.in_snapshot`), so the access policy applies and the
 request's audit trail records what was disclosed: the summary
-(:func:`~emr_hub.healthbook.summary.patient_summary`), her privacy Consents and the hospitals
-of the directory. The access log is the ``$access-log`` operation's own reading.
+(:func:`~emr_hub.healthbook.summary.patient_summary`), her ImagingStudies, her privacy
+Consents and the hospitals of the directory. The access log is the ``$access-log``
+operation's own reading.
 
 The sections are shown from the summary's Composition: each section's title and its narrative
 table (written by :mod:`.narrative`), parsed back into rows, so the page renders text through
@@ -27,6 +28,7 @@ from emr_hub.fhir.search.service import run_search
 from emr_hub.fhir.store import RESOURCE
 from emr_hub.healthbook import narrative
 from emr_hub.healthbook.summary import patient_summary
+from emr_hub.imaging.study import DICOM_UID
 from emr_hub.security.audit.access_log import read_access_log
 from emr_hub.security.consent import is_privacy_consent
 from emr_hub.security.principal import CITIZEN, Principal
@@ -43,6 +45,7 @@ XHTML = "{" + narrative.XHTML + "}"
 ACCESS_LOG_ROWS = 100
 DIRECTORY_ROWS = 500
 CONSENT_ROWS = 500
+IMAGING_ROWS = 100
 
 DATA_KINDS = {
     "Patient": "Thông tin hành chính",
@@ -90,6 +93,22 @@ OPERATIONS = {
     "$referral-history": "Xem lịch sử chuyển tuyến",
     "$export": "Xuất dữ liệu",
 }
+MODALITIES = {
+    "CT": "Chụp cắt lớp vi tính",
+    "MR": "Cộng hưởng từ",
+    "CR": "X-quang",
+    "DX": "X-quang",
+    "RF": "X-quang tăng sáng",
+    "MG": "Chụp X-quang tuyến vú",
+    "US": "Siêu âm",
+    "XA": "Chụp mạch",
+    "NM": "Y học hạt nhân",
+    "PT": "Chụp PET",
+    "ES": "Nội soi",
+    "ECG": "Điện tim",
+    "OT": "Khác",
+}
+"""DICOM modality codes (DCM) as the page names them in Vietnamese, the code kept beside."""
 PURPOSES = {"TREAT": "Điều trị", "ETREAT": "Cấp cứu"}
 OUTCOMES = {"0": "Thành công", "4": "Bị từ chối", "8": "Lỗi hệ thống"}
 
@@ -100,6 +119,20 @@ class SectionView:
     title: str
     headers: list[str]
     rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class ImagingView:
+    """One of her imaging studies. ``facility`` is the hospital that sent it (the study's
+    writer: the ImagingStudy the hub makes names no referrer or performer)."""
+
+    started: str
+    modalities: str
+    description: str
+    facility: str
+    series: int
+    instances: int
+    study_uid: str
 
 
 @dataclass(frozen=True)
@@ -142,6 +175,7 @@ class BookView:
     consents: list[ConsentView]
     hospitals: list[Hospital]
     bundle: dict[str, Any] = field(repr=False)
+    images: list[ImagingView] = field(default_factory=list)
     accesses: list[AccessView] = field(default_factory=list)
 
 
@@ -201,6 +235,7 @@ def read_book(
         consents=_consents(store, principal, base_url, names),
         hospitals=hospitals,
         bundle=bundle,
+        images=_images(store, principal, patient_id, base_url, names),
     )
 
 
@@ -246,6 +281,63 @@ def _name(patient: dict[str, Any]) -> str:
             return str(human["text"])
         return " ".join([str(human.get("family") or ""), *(human.get("given") or [])]).strip()
     return ""
+
+
+# ------------------------------------------------------------------ images
+def _images(
+    store: FhirStore, principal: Principal, patient_id: str, base_url: str, names: dict[str, str]
+) -> list[ImagingView]:
+    """The ImagingStudies of her record ``patient_id``, newest first."""
+    request = parse_search(
+        "ImagingStudy",
+        [
+            ("patient", f"Patient/{patient_id}"),
+            ("_sort", "-started"),
+            ("_count", str(IMAGING_ROWS)),
+        ],
+        max_count=IMAGING_ROWS,
+    )
+    return [
+        _imaging(stored.content or {}, names.get(stored.owner or "", stored.owner or ""))
+        for stored in run_search(store, principal, request, base_url).matches
+    ]
+
+
+def _imaging(study: dict[str, Any], facility: str) -> ImagingView:
+    series = [s for s in study.get("series") or [] if isinstance(s, dict)]
+    modalities = [str(m.get("code") or "") for m in study.get("modality") or []] or [
+        str((s.get("modality") or {}).get("code") or "") for s in series
+    ]
+    descriptions = [str(s["description"]) for s in series if s.get("description")]
+    instances = study.get("numberOfInstances")
+    if instances is None:
+        instances = sum(int(s.get("numberOfInstances") or 0) for s in series)
+    return ImagingView(
+        started=_moment_text(study.get("started")),
+        modalities=", ".join(
+            f"{MODALITIES[m]} ({m})" if m in MODALITIES else m
+            for m in dict.fromkeys(m for m in modalities if m)
+        ),
+        description=str(study.get("description") or "; ".join(dict.fromkeys(descriptions))),
+        facility=facility,
+        series=int(study.get("numberOfSeries") or len(series)),
+        instances=int(instances),
+        study_uid=_study_uid(study),
+    )
+
+
+def _study_uid(study: dict[str, Any]) -> str:
+    """The Study Instance UID, from the ``urn:dicom:uid`` identifier (``urn:oid:`` dropped)."""
+    for identifier in study.get("identifier") or []:
+        if identifier.get("system") == DICOM_UID:
+            return str(identifier.get("value") or "").removeprefix("urn:oid:")
+    return ""
+
+
+def _moment_text(value: Any) -> str:
+    """A FHIR date or dateTime as she reads it: a day, or a time and day in Vietnam's time."""
+    text = str(value or "")
+    return _instant_text(text) if "T" in text else narrative.day(text)
 
 
 # ------------------------------------------------------------------ sharing

@@ -4,8 +4,9 @@ Vietnamese, for a phone's browser.
 Routes (all under ``/health-book``):
 
 * ``GET /health-book``: her book when signed in (summary sections, referral letters,
-  re-exams, the compact card's QR code, who accessed her record, sharing settings, her links
-  for a doctor, the signed card's download); else the sign-in page.
+  re-exams, her imaging studies, the compact card's QR code, who accessed her record,
+  sharing settings, her links for a doctor, the signed card's download); else the sign-in
+  page.
 * ``GET /health-book/sign-in`` → the identity provider (OpenID Connect, :mod:`.signin`);
   ``GET /health-book/callback`` ← its answer: a session (:mod:`.session`) and back to the book.
 * ``POST /health-book/dev-sign-in``: the **development sign-in** (choose a demo citizen), only

@@ -23,7 +23,8 @@ cards carry that identifier (so the debounce, the summary, the signing and the d
 all in it). After the writes it waits at most ``--push-drain-seconds`` (default 180) for the
 stragglers, then prints lag p50/p95/p99/max, the writes, the pushes received, the receiver's
 repeats and refusals, pushes that arrived after a write without it (``stale``), pushes for
-CCCDs not written (``other``) and writes never pushed (``missing``).
+CCCDs not written (``other``) and writes never pushed (``missing``); it exits 1 when a write
+failed, a push was refused or a write was never pushed.
 
 Usage (see bench/README.md)::
 
@@ -520,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     else:
         print_figures(figures)
-    return 0
+    lost = push and (push["write_errors"] or push["missing"] or push["refusals"])
+    return 1 if lost else 0
 
 
 def print_figures(f: dict[str, Any]) -> None:

@@ -31,18 +31,18 @@ from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from joserfc.jwk import ECKey
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from emr_hub.security.keys import (
     ALGORITHM,
     CLOCK_LEEWAY_SECONDS,
-    CURVE,
-    PUBLIC_MEMBERS,
-    public_jwk,
+    import_private,
+    lock_key_changes,
+    new_sealed_key,
 )
-from emr_hub.security.sealing import key_encryption_key, seal, unseal
+from emr_hub.security.sealing import key_encryption_key, unseal
 from storage.db import Database, as_utc
 from storage.tables import HealthCardKey
 
@@ -123,7 +123,7 @@ def rotate_card_key(hub: Hub) -> tuple[str, datetime]:
     moment = datetime.now(UTC)
     kek = key_encryption_key(hub.settings)
     with hub.db.transaction() as session:
-        _lock(hub.db, session)
+        lock_key_changes(hub.db, session, _ADVISORY_LOCK_ID)
         for row in _rows(session):
             if row.sealed_private is not None:
                 # Prove this KEK opens the current keys before sealing a new one with it: a
@@ -183,7 +183,7 @@ def _load_signer(hub: Hub) -> ECKey:
         loaded = (signer.kid, signer.sealed_private) if signer else None
     if due:
         with hub.db.transaction() as session:
-            _lock(hub.db, session)
+            lock_key_changes(hub.db, session, _ADVISORY_LOCK_ID)
             rows = _rows(session)
             signer = _signer(rows, moment, delay)
             if signer is None:
@@ -197,7 +197,8 @@ def _load_signer(hub: Hub) -> ECKey:
     kid, sealed_private = loaded if loaded is not None else ("", None)
     if sealed_private is None:  # pragma: no cover - the signer always has its private key
         raise RuntimeError("the health-card signer has no private key")
-    return _import(unseal(key_encryption_key(hub.settings), kid, sealed_private), kid)
+    private = unseal(key_encryption_key(hub.settings), kid, sealed_private)
+    return import_private(private, kid, table="health_card_key")
 
 
 def _rows(session: Session) -> list[HealthCardKey]:
@@ -223,36 +224,12 @@ def _superseded(rows: list[HealthCardKey], signer: HealthCardKey) -> list[Health
     return [row for row in older if row.sealed_private is not None or row.rotated_at is None]
 
 
-def _lock(db: Database, session: Session) -> None:
-    """Serialise key changes: a PostgreSQL advisory lock held until commit; on SQLite the
-    transaction's ``BEGIN IMMEDIATE`` already holds the write lock."""
-    if db.dialect == "postgresql":
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(CAST(:lock_id AS bigint))"),
-            {"lock_id": _ADVISORY_LOCK_ID},
-        )
-
-
 def _new_row(hub: Hub, moment: datetime) -> HealthCardKey:
-    generated = ECKey.generate_key(CURVE, parameters={"use": "sig", "alg": ALGORITHM})
-    kid = generated.thumbprint()
-    private = _private_members(generated)
+    made = new_sealed_key(key_encryption_key(hub.settings))
     return HealthCardKey(
-        kid=kid,
+        kid=made.kid,
         algorithm=ALGORITHM,
-        sealed_private=seal(key_encryption_key(hub.settings), kid, private),
-        public_jwk=public_jwk(_import(private, kid)),
+        sealed_private=made.sealed_private,
+        public_jwk=made.public_jwk,
         created_at=moment,
     )
-
-
-def _private_members(key: ECKey) -> dict[str, Any]:
-    members = key.as_dict(private=True)
-    return {name: members[name] for name in (*PUBLIC_MEMBERS, "d")}
-
-
-def _import(jwk: dict[str, Any], kid: str) -> ECKey:
-    key = ECKey.import_key({**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM})
-    if key.curve_name != CURVE or key.thumbprint() != kid or not key.is_private:
-        raise ValueError(f"health_card_key row {kid!r} does not hold the P-256 key its kid names")
-    return key

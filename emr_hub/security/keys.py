@@ -183,7 +183,7 @@ def rotate_signing_key(hub: Hub, *, now: datetime | None = None) -> tuple[str, d
     retires_at = moment + timedelta(seconds=retention_seconds(hub))
     kek = key_encryption_key(hub.settings)
     with hub.db.transaction() as session:
-        _lock(hub.db, session)
+        lock_key_changes(hub.db, session)
         _seal_plain_rows(session, hub)
         for row in _active_rows(session):
             if row.sealed_private is not None:
@@ -265,7 +265,7 @@ def _load_signer(hub: Hub) -> ECKey:
         sealed = (row.kid, row.sealed_private) if row is not None and ready else None
     if sealed is None:
         with hub.db.transaction() as session:
-            _lock(hub.db, session)
+            lock_key_changes(hub.db, session)
             _seal_plain_rows(session, hub)
             _retire_expired(session, moment)
             row = _signer_row(session)
@@ -276,7 +276,7 @@ def _load_signer(hub: Hub) -> ECKey:
     kid, sealed_private = sealed
     if sealed_private is None:  # pragma: no cover - sealed above, in the same transaction
         raise RuntimeError(f"signing key {kid} is not sealed")
-    return _import_private(unseal(kek, kid, sealed_private), kid)
+    return import_private(unseal(kek, kid, sealed_private), kid)
 
 
 def _maintenance_due(session: Session, moment: datetime) -> bool:
@@ -297,13 +297,13 @@ def _maintenance_due(session: Session, moment: datetime) -> bool:
     return session.scalars(statement).first() is not None
 
 
-def _lock(db: Database, session: Session) -> None:
-    """Serialise key changes: on PostgreSQL an advisory lock held until commit; on SQLite the
-    transaction's ``BEGIN IMMEDIATE`` already holds the write lock."""
+def lock_key_changes(db: Database, session: Session, lock_id: int = _ADVISORY_LOCK_ID) -> None:
+    """Serialise the changes of one key table: on PostgreSQL the advisory lock ``lock_id``
+    held until commit; on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the
+    write lock."""
     if db.dialect == "postgresql":
         session.execute(
-            text("SELECT pg_advisory_xact_lock(CAST(:lock_id AS bigint))"),
-            {"lock_id": _ADVISORY_LOCK_ID},
+            text("SELECT pg_advisory_xact_lock(CAST(:lock_id AS bigint))"), {"lock_id": lock_id}
         )
 
 
@@ -315,8 +315,8 @@ def _seal_plain_rows(session: Session, hub: Hub) -> None:
     kek = key_encryption_key(hub.settings)
     for row in rows:
         private_jwk = dict(row.private_jwk or {})
-        key = _import_private(private_jwk, row.kid)
-        row.sealed_private = seal(kek, row.kid, _private_members(key))
+        key = import_private(private_jwk, row.kid)
+        row.sealed_private = seal(kek, row.kid, private_members(key))
         row.public_jwk = public_jwk(key)
         row.private_jwk = None
 
@@ -328,15 +328,31 @@ def _retire_expired(session: Session, moment: datetime) -> None:
         row.sealed_private = None
 
 
-def _new_key_row(kek: KeyEncryptionKey, moment: datetime) -> SigningKey:
+@dataclass(frozen=True)
+class SealedKey:
+    """A new P-256 key as a key table stores it: its thumbprint, the private half sealed with
+    the key-encryption key, the public half."""
+
+    kid: str
+    sealed_private: str
+    public_jwk: dict[str, Any]
+
+
+def new_sealed_key(kek: KeyEncryptionKey) -> SealedKey:
+    """Make a key (the token keys' and the health-card keys' alike)."""
     key = ECKey.generate_key(CURVE, parameters={"use": "sig", "alg": ALGORITHM})
     kid = key.thumbprint()
-    key = _import_private(_private_members(key), kid)
+    key = import_private(private_members(key), kid)
+    return SealedKey(kid, seal(kek, kid, private_members(key)), public_jwk(key))
+
+
+def _new_key_row(kek: KeyEncryptionKey, moment: datetime) -> SigningKey:
+    made = new_sealed_key(kek)
     return SigningKey(
-        kid=kid,
+        kid=made.kid,
         algorithm=ALGORITHM,
-        sealed_private=seal(kek, kid, _private_members(key)),
-        public_jwk=public_jwk(key),
+        sealed_private=made.sealed_private,
+        public_jwk=made.public_jwk,
         created_at=moment,
         active=True,
     )
@@ -387,15 +403,17 @@ def _verifier(row: SigningKey, moment: datetime) -> _Verifier | None:
     return _Verifier(key, retires_at)
 
 
-def _private_members(key: ECKey) -> dict[str, Any]:
+def private_members(key: ECKey) -> dict[str, Any]:
+    """The members of a private P-256 JWK that are sealed (the public ones and ``d``)."""
     members = key.as_dict(private=True)
     return {name: members[name] for name in (*PUBLIC_MEMBERS, "d")}
 
 
-def _import_private(jwk: dict[str, Any], kid: str) -> ECKey:
+def import_private(jwk: dict[str, Any], kid: str, *, table: str = "signing_key") -> ECKey:
+    """The private key of a ``table`` row, checked to be the P-256 key its ``kid`` names."""
     key = ECKey.import_key({**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM})
     if key.curve_name != CURVE or key.thumbprint() != kid or not key.is_private:
-        raise ValueError(f"signing_key row {kid!r} does not hold the P-256 key its kid names")
+        raise ValueError(f"{table} row {kid!r} does not hold the P-256 key its kid names")
     return key
 
 

@@ -25,7 +25,6 @@ from jwcrypto import jwk, jws
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from emr_hub.demo import load_demo
 from emr_hub.healthbook.card_keys import (
     NEXT,
     ROTATED,
@@ -38,8 +37,6 @@ from emr_hub.healthbook.credentials import issue_compact_card, issue_full_card
 from emr_hub.healthbook.qr import qr_images
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
-from emr_hub.referrals.enforcement import install as install_referral_rules
-from emr_hub.security import install as install_security
 from emr_hub.security.keys import signing_key
 from storage.db import Database, as_utc
 from storage.tables import HealthCardKey
@@ -53,20 +50,6 @@ IMMUNIZATION_CARD = "https://smarthealth.cards#immunization"
 LABORATORY_CARD = "https://smarthealth.cards#laboratory"
 MAX_QR_JWS = 1195
 COMPACT_TYPES = {"Patient", "AllergyIntolerance", "Condition", "Immunization"}
-
-
-@pytest.fixture
-def demo_hub(hub: Hub) -> Hub:
-    install_security(hub.settings)
-    install_referral_rules()
-    load_demo(hub)
-    return hub
-
-
-@pytest.fixture
-def client(demo_hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(demo_hub)) as test_client:
-        yield test_client
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import base64
 import json
 import threading
 import zlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,19 +20,17 @@ from fastapi.testclient import TestClient
 from jwcrypto import jwe, jwk, jws
 from sqlalchemy import select, update
 
-from emr_hub.demo import PATIENTS, load_demo
+from emr_hub.demo import PATIENTS
 from emr_hub.fhir.persons import person_of_cccd
 from emr_hub.healthbook.summary import content_digest
 from emr_hub.hub import Hub
-from emr_hub.main import create_app
-from emr_hub.referrals.enforcement import install as install_referral_rules
-from emr_hub.security import install as install_security
 from emr_hub.security.audit.log import verify
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import CITIZEN_SCOPE, issue_citizen_token
 from storage.tables import HealthLink
 from tests.conftest import free_port, make_settings
 from tests.fhir.conftest import token_for
+from tests.healthbook.conftest import load_demo_network
 from tests.processes import EMR_HUB, ApiServer, ManagedProcess, cli_env
 
 LAN = PATIENTS[0]
@@ -42,20 +39,6 @@ PASSCODE = "482913"
 RECIPIENT = "BS. Trần Minh — Phòng khám Đa khoa An Khang"
 SHC = "application/smart-health-card"
 FHIR_JSON = "application/fhir+json"
-
-
-@pytest.fixture
-def demo_hub(hub: Hub) -> Hub:
-    install_security(hub.settings)
-    install_referral_rules()
-    load_demo(hub)
-    return hub
-
-
-@pytest.fixture
-def client(demo_hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(demo_hub)) as test_client:
-        yield test_client
 
 
 def citizen_headers(hub: Hub, cccd: str) -> dict[str, str]:
@@ -428,9 +411,7 @@ def test_parallel_guesses_never_check_more_passcodes_than_the_limit(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     hub = Hub.from_settings(make_settings(tmp_path, postgres_url, base_url=base), migrate=True)
-    install_security(hub.settings)
-    install_referral_rules()
-    load_demo(hub)
+    load_demo_network(hub)
     server = TwoWorkerServer(
         cli_env(tmp_path, postgres_url, EMR_HUB_BASE_URL=base), port, tmp_path / "serve.log"
     )

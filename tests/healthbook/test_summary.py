@@ -9,18 +9,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from emr_hub.demo import PATIENTS, load_demo
+from emr_hub.demo import PATIENTS
 from emr_hub.fhir.identifiers import CCCD
 from emr_hub.fhir.persons import person_of_cccd
 from emr_hub.fhir.validation import validate_resource
 from emr_hub.healthbook.summary import content_digest
 from emr_hub.hub import Hub
-from emr_hub.main import create_app
-from emr_hub.referrals.enforcement import install as install_referral_rules
-from emr_hub.security import install as install_security
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import CITIZEN_SCOPE, issue_citizen_token
 from tests.fhir.conftest import Api, token_for
@@ -35,20 +31,6 @@ SECTION_CODES = [
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-
-
-@pytest.fixture
-def demo_hub(hub: Hub) -> Hub:
-    install_security(hub.settings)
-    install_referral_rules()
-    load_demo(hub)
-    return hub
-
-
-@pytest.fixture
-def client(demo_hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(demo_hub)) as test_client:
-        yield test_client
 
 
 def citizen(hub: Hub, client: TestClient, cccd: str) -> Api:

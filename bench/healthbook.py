@@ -22,9 +22,12 @@ A write's lag runs from its answer to the ``received_at`` of the first push for 
 cards carry that identifier (so the debounce, the summary, the signing and the delivery are
 all in it). After the writes it waits at most ``--push-drain-seconds`` (default 180) for the
 stragglers, then prints lag p50/p95/p99/max, the writes, the pushes received, the receiver's
-repeats and refusals, pushes that arrived after a write without it (``stale``), pushes for
-CCCDs not written (``other``) and writes never pushed (``missing``); it exits 1 when a write
-failed, a push was refused or a write was never pushed.
+repeats and refusals, pushes that arrived after a write without it (``stale``), pushes for a
+written CCCD before her first write (``earlier``: owed before this run) or after the one
+carrying her last write (``after``), pushes for CCCDs not written (``other``), writes never
+pushed (``missing``) and the pushes the database still owes when the worker is stopped (it
+waits for the worker to record its answers first). It exits 1 when a write failed, a push was
+refused or a write was never pushed.
 
 Usage (see bench/README.md)::
 
@@ -71,6 +74,7 @@ from bench.search import (
     Query,
     Running,
     Sample,
+    _connect,
     kept_database,
     machine,
     machine_line,
@@ -328,6 +332,8 @@ class Matched:
     lags: list[float]  # seconds, one per write a push carried
     missing: int  # writes (answered 201) no push has carried yet
     stale: int  # pushes after a write, for her CCCD, that did not carry it
+    earlier: int  # pushes for a written CCCD before her first write (owed before this run)
+    after: int  # pushes for a written CCCD after the one carrying her last write
     other: int  # pushes for CCCDs this run did not write
 
 
@@ -340,7 +346,8 @@ def match_pushes(
         by_cccd.setdefault(push["cccd"], []).append(push)
     for pushes in by_cccd.values():
         pushes.sort(key=lambda p: p["received_at"])
-    lags, missing, stale = [], 0, 0
+    lags, missing, stale = [], 0, set()
+    accounted: set[str] = set()
     for write in writes:
         if write.status != 201:
             continue
@@ -350,13 +357,34 @@ def match_pushes(
             missing += 1
             continue
         lags.append(carrier["received_at"] - write.answered)
-        stale += sum(1 for p in later if p["received_at"] < carrier["received_at"])
-    written = {w.cccd for w in writes}
-    other = sum(len(p) for cccd, p in by_cccd.items() if cccd not in written)
-    return Matched(lags, missing, stale, other)
+        accounted.add(carrier["key"])
+        stale.update(p["key"] for p in later if p["received_at"] < carrier["received_at"])
+    first_write: dict[str, float] = {}
+    for write in writes:
+        first_write.setdefault(write.cccd, write.answered)
+    earlier = after = other = 0
+    for cccd, pushes in by_cccd.items():
+        for push in pushes:
+            if cccd not in first_write:
+                other += 1
+            elif push["key"] not in accounted | stale:
+                if push["received_at"] < first_write[cccd]:
+                    earlier += 1
+                else:
+                    after += 1
+    return Matched(lags, missing, len(stale - accounted), earlier, after, other)
+
+
+def owed_pushes(url: str) -> int:
+    """Pushes the database still owes (or has sent without recording the answer yet)."""
+    with _connect(url) as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM wallet_push WHERE outcome IS NULL").fetchone()[0]
+        )
 
 
 def measure_push_lag(
+    url: str,
     running: Running,
     wallet: Wallet,
     patients: list[tuple[PatientCopy, str]],
@@ -380,6 +408,10 @@ def measure_push_lag(
         if not matched.missing or time.monotonic() >= deadline:
             break
         time.sleep(1.0)  # polling the receiver with a deadline
+    # the worker is stopped after this: first let it record the answers it got
+    settle = max(deadline, time.monotonic() + 30)
+    while (owed := owed_pushes(url)) and time.monotonic() < settle:
+        time.sleep(1.0)  # polling the database with a deadline
     lags = sorted(matched.lags)
     answered = sorted(w.seconds * 1000 for w in writes)
     figures: dict[str, Any] = {
@@ -398,8 +430,11 @@ def measure_push_lag(
         "refusals": len(received["refused"]),
         "refusal_reasons": sorted({r["reason"] for r in received["refused"]}),
         "stale": matched.stale,
+        "earlier": matched.earlier,
+        "after": matched.after,
         "other": matched.other,
         "missing": matched.missing,
+        "owed_at_end": owed,
     }
     if lags:
         figures |= {
@@ -503,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                 if worker is not None and worker.poll() is not None:
                     tail = worker_log(running).read_text()[-4000:]
                     raise SystemExit(f"the worker exited ({worker.returncode}):\n{tail}")
-                push = measure_push_lag(running, wallet, patients, args)
+                push = measure_push_lag(url, running, wallet, patients, args)
     figures = {
         "code": _code_version(),
         "machine": machine(),
@@ -559,7 +594,8 @@ def print_figures(f: dict[str, Any]) -> None:
         f"{p['write_errors']} failed); lag max {p.get('lag_max_s', 0):.1f} s; "
         f"{p['pushes_received']} pushes received, {p['pushed_writes']} carrying a write, "
         f"{p['repeats']} repeats, {p['refusals']} refusals, {p['stale']} stale, "
-        f"{p['other']} for other CCCDs, {p['missing']} writes missing at the end"
+        f"{p['earlier']} before her write, {p['after']} after it, {p['other']} for other "
+        f"CCCDs; {p['missing']} writes missing, {p['owed_at_end']} pushes owed at the end"
     )
     for reason in p["refusal_reasons"]:
         print(f"  refused: {reason}")

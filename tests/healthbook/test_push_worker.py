@@ -76,21 +76,21 @@ def running_parts(
         "EMR_HUB_WALLET_DEBOUNCE_SECONDS": str(debounce),
     }
     state = tmp_path / "wallet.sqlite3"
-    receiver = WalletReceiver(wallet_port, base, state, tmp_path / "wallet.log")
+    running: dict[str, Any] = {
+        "hub": hub,
+        "env": env,
+        "receiver": WalletReceiver(wallet_port, base, state, tmp_path / "wallet.log"),
+        "state": state,
+        "wallet_port": wallet_port,
+        "tmp": tmp_path,
+    }
     try:
         with ServedHub(hub, hub_port) as served:
-            receiver.wait_ready()
-            yield {
-                "hub": hub,
-                "served": served,
-                "env": env,
-                "receiver": receiver,
-                "state": state,
-                "wallet_port": wallet_port,
-                "tmp": tmp_path,
-            }
+            running["served"] = served
+            running["receiver"].wait_ready()
+            yield running
     finally:
-        receiver.stop()
+        running["receiver"].stop()  # the one the test left running (it may replace it)
         configure_celery(get_settings())
         hub.close()
 

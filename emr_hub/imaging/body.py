@@ -14,6 +14,8 @@ from fastapi import Request
 
 from emr_hub.errors import FhirError, Issue
 
+GATHER = 1024 * 1024
+
 
 def too_large(limit: int) -> FhirError:
     return FhirError(413, [Issue("too-costly", f"The request body exceeds {limit} bytes")])
@@ -31,13 +33,24 @@ class ThreadBody(Iterator[bytes]):
         return self
 
     def __next__(self) -> bytes:
-        while True:
+        chunk = anyio.from_thread.run(self._gather)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    async def _gather(self) -> bytes:
+        """What has arrived, up to about :data:`GATHER` bytes, in one hop from the thread to
+        the event loop (a hop per network read would cost more than the parsing)."""
+        held: list[bytes] = []
+        size = 0
+        while size < GATHER:
             try:
-                chunk = anyio.from_thread.run(self._stream.__anext__)
+                chunk = await self._stream.__anext__()
             except StopAsyncIteration:
-                raise StopIteration from None
+                break
             self.received += len(chunk)
             if self.received > self._limit:
                 raise too_large(self._limit)
-            if chunk:
-                return chunk
+            held.append(chunk)
+            size += len(chunk)
+        return b"".join(held)

@@ -230,7 +230,7 @@ def receive(
             if whole:
                 while len(pending) >= IN_FLIGHT:
                     settle(pending.popleft())
-                pending.append(pool.submit(_store, hub, key, [head], study_uid))
+                pending.append(pool.submit(_store, hub, key, head, study_uid))
                 continue
             while pending:  # keep the answer in the order of the parts
                 settle(pending.popleft())
@@ -242,12 +242,14 @@ def receive(
 
 def _read_up_to(chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:
     """The first bytes of a part, and whether they are all of it (it ends within ``limit``)."""
-    held = bytearray()
+    held: list[bytes] = []
+    size = 0
     for chunk in chunks:
-        held += chunk
-        if len(held) > limit:
-            return bytes(held), False
-    return bytes(held), True
+        held.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(held), False
+    return b"".join(held), True
 
 
 def _done(result: Accepted | int) -> Future[Accepted | int]:
@@ -256,10 +258,19 @@ def _done(result: Accepted | int) -> Future[Accepted | int]:
     return future
 
 
-def _store(hub: Hub, key: str, chunks: Iterable[bytes], study_uid: str | None) -> Accepted | int:
-    """Put one instance and read its header: what was accepted, or the FailureReason."""
-    capture = Capture(chunks, hub.settings.dicom_header_bytes)
-    stored = hub.objects.put(key, iter(capture), content_type=DICOM)
+def _store(
+    hub: Hub, key: str, data: bytes | Iterable[bytes], study_uid: str | None
+) -> Accepted | int:
+    """Put one instance (held whole, or streamed) and read its header: what was accepted, or
+    the FailureReason."""
+    if isinstance(data, bytes):
+        capture = Capture([data], hub.settings.dicom_header_bytes)
+        for _ in capture:  # what it notes of the instance
+            pass
+        stored = hub.objects.put(key, data, content_type=DICOM)
+    else:
+        capture = Capture(data, hub.settings.dicom_header_bytes)
+        stored = hub.objects.put(key, iter(capture), content_type=DICOM)
     try:
         header = read_header(bytes(capture.prefix), stored.size, capture.sequence_end)
         header = header.kept(DicomUrls(hub.settings.base_url).pixel_data(header))

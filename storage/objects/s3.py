@@ -6,6 +6,9 @@ S3 takes user metadata (``x-amz-meta-*``) when an upload *starts*, but the SHA-2
 stream is only known when it *ends*, and hashing the data first would mean reading it twice
 or holding it in memory. So :meth:`S3ObjectStore.put`:
 
+Bytes already in memory that fit in one part are hashed first and sent in one PUT with the
+metadata; the staging below is for streams.
+
 1. uploads the stream through a hashing reader to a private staging key
    ``PREFIX/.uploads/<uuid>`` -- a single PUT when it fits in one part, otherwise a
    multipart upload with 8 MiB parts (``length=-1`` when the size is unknown), one part
@@ -30,6 +33,7 @@ Objects written by other tools (no ``sha256`` metadata) are hashed by streaming 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -142,7 +146,10 @@ class S3ObjectStore:
         headers = {"Content-Type": content_type}
         if content_encoding is not None:
             headers["Content-Encoding"] = validate_content_type(content_encoding)
-        reader = HashingReader(data, validate_length(length))
+        validate_length(length)
+        if isinstance(data, bytes | bytearray | memoryview) and len(data) <= self.part_size:
+            return self._put_whole(name, key, bytes(data), headers, length)
+        reader = HashingReader(data, length)
         staging = f"{self.prefix}{STAGING_FOLDER}/{uuid.uuid4().hex}"
         try:
             self._client.put_object(
@@ -168,6 +175,28 @@ class S3ObjectStore:
             except Exception:  # noqa: BLE001 - never hide the put's own error; the object is only litter
                 log.warning("could not remove staging object %s/%s", self.bucket, staging)
         return StoredObject(key, reader.size, sha256_hex, content_type, content_encoding)
+
+    def _put_whole(
+        self, name: str, key: str, data: bytes, headers: dict[str, str], length: int | None
+    ) -> StoredObject:
+        """One PUT of bytes already in memory: their hash is known before the upload starts,
+        so it goes in the object's metadata at once, with no staging copy."""
+        if length is not None and length != len(data):
+            raise ValueError(f"data is {len(data)} bytes, not the declared length {length}")
+        sha256_hex = hashlib.sha256(data).hexdigest()
+        content_type = headers["Content-Type"]
+        metadata = {k: v for k, v in headers.items() if k != "Content-Type"}
+        self._client.put_object(
+            self.bucket,
+            name,
+            io.BytesIO(data),
+            length=len(data),
+            content_type=content_type,
+            metadata={**metadata, SHA256_HEADER: sha256_hex},  # type: ignore[dict-item]
+        )
+        return StoredObject(
+            key, len(data), sha256_hex, content_type, headers.get("Content-Encoding")
+        )
 
     def get(self, key: str) -> Iterator[bytes]:
         name = self._name(key)

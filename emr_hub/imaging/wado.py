@@ -47,18 +47,13 @@ def _lazy(objects: ObjectStore, key: str) -> Iterator[bytes]:
 
 
 def byte_range(objects: ObjectStore, key: str, start: int, length: int) -> Iterator[bytes]:
-    """``length`` bytes of an object from ``start``, streamed (the store reads from the start)."""
-    position = 0
-    end = start + length
-    with objects.get(key) as reader:  # type: ignore[attr-defined]
+    """``length`` bytes of an object from ``start``, streamed (a range read of the store)."""
+    got = 0
+    with objects.get(key, start, length) as reader:  # type: ignore[attr-defined]
         for chunk in reader:
-            chunk_end = position + len(chunk)
-            if chunk_end > start:
-                yield chunk[max(start - position, 0) : min(end - position, len(chunk))]
-            position = chunk_end
-            if position >= end:
-                return
-    if position < end:
+            got += len(chunk)
+            yield chunk
+    if got < length:
         raise FhirError(500, [Issue("exception", "The stored instance is shorter than indexed")])
 
 
@@ -92,24 +87,18 @@ def frame_parts(
 
 
 class _Reader:
-    """Sequential reads of an object from ``start`` (the store streams it from its start)."""
+    """Sequential reads of exact sizes over an object's chunks."""
 
-    def __init__(self, chunks: Iterator[bytes], start: int) -> None:
+    def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._held = b""
-        self._skip = start
 
     def read(self, size: int) -> bytes:
-        while len(self._held) < size + self._skip:
+        while len(self._held) < size:
             chunk = next(self._chunks, b"")
             if not chunk:
                 break
-            if self._skip >= len(chunk) and not self._held:
-                self._skip -= len(chunk)
-                continue
             self._held += chunk
-        if self._skip:
-            self._held, self._skip = self._held[self._skip :], 0
         data, self._held = self._held[:size], self._held[size:]
         if len(data) < size:
             raise FhirError(500, [Issue("exception", "The stored pixel data ends early")])
@@ -126,8 +115,8 @@ def encapsulated_frames(
     Basic Offset Table says where each frame starts; without one, one fragment is one frame
     (or all fragments are the frame of a single-frame instance)."""
     assert row.pixel_offset is not None
-    with objects.get(row.object_key) as chunks:  # type: ignore[attr-defined]
-        reader = _Reader(iter(chunks), row.pixel_offset)
+    with objects.get(row.object_key, row.pixel_offset) as chunks:  # type: ignore[attr-defined]
+        reader = _Reader(iter(chunks))
         table_length = _item(reader)
         table = reader.read(table_length)
         starts = [int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), 4)]

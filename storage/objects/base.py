@@ -82,9 +82,11 @@ class ObjectStore(Protocol):
         """
         ...
 
-    def get(self, key: str) -> Iterator[bytes]:
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Return the content as chunks; raise :class:`ObjectNotFound` right away if missing.
 
+        ``offset`` and ``length`` ask for a byte range (the whole rest when ``length`` is
+        None); a range past the end gives what there is (possibly nothing), as HTTP ranges do.
         The returned iterator holds an open file or connection until exhausted; callers that
         stop early should ``close()`` it (it is an :class:`ObjectReader`).
         """
@@ -206,6 +208,13 @@ def validate_expiry(expires_seconds: int) -> int:
             f"expires_seconds must be between 1 and {MAX_PRESIGN_SECONDS}, not {expires_seconds!r}"
         )
     return expires_seconds
+
+
+def validate_range(offset: int, length: int | None) -> None:
+    if isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
+    if length is not None and (isinstance(length, bool) or length < 0):
+        raise ValueError(f"length must be a non-negative integer or None, not {length!r}")
 
 
 def is_sha256_hex(value: object) -> bool:

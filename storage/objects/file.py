@@ -48,6 +48,7 @@ from storage.objects.base import (
     validate_expiry,
     validate_key,
     validate_length,
+    validate_range,
 )
 
 _MISSING_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
@@ -104,9 +105,12 @@ class FileObjectStore:
         _fsync_dir(path.parent)
         return stored
 
-    def get(self, key: str) -> Iterator[bytes]:
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        validate_range(offset, length)
         handle, _ = self._open(key)
-        return ObjectReader(_read_chunks(handle), handle.close)
+        if offset:
+            handle.seek(offset)
+        return ObjectReader(_read_chunks(handle, length), handle.close)
 
     def stat(self, key: str) -> StoredObject:
         handle, st = self._open(key)
@@ -175,8 +179,14 @@ def _conflict(key: str) -> ObjectStoreError:
     )
 
 
-def _read_chunks(handle: IO[bytes]) -> Iterator[bytes]:
-    while chunk := handle.read(CHUNK_SIZE):
+def _read_chunks(handle: IO[bytes], length: int | None = None) -> Iterator[bytes]:
+    left = length
+    while left is None or left > 0:
+        chunk = handle.read(CHUNK_SIZE if left is None else min(CHUNK_SIZE, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
         yield chunk
 
 

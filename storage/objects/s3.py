@@ -61,6 +61,7 @@ from storage.objects.base import (
     validate_expiry,
     validate_key,
     validate_length,
+    validate_range,
 )
 
 log = logging.getLogger(__name__)
@@ -198,11 +199,18 @@ class S3ObjectStore:
             key, len(data), sha256_hex, content_type, headers.get("Content-Encoding")
         )
 
-    def get(self, key: str) -> Iterator[bytes]:
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         name = self._name(key)
+        validate_range(offset, length)
+        if length == 0:  # S3 has no empty range; the object must still exist
+            self._head(key)
+            return ObjectReader(iter(()), lambda: None)
         try:
-            response = self._client.get_object(self.bucket, name)
+            response = self._client.get_object(self.bucket, name, offset=offset, length=length or 0)
         except S3Error as exc:
+            if exc.code == "InvalidRange":  # an offset at or past the end: nothing there
+                self._head(key)
+                return ObjectReader(iter(()), lambda: None)
             raise _translate(exc, key) from None
 
         def release() -> None:

@@ -113,6 +113,33 @@ def test_streamed_put_of_a_generator(any_store: ObjectStore) -> None:
     assert any_store.stat("big/stream.bin") == stored
 
 
+def test_ranges_of_an_object(any_store: ObjectStore) -> None:
+    source = Source(3 * MiB + 17)
+    whole = b"".join(source)
+    any_store.put("r/obj", whole)
+    size = len(whole)
+    for offset, length in [
+        (0, 10),
+        (5, None),
+        (MiB - 3, 7),  # across a chunk boundary
+        (2 * MiB + 1, MiB + 16),  # to the very end
+        (size - 1, 100),  # past the end: what there is
+        (size, None),
+        (size + 50, 10),
+    ]:
+        got = b"".join(any_store.get("r/obj", offset, length))
+        end = size if length is None else offset + length
+        assert got == whole[offset:end], (offset, length)
+    assert b"".join(any_store.get("r/obj", 7, 0)) == b""
+    with pytest.raises(ObjectNotFound):
+        any_store.get("r/missing", 5, 5)
+    with pytest.raises(ObjectNotFound):
+        any_store.get("r/missing", 0, 0)
+    for bad in [(-1, None), (0, -1), (True, None)]:
+        with pytest.raises(ValueError):
+            any_store.get("r/obj", *bad)
+
+
 def test_missing_objects(any_store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound) as caught:
         any_store.get("nope/missing")
@@ -323,6 +350,23 @@ def test_s3_prefix_and_no_staging_litter(s3_server: S3Server, s3_store: S3Object
     assert names == ["tenant-1/objects/k"]
     assert read_all(prefixed, "k") == b"in prefix"
     assert not s3_store.exists("k")
+
+
+@pytest.mark.s3
+def test_s3_bytes_in_one_part_go_straight_to_their_key_with_the_hash(
+    s3_server: S3Server, s3_store: S3ObjectStore
+) -> None:
+    data = os.urandom(3 * MiB)
+    stored = s3_store.put("one/put", data, content_type="application/dicom")
+    assert stored.sha256_hex == hashlib.sha256(data).hexdigest()
+    info = s3_server.client().stat_object(s3_store.bucket, "one/put")
+    assert info.metadata["x-amz-meta-sha256"] == stored.sha256_hex
+    assert s3_store.stat("one/put") == stored
+    names = [str(o.object_name) for o in s3_server.client().list_objects(s3_store.bucket, "", True)]
+    assert not [name for name in names if ".uploads" in name]
+    with pytest.raises(ValueError):
+        s3_store.put("one/put", b"short", length=10)
+    assert read_all(s3_store, "one/put") == data  # the refused put left it as it was
 
 
 @pytest.mark.s3

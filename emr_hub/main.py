@@ -23,6 +23,7 @@ from emr_hub.config import Settings, get_settings
 from emr_hub.errors import FhirError, Issue, operation_outcome
 from emr_hub.export import install as install_export
 from emr_hub.export.routes import router as export_router
+from emr_hub.fhir.direct_reads import install as install_direct_reads
 from emr_hub.fhir.http import FHIR_JSON, dump
 from emr_hub.fhir.routes import router as fhir_router
 from emr_hub.fhir.unstorable import NulGuard
@@ -41,6 +42,7 @@ from emr_hub.security.routes import router as auth_router
 from emr_hub.subscriptions import install as install_subscriptions
 from emr_hub.subscriptions.routes import router as subscription_router
 from emr_hub.tasks import configure_celery, in_process, start_relay_thread
+from storage.async_reads import AsyncReads
 
 log = logging.getLogger("emr_hub")
 
@@ -70,9 +72,13 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
         gc.freeze()
         stop_relay = start_background_work(app.state.hub)
         stop_metrics = start_process_metrics(app.state.hub)
+        app.state.reads = AsyncReads.for_database(app.state.hub.db)
         try:
             yield
         finally:
+            if app.state.reads is not None:
+                await app.state.reads.close()
+            app.state.reads = None
             stop_relay()
             stop_metrics()
             if owned:
@@ -97,6 +103,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
     install_healthbook(app)  # before the FHIR router: Patient/{id}/$summary ...
     install_imaging(app)  # DICOMweb at /dicomweb
     app.include_router(fhir_router)
+    install_direct_reads(app)  # after every route: it takes only the FHIR read's paths
     install_error_handlers(app)
     app.add_middleware(AccessLog)
     app.add_middleware(NulGuard)  # inside the audit: its refusals are audited

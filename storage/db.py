@@ -64,9 +64,6 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | Non
         )
         _configure_sqlite(engine, statement_timeout)
         return engine
-    options = "-c timezone=UTC"
-    if statement_timeout is not None:
-        options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
     return create_engine(
         url,
         json_serializer=_json_dumps,
@@ -77,8 +74,16 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | Non
         pool_recycle=3600,
         pool_use_lifo=True,  # the busy few stay warm; idle ones age out by the recycle
         hide_parameters=True,
-        connect_args={"options": options},
+        connect_args={"options": postgres_options(statement_timeout)},
     )
+
+
+def postgres_options(statement_timeout: float | None) -> str:
+    """The session settings every PostgreSQL connection of the hub starts with."""
+    options = "-c timezone=UTC"
+    if statement_timeout is not None:
+        options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
+    return options
 
 
 def _configure_sqlite(engine: Engine, statement_timeout: float | None) -> None:
@@ -128,6 +133,7 @@ class Database:
         self, url: str, *, pool_size: int = 10, statement_timeout: float | None = None
     ) -> None:
         self.url = url
+        self.statement_timeout = statement_timeout
         self.engine = make_engine(url, pool_size=pool_size, statement_timeout=statement_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._read_sessions = sessionmaker(

@@ -47,30 +47,27 @@ class Prepared:
             return [tuple(row) for row in session.execute(self.statement, params)]
         return self._run(connection, params, lambda cursor: cursor.fetchall())  # type: ignore[no-any-return]
 
+    def driver_sql(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The statement's SQL for the driver, and its parameters with ``params``."""
+        sql, constants = self._compiled.get(dialect.name) or self._compile(dialect, params)
+        return sql, constants | params
+
     def _run(
         self, connection: Connection, params: dict[str, Any], fetch: Callable[[Any], Any]
     ) -> Any:
         dialect = connection.dialect
-        sql, constants = self._compiled.get(dialect.name) or self._compile(dialect, params)
+        sql, values = self.driver_sql(dialect, params)
         driver = connection.connection.driver_connection
         assert driver is not None
         try:
             with driver.cursor() as cursor:
-                cursor.execute(sql, constants | params, prepare=True)
+                cursor.execute(sql, values, prepare=True)
                 return fetch(cursor)
         except psycopg.Error as error:
             if dialect.is_disconnect(error, driver, None):
                 connection.invalidate(error)
                 connection.engine.dispose()
-            raise DBAPIError.instance(
-                sql,
-                None,
-                error,
-                psycopg.Error,
-                hide_parameters=True,
-                dialect=dialect,
-                connection_invalidated=connection.invalidated,
-            ) from error
+            raise driver_error(sql, error, dialect, connection.invalidated) from error
 
     def _compile(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         # IN lists of constants are expanded once, here; every call passes its own values for
@@ -80,3 +77,16 @@ class Prepared:
         found = (expanded.statement, constants)
         self._compiled[dialect.name] = found
         return found
+
+
+def driver_error(sql: str, error: psycopg.Error, dialect: Dialect, invalidated: bool) -> DBAPIError:
+    """The SQLAlchemy error SQLAlchemy would have raised for ``error`` (values hidden)."""
+    return DBAPIError.instance(
+        sql,
+        None,
+        error,
+        psycopg.Error,
+        hide_parameters=True,
+        dialect=dialect,
+        connection_invalidated=invalidated,
+    )

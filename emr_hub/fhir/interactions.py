@@ -60,9 +60,14 @@ def unknown_operation(name: str, where: str) -> FhirError:
 
 
 def read(store: FhirStore, principal: Principal, resource_type: str, resource_id: str) -> Stored:
+    check_read(principal, resource_type, resource_id)
+    return store.read(resource_type, resource_id)
+
+
+def check_read(principal: Principal, resource_type: str, resource_id: str) -> None:
+    """What a read asks of the request before the store is asked."""
     check_instance(resource_type, resource_id)
     principal.require(resource_type, "r")
-    return store.read(resource_type, resource_id)
 
 
 def vread(

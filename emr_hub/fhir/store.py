@@ -144,12 +144,24 @@ class FhirStore:
         there), 410 when it was deleted. One statement, cached per type and kind of principal,
         that also brings the patients the resource is about (for the audit record)."""
         self.flush()
+        statement, params = self.read_statement(resource_type, resource_id)
+        return self.read_result(resource_type, resource_id, statement.first(self.session, params))
+
+    def read_statement(
+        self, resource_type: str, resource_id: str
+    ) -> tuple[Prepared, dict[str, Any]]:
+        """The statement of :meth:`read` and its parameters, for a caller that runs it itself
+        (on the event loop: :mod:`storage.async_reads`) and hands the row to
+        :meth:`read_result`."""
         statement = self._prepared(
             "read", resource_type, lambda: sql.read_statement(self.visible, resource_type)
         )
-        row = statement.first(
-            self.session, self._params(read_type=resource_type, read_id=resource_id)
-        )
+        return statement, self._params(read_type=resource_type, read_id=resource_id)
+
+    def read_result(
+        self, resource_type: str, resource_id: str, row: tuple[Any, ...] | None
+    ) -> Stored:
+        """What :meth:`read` answers for the row its statement gave."""
         if row is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
         stored = Stored(

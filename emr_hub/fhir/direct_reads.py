@@ -1,4 +1,5 @@
-"""``GET [type]/[id]`` answered on the event loop, without FastAPI's router or a worker thread.
+"""Reads (``GET [type]/[id]``) and vreads answered on the event loop, without FastAPI's router
+or a worker thread.
 
 Why: a read is the hub's most frequent request and one database statement. Through the
 framework it paid, besides that statement, for matching the path against every route of the
@@ -9,12 +10,13 @@ which the read itself (the policy's statement, the answer's JSON) was a small pa
 What stays the same: this is a route of the app, inside the same middleware (access log,
 metrics, the NUL guard, the audit record), and it reports the FHIR read's route template, so
 logs, metrics and audit cannot tell the difference. It runs the same checks, the same policy
-statement (:meth:`FhirStore.read_statement`) and the same rendering as
-:func:`emr_hub.fhir.routes.read`; errors go to the app's handlers. It takes only the paths the
-app's router would give that endpoint: resource types are checked once at startup against the
-router itself (so a type another router serves, such as ``AuditEvent``, stays there), and an id
-outside the FHIR id grammar goes the usual way. Where there are no event-loop connections
-(SQLite, or an app whose startup did not run), it hands the request to the FastAPI route.
+statement (:meth:`FhirStore.read_plan`, :meth:`FhirStore.vread_plan`) and the same rendering
+as :func:`emr_hub.fhir.routes.read` and ``vread``; errors go to the app's handlers. It takes
+only the paths the app's router would give those endpoints: the resource types are checked
+once at startup against the router itself (so a type another router serves, such as
+``AuditEvent``, stays there), and an id outside the FHIR id grammar goes the usual way. Where
+there are no event-loop connections (SQLite, or an app whose startup did not run), the FastAPI
+routes serve.
 """
 
 from __future__ import annotations
@@ -33,70 +35,77 @@ from emr_hub.hub import Hub
 from emr_hub.security.access import store_for
 from emr_hub.security.audit.recording import absorb_read
 from emr_hub.security.principal import current_principal
-from storage.async_reads import AsyncReads
 
 PREFIX = "/fhir/"
-PROBE_ID = "probe-id"
+PROBES = {"read": "{}/probe-id", "vread": "{}/probe-id/_history/1"}
+"""A path each endpoint answers, per resource type, to ask the app's router about."""
 
 
 class DirectRead(BaseRoute):
-    """The FHIR read for ``types``, in front of the app's other routes."""
+    """The FHIR read and vread for the resource types the app's router gives them."""
 
-    def __init__(self, route: Any, types: frozenset[str]) -> None:
-        self.route = route
-        self.path = route.path
-        self.types = types
+    def __init__(self, endpoints: dict[str, tuple[Any, frozenset[str]]]) -> None:
+        self.read, self.read_types = endpoints["read"]
+        self.vread, self.vread_types = endpoints["vread"]
+        self.path = self.read.path
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] != "GET":
             return Match.NONE, {}
-        if getattr(scope["app"].state, "reads", None) is None:
-            return Match.NONE, {}  # the FastAPI route serves it
         path: str = scope["path"]
-        if not path.startswith(PREFIX):
+        if not path.startswith(PREFIX) or getattr(scope["app"].state, "reads", None) is None:
+            return Match.NONE, {}  # not a read, or no event-loop reads: the FastAPI route serves
+        parts = path[len(PREFIX) :].split("/")
+        if len(parts) == 2:
+            route, types = self.read, self.read_types
+        elif len(parts) == 4 and parts[2] == "_history" and parts[3]:
+            route, types = self.vread, self.vread_types
+        else:
             return Match.NONE, {}
-        resource_type, slash, resource_id = path[len(PREFIX) :].partition("/")
-        if (
-            not slash
-            or resource_type not in self.types
-            or "/" in resource_id
-            or not ID_PATTERN.fullmatch(resource_id)
-        ):
+        if parts[0] not in types or not ID_PATTERN.fullmatch(parts[1]):
             return Match.NONE, {}
-        params = {"resource_type": resource_type, "resource_id": resource_id}
-        return Match.FULL, {"route": self.route, "endpoint": routes.read, "path_params": params}
+        params = {"resource_type": parts[0], "resource_id": parts[1]}
+        if len(parts) == 4:
+            params["version"] = parts[3]
+        return Match.FULL, {"route": route, "endpoint": route.endpoint, "path_params": params}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
+        hub: Hub = state.hub
         request = Request(scope, receive)
         params = scope["path_params"]
-        response = await read(
-            request, state.hub, state.reads, params["resource_type"], params["resource_id"]
-        )
+        resource_type, resource_id = params["resource_type"], params["resource_id"]
+        principal = await current_principal(request, hub)
+        version = params.get("version")
+        if version is None:
+            interactions.check_read(principal, resource_type, resource_id)
+        else:
+            number = interactions.check_vread(principal, resource_type, resource_id, version)
+        with hub.db.single_read() as session:  # it never connects: the statement runs on reads
+            store = store_for(session, hub.settings, principal)
+            if version is None:
+                plan = store.read_plan(resource_type, resource_id)
+            else:
+                plan = store.vread_plan(resource_type, resource_id, number)
+            stored = plan.result(await state.reads.first(plan.statement, plan.params))
+            absorb_read(principal, store)
+        response = routes.render_resource(request, stored, hub)
         await response(scope, receive, send)
 
 
-async def read(
-    request: Request, hub: Hub, reads: AsyncReads, resource_type: str, resource_id: str
-) -> Any:
-    """:func:`emr_hub.fhir.routes.read`, with its statement run on the event loop."""
-    principal = await current_principal(request, hub)
-    interactions.check_read(principal, resource_type, resource_id)
-    with hub.db.single_read() as session:  # it never connects: the statement runs on `reads`
-        store = store_for(session, hub.settings, principal)
-        statement, params = store.read_statement(resource_type, resource_id)
-        stored = store.read_result(resource_type, resource_id, await reads.first(statement, params))
-        absorb_read(principal, store)
-    return routes.render_resource(request, stored, hub)
-
-
 def install(app: FastAPI) -> None:
-    """Put the direct read first, for the types the app's router sends to the FHIR read (call
-    it once every route is in place)."""
-    route = next(r for r in routes.router.routes if getattr(r, "endpoint", None) is routes.read)
+    """Put the direct reads first, for the types the app's router gives the FHIR read and
+    vread (call it once every route is in place)."""
     ordered = list(_flattened(app.router.routes))
-    types = frozenset(t for t in R4_RESOURCE_TYPES if _first_match(ordered, t) is route)
-    app.router.routes.insert(0, DirectRead(route, types))
+    endpoints = {}
+    for name, probe in PROBES.items():
+        endpoint = getattr(routes, name)
+        route = next(r for r in routes.router.routes if getattr(r, "endpoint", None) is endpoint)
+        types = frozenset(
+            t for t in R4_RESOURCE_TYPES if _first_match(ordered, PREFIX + probe.format(t)) is route
+        )
+        endpoints[name] = (route, types)
+    app.router.routes.insert(0, DirectRead(endpoints))
 
 
 def _flattened(candidates: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, BaseRoute]]:
@@ -111,9 +120,8 @@ def _flattened(candidates: list[BaseRoute], prefix: str = "") -> Iterator[tuple[
         yield from _flattened(included.routes, prefix + added)
 
 
-def _first_match(ordered: list[tuple[str, BaseRoute]], resource_type: str) -> BaseRoute | None:
-    """The first route that takes ``GET /fhir/<type>/<id>`` (a mount takes any method)."""
-    path = f"{PREFIX}{resource_type}/{PROBE_ID}"
+def _first_match(ordered: list[tuple[str, BaseRoute]], path: str) -> BaseRoute | None:
+    """The first route that takes ``GET path`` (a mount takes any method)."""
     for prefix, candidate in ordered:
         regex = getattr(candidate, "path_regex", None)
         if regex is None or not path.startswith(prefix) or not regex.match(path[len(prefix) :]):

@@ -73,11 +73,17 @@ def check_read(principal: Principal, resource_type: str, resource_id: str) -> No
 def vread(
     store: FhirStore, principal: Principal, resource_type: str, resource_id: str, version: str
 ) -> Stored:
-    check_instance(resource_type, resource_id)
-    principal.require(resource_type, "r")
+    return store.vread(
+        resource_type, resource_id, check_vread(principal, resource_type, resource_id, version)
+    )
+
+
+def check_vread(principal: Principal, resource_type: str, resource_id: str, version: str) -> int:
+    """What a vread asks of the request before the store is asked; the version number."""
+    check_read(principal, resource_type, resource_id)
     if not version.isdigit():
         raise not_found(f"{resource_type}/{resource_id} has no version {version!r}")
-    return store.vread(resource_type, resource_id, int(version))
+    return int(version)
 
 
 def find_matches(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,21 @@ def _strip_volatile_meta(resource: dict[str, Any]) -> dict[str, Any]:
     if rest:
         copy["meta"] = rest
     return copy
+
+
+@dataclass(frozen=True)
+class SingleRead:
+    """A read that is one statement: the statement, its parameters, and ``result``, which
+    turns the row it gave (or None) into the answer (or raises 404 / 410). :meth:`run` runs
+    it in a session; a caller on the event loop runs the statement itself
+    (:mod:`storage.async_reads`) and hands the row to ``result``."""
+
+    statement: Prepared
+    params: dict[str, Any]
+    result: Callable[[tuple[Any, ...] | None], Stored]
+
+    def run(self, session: Session) -> Stored:
+        return self.result(self.statement.first(session, self.params))
 
 
 class FhirStore:
@@ -144,54 +160,56 @@ class FhirStore:
         there), 410 when it was deleted. One statement, cached per type and kind of principal,
         that also brings the patients the resource is about (for the audit record)."""
         self.flush()
-        statement, params = self.read_statement(resource_type, resource_id)
-        return self.read_result(resource_type, resource_id, statement.first(self.session, params))
+        return self.read_plan(resource_type, resource_id).run(self.session)
 
-    def read_statement(
-        self, resource_type: str, resource_id: str
-    ) -> tuple[Prepared, dict[str, Any]]:
-        """The statement of :meth:`read` and its parameters, for a caller that runs it itself
-        (on the event loop: :mod:`storage.async_reads`) and hands the row to
-        :meth:`read_result`."""
+    def read_plan(self, resource_type: str, resource_id: str) -> SingleRead:
+        """:meth:`read` as its statement and what makes the answer of its row."""
         statement = self._prepared(
             "read", resource_type, lambda: sql.read_statement(self.visible, resource_type)
         )
-        return statement, self._params(read_type=resource_type, read_id=resource_id)
 
-    def read_result(
-        self, resource_type: str, resource_id: str, row: tuple[Any, ...] | None
-    ) -> Stored:
-        """What :meth:`read` answers for the row its statement gave."""
-        if row is None:
-            raise not_found(f"{resource_type}/{resource_id} is not known")
-        stored = Stored(
-            resource_type, resource_id, row[0], as_utc(row[1]), row[2], row[3], owner=row[4]
-        )
-        if stored.deleted:
-            error = gone(f"{resource_type}/{resource_id} was deleted")
-            error.headers["ETag"] = stored.etag
-            raise error
-        self.disclose([stored])
-        self.members[(resource_type, resource_id)] = sql.members(row[5])
-        return stored
+        def result(row: tuple[Any, ...] | None) -> Stored:
+            if row is None:
+                raise not_found(f"{resource_type}/{resource_id} is not known")
+            stored = Stored(
+                resource_type, resource_id, row[0], as_utc(row[1]), row[2], row[3], owner=row[4]
+            )
+            if stored.deleted:
+                error = gone(f"{resource_type}/{resource_id} was deleted")
+                error.headers["ETag"] = stored.etag
+                raise error
+            return self._disclosed(stored, row[5])
+
+        params = self._params(read_type=resource_type, read_id=resource_id)
+        return SingleRead(statement, params, result)
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored:
         """One version, if the principal may see the resource (as it is now)."""
         self.flush()
-        params = self._params(read_type=resource_type, read_id=resource_id, read_version=version_id)
+        return self.vread_plan(resource_type, resource_id, version_id).run(self.session)
+
+    def vread_plan(self, resource_type: str, resource_id: str, version_id: int) -> SingleRead:
+        """:meth:`vread` as its statement and what makes the answer of its row."""
         statement = self._prepared(
             "vread", resource_type, lambda: sql.vread_statement(self.visible, resource_type)
         )
-        row = statement.first(self.session, params)
-        if row is None:
-            raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
-        stored = Stored(
-            resource_type, resource_id, version_id, as_utc(row[0]), row[1], row[2], row[3]
-        )
-        if stored.deleted:
-            raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+
+        def result(row: tuple[Any, ...] | None) -> Stored:
+            if row is None:
+                raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
+            stored = Stored(
+                resource_type, resource_id, version_id, as_utc(row[0]), row[1], row[2], row[3]
+            )
+            if stored.deleted:
+                raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+            return self._disclosed(stored, row[4])
+
+        params = self._params(read_type=resource_type, read_id=resource_id, read_version=version_id)
+        return SingleRead(statement, params, result)
+
+    def _disclosed(self, stored: Stored, members: str | None) -> Stored:
         self.disclose([stored])
-        self.members[(resource_type, resource_id)] = sql.members(row[4])
+        self.members[(stored.resource_type, stored.id)] = sql.members(members)
         return stored
 
     def exists(self, resource_type: str, resource_id: str) -> bool:

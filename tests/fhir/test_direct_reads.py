@@ -38,6 +38,18 @@ def test_the_same_answers_as_the_framework_route(hub: Hub, app_client: TestClien
     )
     assert created.status_code == 201, created.text
     patient = created.json()["id"]
+    assert (
+        api.put(
+            f"/Patient/{patient}",
+            {
+                "resourceType": "Patient",
+                "id": patient,
+                "gender": "female",
+                "birthDate": "1990-01-03",
+            },
+        ).status_code
+        == 200
+    )
     gone = api.post("/Patient", {"resourceType": "Patient", "gender": "male"}).json()["id"]
     assert api.delete(f"/Patient/{gone}").status_code == 204
     cases = [
@@ -53,6 +65,14 @@ def test_the_same_answers_as_the_framework_route(hub: Hub, app_client: TestClien
         ("/Patient/never-stored", mine),
         ("/Patient/a.b-c", mine),
         ("/Observation/never-stored", narrow),
+        (f"/Patient/{patient}/_history/1", mine),
+        (f"/Patient/{patient}/_history/2?_elements=birthDate", mine),
+        (f"/Patient/{patient}/_history/3", mine),
+        (f"/Patient/{patient}/_history/x", mine),
+        (f"/Patient/{patient}/_history/1", other),
+        (f"/Patient/{patient}/_history/1", narrow),
+        (f"/Patient/{gone}/_history/2", mine),  # the deletion
+        (f"/Patient/{gone}/_history/1", mine),
     ]
     direct = [answer(app_client, path, token) for path, token in cases]
     state = app_client.app.state  # type: ignore[attr-defined]
@@ -64,7 +84,8 @@ def test_the_same_answers_as_the_framework_route(hub: Hub, app_client: TestClien
     for (path, _), mine_answer, theirs in zip(cases, direct, framework, strict=True):
         assert mine_answer == theirs, path
     statuses = [status for status, _, _ in direct]
-    assert statuses == [200, 200, 200, 200, 404, 403, 401, 401, 410, 404, 404, 404]
+    assert statuses[:12] == [200, 200, 200, 200, 404, 403, 401, 401, 410, 404, 404, 404]
+    assert statuses[12:] == [200, 200, 404, 404, 404, 403, 410, 200]
 
 
 def test_reads_on_postgres_take_no_connection_from_the_pool(
@@ -84,6 +105,7 @@ def test_reads_on_postgres_take_no_connection_from_the_pool(
             event.listen(hub.db.engine, "checkout", lambda *args: checkouts.append(thread()))
             for _ in range(5):
                 assert api.get(f"/Patient/{patient}").status_code == 200
+                assert api.get(f"/Patient/{patient}/_history/1").status_code == 200
     finally:
         hub.close()
     # The audit records' group writer has its own connections; nothing else took one. (A
@@ -99,7 +121,11 @@ def test_reads_on_postgres_take_no_connection_from_the_pool(
         ("/fhir/AuditEvent/abc", False),  # the audit's own router serves it
         ("/fhir/Patient/$export", False),  # not an id: an operation
         ("/fhir/Patient/_history", False),
-        ("/fhir/Patient/abc/_history", False),
+        ("/fhir/Patient/abc/_history", False),  # the instance history: the framework's
+        ("/fhir/Patient/abc/_history/3", True),
+        ("/fhir/Patient/abc/_history/", False),
+        ("/fhir/Patient/abc/_history/3/x", False),
+        ("/fhir/Patient/abc/$everything", False),
         ("/fhir/NotAType/abc", False),
         ("/fhir/Patient/" + "x" * 65, False),
         ("/fhir/Patient/", False),

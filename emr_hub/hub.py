@@ -32,7 +32,10 @@ class Hub:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(
             settings.effective_database_url,
-            pool_size=settings.worker_threads + 4,
+            # The request threads, plus two for the background threads (the audit writer,
+            # the outbox relay). An API process also has the event-loop reads' connections
+            # (storage/async_reads.py) and the client-change listener's: threads + 5 in all.
+            pool_size=settings.worker_threads + 2,
             statement_timeout=settings.statement_timeout_seconds,
         )
         if migrate:

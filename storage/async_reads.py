@@ -28,9 +28,10 @@ from sqlalchemy import Dialect
 from storage.db import Database, postgres_options
 from storage.prepared import Prepared, driver_error
 
-CONNECTIONS = 4
-"""Connections per API process: a read holds one for a round trip only (about 0.1 ms), so a
-few serve thousands of reads a second; they come on top of the engine's pool."""
+CONNECTIONS = 2
+"""Connections per API process: a read holds one for a round trip only (about 0.1 ms), so two
+serve thousands of reads a second; they come on top of the engine's pool (docs/scaling.md
+counts them)."""
 
 
 class AsyncReads:

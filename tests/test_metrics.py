@@ -190,12 +190,12 @@ def test_each_process_reports_its_pool(stack: Stack) -> None:
     samples = stack.server.scrape()
     sizes = {int(s.labels["pid"]): s.value for s in samples if s.name == "emr_hub_db_pool_size"}
     threads = Settings.model_fields["worker_threads"].default
-    assert len(sizes) == 2 and set(sizes.values()) == {threads + 4}
+    assert len(sizes) == 2 and set(sizes.values()) == {threads + 2}
     in_use = {
         int(s.labels["pid"]): s.value for s in samples if s.name == "emr_hub_db_pool_checked_out"
     }
     assert set(in_use) <= set(sizes)
-    assert all(0 <= n <= threads + 4 for n in in_use.values())
+    assert all(0 <= n <= threads + 2 for n in in_use.values())
 
     def at_rest() -> bool:
         """Nothing checked out (a scrape reads the files before it queries): a connection

@@ -154,8 +154,9 @@ class ElementJson:
     time. The result is what pydicom gives, element by element.
     """
 
-    LIMIT = 20_000
-    """Entries kept; the memory is forgotten whole when it is full (it refills in a series)."""
+    LIMIT = 4096
+    """Entries kept; the memory is forgotten whole when it is full (a series' repeated elements,
+    a few hundred, come back with its next instance)."""
     LONGEST = 1024
     """Values longer than this are not remembered (they rarely repeat and would hold memory)."""
 

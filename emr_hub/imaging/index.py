@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from emr_hub.imaging.headers import InstanceHeader
@@ -42,33 +42,34 @@ def existing_instances(session: Session, sop_uids: Iterable[str]) -> dict[str, D
     return rows
 
 
-def add_instance(
-    session: Session,
-    header: InstanceHeader,
-    stored: StoredObject,
-    metadata_json: str,
-    moment: datetime,
+def add_instances(
+    session: Session, items: Iterable[tuple[InstanceHeader, StoredObject]], moment: datetime
 ) -> None:
-    session.add(
-        DicomInstance(
-            sop_uid=header.sop_uid,
-            series_uid=header.series_uid,
-            study_uid=header.study_uid,
-            sop_class_uid=header.sop_class_uid,
-            instance_number=header.number("InstanceNumber"),
-            transfer_syntax=header.transfer_syntax,
-            object_key=stored.key,
-            size=stored.size,
-            sha256=stored.sha256_hex,
-            frames=header.frames,
-            rows=header.number("Rows"),
-            columns=header.number("Columns"),
-            frame_bytes=header.frame_bytes,
-            pixel_offset=header.pixel_offset,
-            metadata_json=metadata_json,
-            stored_at=moment,
-        )
-    )
+    """The rows of newly stored instances, in one statement (no ORM objects: a study of a
+    thousand instances would keep a thousand of them, with their metadata, until the commit)."""
+    rows = [
+        {
+            "sop_uid": header.sop_uid,
+            "series_uid": header.series_uid,
+            "study_uid": header.study_uid,
+            "sop_class_uid": header.sop_class_uid,
+            "instance_number": header.number("InstanceNumber"),
+            "transfer_syntax": header.transfer_syntax,
+            "object_key": stored.key,
+            "size": stored.size,
+            "sha256": stored.sha256_hex,
+            "frames": header.frames,
+            "rows": header.number("Rows"),
+            "columns": header.number("Columns"),
+            "frame_bytes": header.frame_bytes,
+            "pixel_offset": header.pixel_offset,
+            "metadata_json": header.metadata_json or "{}",
+            "stored_at": moment,
+        }
+        for header, stored in items
+    ]
+    if rows:
+        session.execute(insert(INSTANCE), rows)
 
 
 def _cut(value: str | None, length: int) -> str | None:

@@ -348,11 +348,10 @@ def _index_study(
             outcome.failed.append((header.sop_class_uid, header.sop_uid, PROCESSING_FAILURE))
         return False
     moment = store.moment
+    index.add_instances(session, ((item.header, item.stored) for item in items), moment)
     for item in items:
         header = item.header
-        metadata = header.metadata_json or "{}"
-        index.add_instance(session, header, item.stored, metadata, moment)
-        index.update_series(session, header, metadata)
+        index.update_series(session, header, header.metadata_json or "{}")
         outcome.stored.append(_reference(urls, header))
     outcome.studies.add(study_uid)
     attributes = newest.metadata_json or "{}"

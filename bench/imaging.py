@@ -366,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         large_spans = write_large_body(large, large_instance(args.large_mib, generate_uid()))
         for name, body, body_spans in (("study", small, spans), ("large", large, large_spans)):
             log(f"STOW {name} ...")
-            answer, seconds, peak, growth = sampled(pid, lambda body=body: stow(api, body))
+            try:
+                answer, seconds, peak, growth = sampled(pid, lambda body=body: stow(api, body))
+            except SystemExit:
+                log(f"server log:\n{running.server.log_tail()}")
+                raise
             stored = len(answer.get("00081199", {}).get("Value", []))
             if stored != len(body_spans):
                 raise SystemExit(f"STOW stored {stored} of {len(body_spans)} instances")

@@ -43,6 +43,7 @@ from emr_hub.subscriptions import install as install_subscriptions
 from emr_hub.subscriptions.routes import router as subscription_router
 from emr_hub.tasks import configure_celery, in_process, start_relay_thread
 from storage.async_reads import AsyncReads
+from storage.objects import ObjectStoreUnavailable
 
 log = logging.getLogger("emr_hub")
 
@@ -175,6 +176,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return outcome_response(
             503,
             [Issue("transient", "The database is unavailable or busy; retry")],
+            {"Retry-After": "5"},
+        )
+
+    @app.exception_handler(ObjectStoreUnavailable)
+    async def object_store_unavailable(_: Request, error: ObjectStoreUnavailable) -> Response:
+        log.error("object store unavailable: %s", error)
+        return outcome_response(
+            503,
+            [Issue("transient", "The object store is unavailable; retry")],
             {"Retry-After": "5"},
         )
 

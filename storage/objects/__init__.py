@@ -16,6 +16,7 @@ from storage.objects.base import (
     ObjectReader,
     ObjectStore,
     ObjectStoreError,
+    ObjectStoreUnavailable,
     StoredObject,
     validate_key,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ObjectReader",
     "ObjectStore",
     "ObjectStoreError",
+    "ObjectStoreUnavailable",
     "S3ObjectStore",
     "StoredObject",
     "open_object_store",

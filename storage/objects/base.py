@@ -32,6 +32,11 @@ class ObjectStoreError(Exception):
     """Base class of the errors this package raises on purpose."""
 
 
+class ObjectStoreUnavailable(ObjectStoreError):
+    """The store cannot be reached or failed on its side (after the client's retries): the
+    same request may succeed later."""
+
+
 class ObjectNotFound(ObjectStoreError, LookupError):
     """No object is stored under ``key``."""
 

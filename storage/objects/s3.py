@@ -32,14 +32,16 @@ Objects written by other tools (no ``sha256`` metadata) are hashed by streaming 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -54,6 +56,7 @@ from storage.objects.base import (
     HashingReader,
     ObjectNotFound,
     ObjectReader,
+    ObjectStoreUnavailable,
     PutData,
     StoredObject,
     is_sha256_hex,
@@ -71,8 +74,28 @@ DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
 SHA256_HEADER = "x-amz-meta-sha256"
 STAGING_FOLDER = ".uploads"
 
+F = TypeVar("F", bound=Callable[..., Any])
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _reachable(method: F) -> F:
+    """``method`` with the S3 server's failures on its side, and the network's, raised as
+    :class:`ObjectStoreUnavailable` (the client has retried by then)."""
+
+    @functools.wraps(method)
+    def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except urllib3.exceptions.HTTPError as exc:  # refused, reset, too many 5xx answers
+            reason = type(exc).__name__
+            raise ObjectStoreUnavailable(f"the S3 server is unavailable: {reason}") from exc
+        except S3Error as exc:
+            if exc.response is not None and exc.response.status >= 500:
+                raise ObjectStoreUnavailable(f"the S3 server failed: {exc.code}") from exc
+            raise
+
+    return translated  # type: ignore[return-value]
 
 
 class S3ObjectStore:
@@ -133,6 +156,7 @@ class S3ObjectStore:
 
     # -- ObjectStore -------------------------------------------------------------------
 
+    @_reachable
     def put(
         self,
         key: str,
@@ -199,6 +223,7 @@ class S3ObjectStore:
             key, len(data), sha256_hex, content_type, headers.get("Content-Encoding")
         )
 
+    @_reachable
     def get(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         name = self._name(key)
         validate_range(offset, length)
@@ -220,6 +245,7 @@ class S3ObjectStore:
         # The bytes as stored: urllib3 would otherwise undo a Content-Encoding of gzip.
         return ObjectReader(response.stream(CHUNK_SIZE, decode_content=False), release)
 
+    @_reachable
     def stat(self, key: str) -> StoredObject:
         name = self._name(key)
         try:
@@ -238,6 +264,7 @@ class S3ObjectStore:
             encoding or None,
         )
 
+    @_reachable
     def exists(self, key: str) -> bool:
         try:
             self._head(key)
@@ -245,6 +272,7 @@ class S3ObjectStore:
             return False
         return True
 
+    @_reachable
     def delete(self, key: str) -> None:
         self._client.remove_object(self.bucket, self._name(key))
 
@@ -256,6 +284,7 @@ class S3ObjectStore:
             self.bucket, name, expires=timedelta(seconds=expires_seconds)
         )
 
+    @_reachable
     def ensure_ready(self) -> None:
         if self._client.bucket_exists(self.bucket):
             return

@@ -4,12 +4,20 @@ refused re-uses of a UID, and bad input of every kind leaving nothing stored."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
+from sqlalchemy import func, select
 
+from emr_hub.hub import Hub
+from emr_hub.imaging.index import INSTANCE
+from emr_hub.main import create_app
+from tests.conftest import free_port, make_settings
+from tests.fhir.conftest import token_for
 from tests.imaging.conftest import (
     CT,
     MR,
@@ -266,3 +274,33 @@ def test_adding_to_a_study_one_may_not_see_is_404_and_stores_nothing(
 
     assert answer.status_code == 404
     assert served.object_keys() == keys
+
+
+def test_an_unreachable_object_store_is_a_503_and_indexes_nothing(tmp_path: Path) -> None:
+    """The S3 server is down (nothing listens at its address): the upload cannot be kept now,
+    but may be later, so the answer is a 503 with Retry-After, never a 500. (The database does
+    not matter here, and each call to the dead server takes the client's retries, seconds.)"""
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'hub.db'}",
+        object_store="s3://imaging",
+        s3_endpoint=f"http://127.0.0.1:{free_port()}",
+        s3_access_key="key",
+        s3_secret_key="secret-key",
+    )
+    hub = Hub.from_settings(settings, migrate=True)
+    try:
+        token = token_for(hub, "system/*.cruds", "bv-bac-ninh")
+        with TestClient(create_app(hub)) as client:
+            answer = client.post(
+                "/dicomweb/studies",
+                content=related_body([part10(instance(CT, study=generate_uid()))]),
+                headers={**stow_headers(), "Authorization": f"Bearer {token}"},
+            )
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"]
+        assert answer.json()["issue"][0]["code"] == "transient"
+        with hub.db.snapshot() as session:
+            assert session.execute(select(func.count()).select_from(INSTANCE)).scalar_one() == 0
+    finally:
+        hub.close()

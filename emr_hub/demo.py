@@ -34,6 +34,8 @@ from emr_hub.demo_imaging import load_study
 from emr_hub.demo_writing import KEPT, WRITTEN, Authored, Writers, write_versions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE
 from emr_hub.hub import Hub
+from emr_hub.referrals.enforcement import install as install_referral_rules
+from emr_hub.security import install as install_security
 from emr_hub.security.clients import ensure_client
 from emr_hub.security.scopes import ScopeSet
 from storage.tables import ApiClient
@@ -353,7 +355,13 @@ class DemoLoad:
 
 def load_demo(hub: Hub, *, reset: bool = False) -> DemoLoad:
     """Write the demo resources and clients. Resources changed since an earlier load are kept
-    as they are unless ``reset`` (:func:`emr_hub.demo_chain.write_versions`)."""
+    as they are unless ``reset`` (:func:`emr_hub.demo_chain.write_versions`).
+
+    Written under the hub's rules whoever calls it (the command line installs them too): the
+    referral checks, and the access grants, through which Bắc Ninh general sees the patient
+    it files the demo study for."""
+    install_security(hub.settings)
+    install_referral_rules()
     result = DemoLoad()
     base_url = hub.settings.fhir_base_url
 

@@ -101,28 +101,27 @@ def demo_instance(sender: Facility, person: Person) -> bytes:
     born = person.birth_date.replace("-", "")
     age = int(STUDY_DATE[:4]) - int(born[:4]) - (STUDY_DATE[4:] < born[4:])
     data.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, for her name and the hospital's
-    data.update(
-        {
-            "PatientName": f"{person.family}^{' '.join(person.given)}",
-            "PatientID": person.cccd,
-            "PatientBirthDate": born,
-            "PatientSex": {"female": "F", "male": "M"}.get(person.gender, "O"),
-            "PatientAge": f"{age:03d}Y",
-            "StudyInstanceUID": STUDY_UID,
-            "SeriesInstanceUID": SERIES_UID,
-            "SOPInstanceUID": INSTANCE_UID,
-            "FrameOfReferenceUID": demo_uid("frame of reference"),
-            "StudyID": "1",
-            "AccessionNumber": "",
-            "StudyDescription": DESCRIPTION,
-            "SeriesDescription": DESCRIPTION,
-            "InstitutionName": sender.name,
-            "TimezoneOffsetFromUTC": "+0700",
-        }
-    )
+    values = {
+        "PatientName": f"{person.family}^{' '.join(person.given)}",
+        "PatientID": person.cccd,
+        "PatientBirthDate": born,
+        "PatientSex": {"female": "F", "male": "M"}.get(person.gender, "O"),
+        "PatientAge": f"{age:03d}Y",
+        "StudyInstanceUID": STUDY_UID,
+        "SeriesInstanceUID": SERIES_UID,
+        "SOPInstanceUID": INSTANCE_UID,
+        "FrameOfReferenceUID": demo_uid("frame of reference"),
+        "StudyID": "1",
+        "AccessionNumber": "",
+        "StudyDescription": DESCRIPTION,
+        "SeriesDescription": DESCRIPTION,
+        "InstitutionName": sender.name,
+        "TimezoneOffsetFromUTC": "+0700",
+    }
     for element in ("Study", "Series", "Acquisition", "Content", "InstanceCreation"):
-        setattr(data, f"{element}Date", STUDY_DATE)
-        setattr(data, f"{element}Time", STUDY_TIME)
+        values[f"{element}Date"], values[f"{element}Time"] = STUDY_DATE, STUDY_TIME
+    for keyword, value in values.items():
+        setattr(data, keyword, value)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = data.SOPClassUID
     meta.MediaStorageSOPInstanceUID = INSTANCE_UID

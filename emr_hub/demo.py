@@ -5,7 +5,10 @@ Bạch Mai (CHUYEN_SAU), Bắc Ninh provincial general hospital (CO_BAN), the T�
 and a commune health station below it (BAN_DAU). Each has a demo facility code, its level of
 care and its old tuyến, and an Endpoint where it receives notifications. The partnership
 Bắc Ninh general – Bạch Mai is an OrganizationAffiliation. Four patients, and one finished
-referral chain for the first (:mod:`emr_hub.demo_chain`). Each hospital subscribes its
+referral chain for the first (:mod:`emr_hub.demo_chain`), with one DICOM study: the chest CT
+Bắc Ninh general took during her stay, sent along with its letter to Bạch Mai and served at
+``/dicomweb`` (:mod:`emr_hub.demo_imaging`: pydicom's ``CT_small.dcm`` re-identified as hers,
+stored through STOW's code path into the configured object store). Each hospital subscribes its
 Endpoint to the referral Tasks it owns and to those it requested (written after the chain, so
 loading the demo owes no notification; ``scripts/notification_receiver.py`` listens there).
 
@@ -16,7 +19,9 @@ Idempotent: every resource has a fixed id and fixed content (no "now" anywhere),
 makes no new version for unchanged content, so a second run writes nothing and registers no
 client (secrets are printed when a client is created, never again). A demo resource someone
 changed or deleted since is left as it is and named in the output; ``emr-hub demo --reset``
-writes the demo's version over it.
+writes the demo's version over it. The same holds for the demo study: a second run stores
+nothing; a changed ImagingStudy is kept unless ``--reset``, and a deleted one (its instance
+went with it) is named and stored again by ``--reset``.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from emr_hub.demo_chain import Cast, referral_chain
+from emr_hub.demo_chain import BAC_NINH_CT, Cast, referral_chain
+from emr_hub.demo_imaging import load_study
 from emr_hub.demo_writing import KEPT, WRITTEN, Authored, Writers, write_versions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE
 from emr_hub.hub import Hub
+from emr_hub.referrals.enforcement import install as install_referral_rules
+from emr_hub.security import install as install_security
 from emr_hub.security.clients import ensure_client
 from emr_hub.security.scopes import ScopeSet
 from storage.tables import ApiClient
@@ -347,18 +355,26 @@ class DemoLoad:
 
 def load_demo(hub: Hub, *, reset: bool = False) -> DemoLoad:
     """Write the demo resources and clients. Resources changed since an earlier load are kept
-    as they are unless ``reset`` (:func:`emr_hub.demo_chain.write_versions`)."""
+    as they are unless ``reset`` (:func:`emr_hub.demo_chain.write_versions`).
+
+    Written under the hub's rules whoever calls it (the command line installs them too): the
+    referral checks, and the access grants, through which Bắc Ninh general sees the patient
+    it files the demo study for."""
+    install_security(hub.settings)
+    install_referral_rules()
     result = DemoLoad()
     base_url = hub.settings.fhir_base_url
 
-    def write(writers: Writers, versions: list[Authored]) -> None:
-        outcome = write_versions(writers, versions, reset=reset)
-        first = versions[0][1]
-        name = f"{first['resourceType']}/{first['id']}"
+    def note(outcome: str, name: str) -> None:
         if outcome == WRITTEN:
             result.written.append(name)
         elif outcome == KEPT:
             result.kept.append(name)
+
+    def write(writers: Writers, versions: list[Authored]) -> None:
+        first = versions[0][1]
+        name = f"{first['resourceType']}/{first['id']}"
+        note(write_versions(writers, versions, reset=reset), name)
 
     with hub.db.transaction() as session:
         writers = Writers(session, base_url)
@@ -378,6 +394,9 @@ def load_demo(hub: Hub, *, reset: bool = False) -> DemoLoad:
             client = session.get(ApiClient, hospital.client_id)
             if client is not None and not client.break_glass:
                 client.break_glass = True  # the demo shows an emergency opening
+    # Once the chain is committed: the hospital's stay is what lets it file images for her.
+    sender = cast().provincial
+    note(load_study(hub, sender, PATIENTS[0], DEMO_TAG, reset=reset), f"ImagingStudy/{BAC_NINH_CT}")
     # A Subscription matches the other writes of its own transaction: subscribe afterwards.
     with hub.db.transaction() as session:
         writers = Writers(session, base_url)

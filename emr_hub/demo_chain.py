@@ -6,9 +6,10 @@ The story of the demo patient (Vietnam time, 2026):
   fibrillation (I48.0). Letter 1873/2026/GCT refers her to Bắc Ninh general hospital (CO_BAN,
   one level up), with a Task the hospital accepts the same afternoon.
 * **20-30 Oct**, Bắc Ninh general: admitted; echocardiography finds rheumatic mitral stenosis
-  (I05.0). The discharge summary goes back on the Task, which completes. Its own letter
-  4512/2026/GCT, ``basedOn`` the first, refers her on to Bạch Mai (CHUYEN_SAU: one level up,
-  and its partner).
+  (I05.0); a chest CT on 22 Oct (:data:`BAC_NINH_CT`, stored by :mod:`emr_hub.demo_imaging`).
+  The discharge summary goes back on the Task, which completes. Its own letter 4512/2026/GCT,
+  ``basedOn`` the first and with the CT in its ``supportingInfo``, refers her on to Bạch Mai
+  (CHUYEN_SAU: one level up, and its partner).
 * **3-13 Nov**, Bạch Mai: admitted, balloon mitral valvuloplasty; the discharge summary goes
   back on the second Task, which completes, and the re-exam slip HKL-2026-031127 books her for
   14 Dec 2026 (an Appointment ``basedOn`` the second letter).
@@ -64,6 +65,8 @@ ATRIAL_FIBRILLATION = "demo-lan-atrial-fibrillation"
 FIRST_REFERRAL = "demo-lan-referral-tu-son-to-bac-ninh"
 BAC_NINH_STAY = "demo-lan-bac-ninh-stay"
 MITRAL_STENOSIS = "demo-lan-mitral-stenosis"
+BAC_NINH_CT = "demo-lan-bac-ninh-ct"
+"""The ImagingStudy of the CT Bắc Ninh general took during her stay (the demo's DICOM study)."""
 BAC_NINH_SUMMARY = "demo-lan-bac-ninh-discharge"
 SECOND_REFERRAL = "demo-lan-referral-bac-ninh-to-bach-mai"
 BACH_MAI_STAY = "demo-lan-bach-mai-stay"
@@ -117,6 +120,8 @@ class Leg:
     note: str
     record: LetterRecord
     based_on: str | None = None
+    images: tuple[str, ...] = ()
+    """Ids of the ImagingStudies the letter sends along (in its ``supportingInfo``)."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,7 @@ def _legs(cast: Cast) -> tuple[Leg, Leg]:
             signatories=Signatories(doctor="007731/BN-CCHN", head="000452/BN-CCHN"),
         ),
         based_on=FIRST_REFERRAL,
+        images=(BAC_NINH_CT,),
     )
     return first, second
 
@@ -408,6 +414,7 @@ def _referral_versions(cast: Cast, leg: Leg, source: Visit) -> list[Resource]:
         "supportingInfo": [
             _ref("Encounter", leg.source_encounter),
             _ref("Condition", leg.source_condition),
+            *(_ref("ImagingStudy", study) for study in leg.images),
         ],
         "note": [
             {"text": leg.note},

@@ -33,6 +33,12 @@ Authored = tuple[Facility | None, Resource]
 """A version and the hospital that writes it (None: the operator, for the directory)."""
 
 
+def principal_of(facility: Facility) -> Principal:
+    """The hospital as the demo writes for it: its client, scope ``system/*.cruds``."""
+    organization = f"Organization/{facility.client_id}"
+    return Principal(facility.client_id, organization, ScopeSet.parse("system/*.cruds"), "demo")
+
+
 class Writers:
     """One store and principal per hospital on one session, so each version is written as
     the hospital whose it is (through the rules a hospital's own request meets)."""
@@ -45,11 +51,7 @@ class Writers:
     def _as(self, author: Facility | None) -> tuple[FhirStore, Principal]:
         key = author.client_id if author is not None else None
         if key not in self._stores:
-            if key is None:
-                principal = OPERATOR
-            else:
-                organization = f"Organization/{key}"
-                principal = Principal(key, organization, ScopeSet.parse("system/*.cruds"), "demo")
+            principal = OPERATOR if author is None else principal_of(author)
             author_row = Author(
                 principal.client_id, principal.organization, operator=principal.is_operator
             )

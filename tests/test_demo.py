@@ -23,11 +23,12 @@ from emr_hub.demo import (
     load_demo,
     notification_endpoints,
 )
-from emr_hub.demo_chain import FIRST_REFERRAL, SECOND_REFERRAL
+from emr_hub.demo_chain import BAC_NINH_CT, FIRST_REFERRAL, SECOND_REFERRAL
 from emr_hub.fhir import interactions
 from emr_hub.fhir.identifiers import CCCD, FACILITY_CODE, INSURANCE, identifier_problem
 from emr_hub.fhir.store import HISTORY, RESOURCE, FhirStore
 from emr_hub.hub import Hub
+from emr_hub.imaging.study import ENDPOINT_ID
 from emr_hub.main import create_app
 from emr_hub.referrals import workflow
 from emr_hub.referrals.enforcement import _partners, install
@@ -191,9 +192,14 @@ def test_loading_again_writes_nothing_and_prints_no_secret(hub: Hub, demo: dict[
 
 
 def every_demo_resource_is_tagged(hub: Hub) -> None:
+    """Every resource is the demo's, and tagged, but the hub's own DICOMweb Endpoint (made by
+    the first upload, the demo study's: it stays the hub's address for every later study)."""
     with hub.db.snapshot() as session:
-        contents = session.scalars(select(RESOURCE.c.content)).all()
-    assert contents and all(DEMO_TAG in c["meta"]["tag"] for c in contents)
+        rows = session.execute(select(RESOURCE.c.resource_type, RESOURCE.c.id, RESOURCE.c.content))
+        contents = {(kind, id_): content for kind, id_, content in rows}
+    assert contents.pop(("Endpoint", ENDPOINT_ID))["address"].endswith("/dicomweb")
+    assert ("ImagingStudy", BAC_NINH_CT) in contents
+    assert all(DEMO_TAG in c["meta"]["tag"] for c in contents.values())
 
 
 def test_referral_history_shows_the_finished_chain(api: Api) -> None:

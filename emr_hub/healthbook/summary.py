@@ -37,6 +37,9 @@ EMPTY_REASON = "http://terminology.hl7.org/CodeSystem/list-empty-reason"
 NIL_KNOWN = "nilknown"
 """IPS ``emptyReason`` of a section the hub found nothing for among the records it holds."""
 REFERENCE_ROUNDS = 2
+REFERENCED_TYPES = LOADED_TYPES | {"ImagingStudy", "Endpoint"}
+"""What an entry may point at and the Bundle then holds: the types the sections read, and a
+referral's images (``supportingInfo``) with their DICOMweb Endpoint, which no section reads."""
 HUB_AUTHOR = "emr_hub"
 
 
@@ -124,7 +127,9 @@ def _with_references(
             {
                 key
                 for key in named
-                if key not in loaded and key[0] in LOADED_TYPES and principal.allows(key[0], "r")
+                if key not in loaded
+                and key[0] in REFERENCED_TYPES
+                and principal.allows(key[0], "r")
             }
         )
         for item in store.load_many(missing, disclose=False) if missing else ():

@@ -11,6 +11,10 @@ write by the access policy) every object this request wrote is removed: nothing 
 The same SOP Instance UID again with the same bytes (SHA-256) is a success that stores
 nothing new; with different bytes it is refused (FailureReason 0x0111): an instance is
 immutable once stored, as DICOM expects of a UID; delete the study to replace it.
+
+A caller storing from inside the hub (the demo) may give a :class:`Filing`: the id of the
+ImagingStudy of a study new to the hub, and tags for its ``meta``. A rewrite keeps the tags
+and security labels the ImagingStudy carries, as it keeps :data:`KEPT_ELEMENTS`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +78,22 @@ KEPT_ELEMENTS = (
 )
 """What the headers do not say but a hospital may have added to the ImagingStudy over FHIR
 (its visit, its order ...): kept when a later upload rewrites the study."""
+KEPT_META = ("tag", "security")
+"""Of the ImagingStudy's ``meta``, what a rewrite keeps: a restricted label stays on."""
+
+
+@dataclass(frozen=True)
+class Filing:
+    """What the storing code says of the ImagingStudies beyond the headers."""
+
+    ids: Mapping[str, str] = field(default_factory=dict)
+    """Study Instance UID → the id to create its ImagingStudy under, for a study new to the
+    hub (without one the store picks the id; a study already stored keeps its own)."""
+    tags: tuple[Mapping[str, str], ...] = ()
+    """Codings added to ``meta.tag`` of each ImagingStudy written."""
+
+
+HEADERS_ONLY = Filing()
 
 
 class Capture:
@@ -159,7 +179,11 @@ def _failure(sop_class: str | None, sop: str | None, reason: int) -> dict[str, A
 
 
 def store_instances(
-    hub: Hub, principal: Principal, parts: Iterable[Part], study_uid: str | None
+    hub: Hub,
+    principal: Principal,
+    parts: Iterable[Part],
+    study_uid: str | None,
+    filing: Filing = HEADERS_ONLY,
 ) -> Outcome:
     """Run one STOW request (blocking: call it off the event loop)."""
     outcome = Outcome()
@@ -168,7 +192,7 @@ def store_instances(
         accepted = receive(hub, parts, study_uid, outcome, written)
         if not accepted and not outcome.failed:
             raise FhirError(400, [Issue("invalid", "The multipart body holds no instance")])
-        commit(hub, principal, accepted, outcome, written)
+        commit(hub, principal, accepted, outcome, written, filing)
     except BaseException:
         remove_objects(hub, written)
         raise
@@ -181,6 +205,7 @@ def commit(
     accepted: list[Accepted],
     outcome: Outcome,
     written: list[str],
+    filing: Filing = HEADERS_ONLY,
 ) -> None:
     """Index what was received, in one transaction with one ImagingStudy version per study
     (an upload request, or a DIMSE association); the objects are removed by the caller if it
@@ -189,7 +214,7 @@ def commit(
         return
     with hub.db.transaction() as session:
         store = store_for(session, hub.settings, principal)
-        _index(hub, store, principal, accepted, outcome, written)
+        _index(hub, store, principal, accepted, outcome, written, filing)
         store.flush()
         absorb_write(hub, principal, store, outcome.status)
 
@@ -290,6 +315,7 @@ def _index(
     accepted: list[Accepted],
     outcome: Outcome,
     written: list[str],
+    filing: Filing,
 ) -> None:
     session = store.session
     urls = DicomUrls(hub.settings.base_url)
@@ -315,7 +341,7 @@ def _index(
         return
     ensure_endpoint(store, hub.settings, urls.root)
     for study_uid, items in fresh.items():
-        if not _index_study(hub, store, principal, study_uid, items, outcome, written):
+        if not _index_study(hub, store, principal, study_uid, items, outcome, written, filing):
             for item in items:
                 _drop_after_commit(hub, session, item.stored.key)
 
@@ -328,6 +354,7 @@ def _index_study(
     items: list[Accepted],
     outcome: Outcome,
     written: list[str],
+    filing: Filing,
 ) -> bool:
     """Index the new instances of one study and write its ImagingStudy; False when they are
     refused (no Patient matches), leaving nothing of them."""
@@ -336,9 +363,15 @@ def _index_study(
     existing = session.get(index.DicomStudy, study_uid)
     resource_id = existing.imaging_study_id if existing is not None else None
     kept: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
     if resource_id is not None:
         current = store.read("ImagingStudy", resource_id).content or {}  # 404 if unseen
         kept = {key: current[key] for key in KEPT_ELEMENTS if key in current}
+        meta = {k: v for k, v in (current.get("meta") or {}).items() if k in KEPT_META}
+    tags = meta.get("tag", [])
+    added = [dict(tag) for tag in filing.tags if dict(tag) not in tags]
+    if added:
+        meta["tag"] = [*tags, *added]
     newest = items[-1].header
     try:
         patient = match_patient(store, principal, newest.text("PatientID"))
@@ -355,7 +388,8 @@ def _index_study(
         outcome.stored.append(_reference(urls, header))
     outcome.studies.add(study_uid)
     attributes = newest.metadata_json or "{}"
-    planned_id = resource_id or uuid.uuid4().hex
+    filed_id = resource_id or filing.ids.get(study_uid)
+    planned_id = filed_id or uuid.uuid4().hex
     study = index.update_study(session, newest, attributes, planned_id, moment)
     index.recount(session, study_uid)
     for series_uid in {item.header.series_uid for item in items}:
@@ -363,13 +397,15 @@ def _index_study(
     resource = imaging_study(
         store,
         study,
-        resource_id=resource_id,
+        resource_id=filed_id,
         patient_id=patient,
         based=based_on(store, principal, newest.text("AccessionNumber")),
     )
     for key, value in kept.items():
         resource.setdefault(key, value)
-    stored = write_study(store, principal, resource, resource_id)
+    if meta:
+        resource["meta"] = meta
+    stored = write_study(store, principal, resource, filed_id)
     study.imaging_study_id = stored.id
     return True
 

@@ -17,6 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from emr_hub.demo import BY_ID, PATIENTS, load_demo
+from emr_hub.demo_imaging import STUDY_UID
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from tests.fhir.conftest import token_for
@@ -99,7 +100,12 @@ def image_rows(page: str) -> list[tuple[str, dict[str, str]]]:
 
 def test_her_studies_are_on_her_page_and_on_no_one_elses(demo: Hub, client: TestClient) -> None:
     dev_sign_in(client, LAN.cccd)
-    assert "Không có thông tin." in images_section(book(client))  # nothing imaged yet
+    [(uid, cells)] = image_rows(book(client))  # the demo's: Bắc Ninh general's CT of her stay
+    assert (uid, cells["Cơ sở"], cells["Ngày chụp"]) == (
+        STUDY_UID,
+        BY_ID["bac-ninh-general"].name,
+        "09:30 22/10/2026",
+    )
 
     token = token_for(demo, "system/*.cruds", SENDER)
     older = Study(generate_uid(), "Cộng hưởng từ (MR)", "20250310", 1)
@@ -109,7 +115,8 @@ def test_her_studies_are_on_her_page_and_on_no_one_elses(demo: Hub, client: Test
 
     page = book(client)
     rows = image_rows(page)
-    assert [uid for uid, _ in rows] == [newer.uid, older.uid]  # newest first
+    assert [uid for uid, _ in rows] == [newer.uid, STUDY_UID, older.uid]  # newest first
+    del rows[1]
     for (uid, cells), study in zip(rows, (newer, older), strict=True):
         assert cells["Loại"] == study.modality
         assert cells["Loạt ảnh"] == "1"
@@ -123,4 +130,4 @@ def test_her_studies_are_on_her_page_and_on_no_one_elses(demo: Hub, client: Test
     dev_sign_in(client, TOAN.cccd)
     page = book(client)
     assert "Không có thông tin." in images_section(page)
-    assert newer.uid not in page and older.uid not in page
+    assert newer.uid not in page and older.uid not in page and STUDY_UID not in page

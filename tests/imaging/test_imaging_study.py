@@ -125,6 +125,30 @@ def test_one_version_per_upload_and_the_cccd_matches(
     assert "basedOn" not in second  # no ServiceRequest carries an accession number
 
 
+def test_a_later_upload_keeps_the_tags_and_security_labels(
+    served: ServedHub, hospital_a: Hospital
+) -> None:
+    served.patient(hospital_a, "A-78", cccd=CCCD)
+    study, series = generate_uid(), generate_uid()
+    stow(served, hospital_a, [instance(CT, study=study, series=series, patient_id=CCCD)])
+    labelled = imaging_study(served, hospital_a, study)
+    tag = {"system": "urn:emr-hub:test:tags", "code": "teaching"}
+    restricted = {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+        "code": "R",
+    }
+    labelled["meta"] = {"tag": [tag], "security": [restricted]}
+    with served.http(hospital_a) as client:
+        put = client.put(f"/fhir/ImagingStudy/{labelled['id']}", json=labelled, headers=FHIR)
+    assert put.status_code == 200, put.text
+
+    stow(served, hospital_a, [instance(CT, study=study, series=series, number=2, patient_id=CCCD)])
+
+    rewritten = imaging_study(served, hospital_a, study)
+    assert rewritten["numberOfInstances"] == 2
+    assert (rewritten["meta"]["tag"], rewritten["meta"]["security"]) == ([tag], [restricted])
+
+
 def test_dicomweb_requests_are_audited_with_the_patient(
     served: ServedHub, hospital_a: Hospital, hospital_b: Hospital
 ) -> None:

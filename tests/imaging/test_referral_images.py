@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
 from emr_hub.demo import DEMO_PATIENT_ID, PATIENTS, load_demo
-from emr_hub.demo_chain import BAC_NINH_STAY, SECOND_REFERRAL
+from emr_hub.demo_chain import BAC_NINH_CT, BAC_NINH_STAY, SECOND_REFERRAL
 from emr_hub.hub import Hub
 from emr_hub.main import create_app
 from emr_hub.referrals.enforcement import install as install_referral_rules
@@ -61,9 +61,13 @@ def test_the_referral_history_shows_the_stays_images(hub: Hub, client: TestClien
     entries = [e["resource"] for e in history.json()["entry"]]
     split = next(i for i, r in enumerate(entries) if r["id"] == SECOND_REFERRAL)
     after = [(r["resourceType"], r["id"]) for r in entries[split:]]
-    position = after.index(("ImagingStudy", imaging["id"]))
-    assert after[position + 1] == ("Endpoint", "dicomweb")
-    endpoint = entries[split + position + 1]
+    # the letter's own CT (the demo's, in its supportingInfo), then the stay's: the Endpoint
+    # both name follows the first, and is listed once
+    demo_ct = after.index(("ImagingStudy", BAC_NINH_CT))
+    assert after[demo_ct + 1] == ("Endpoint", "dicomweb")
+    assert after.index(("ImagingStudy", imaging["id"])) > demo_ct + 1
+    assert after.count(("Endpoint", "dicomweb")) == 1
+    endpoint = entries[split + demo_ct + 1]
     assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
     address = f"{endpoint['address']}/studies/{study}".removeprefix(str(hub.settings.base_url))
     fetched = client.get(f"{address}/metadata", headers=bach_mai)  # the referral opened it

@@ -18,6 +18,7 @@ from emr_hub.fhir.bundle import process_bundle
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.security.principal import OPERATOR
+from storage import json_codec
 
 CHUNK = 500
 
@@ -62,8 +63,8 @@ def import_file(hub: Hub, path: Path, report: ImportReport, advance: Callable[[i
         _import_ndjson(hub, path, report, advance)
         return
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
+        data = json_codec.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
         report.failures.append(f"{path.name}: unreadable JSON ({exc})")
         advance(1)
         return
@@ -126,9 +127,9 @@ def _import_ndjson(
 
     for number, line in _ndjson_lines(path):
         try:
-            chunk.append((number, orjson.loads(line)))
-        except orjson.JSONDecodeError as exc:
-            report.failures.append(f"{path.name}:{number}: malformed JSON ({exc.msg})")
+            chunk.append((number, json_codec.loads(line)))
+        except ValueError as exc:
+            report.failures.append(f"{path.name}:{number}: malformed JSON ({exc})")
             advance(1)
         if len(chunk) >= CHUNK:
             write(chunk)

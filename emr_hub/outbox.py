@@ -41,7 +41,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
@@ -55,6 +54,7 @@ from emr_hub.tasks import (
     in_process,
     worker_hub,
 )
+from storage import json_codec
 from storage.db import as_utc
 from storage.tables import OutboxMessage
 
@@ -297,7 +297,7 @@ def http_post(_hub: Hub, message_id: str, payload: dict[str, Any]) -> None:
         message_id,
         "POST",
         payload["url"],
-        orjson.dumps(payload.get("body")),
+        json_codec.dumps(payload.get("body")),
         content_type=str(payload.get("content_type") or given_type or "application/json"),
         headers=headers,
     )

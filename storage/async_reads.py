@@ -7,12 +7,13 @@ connections per API process and runs a :class:`~storage.prepared.Prepared` state
 of them as a server-side prepared statement, without leaving the event loop.
 
 The connections start as the engine's do (``timezone``, ``statement_timeout``), in autocommit
-(one statement is its own snapshot), with the hub's orjson loader for JSON. Errors are raised
-as SQLAlchemy raises the engine's (``OperationalError`` ...), so the API answers them alike. A
-connection whose statement failed with a lost connection, or was cancelled midway (the client
-hung up), is closed rather than reused; a lost one also closes the idle ones (the server has
-likely restarted). Connections are opened when first needed, bound to the event loop they were
-opened on, and closed by :meth:`AsyncReads.close` (the app's shutdown).
+(one statement is its own snapshot), with the engine's JSON loader (:mod:`storage.json_codec`:
+decimals keep their digits). Errors are raised as SQLAlchemy raises the engine's
+(``OperationalError`` ...), so the API answers them alike. A connection whose statement failed
+with a lost connection, or was cancelled midway (the client hung up), is closed rather than
+reused; a lost one also closes the idle ones (the server has likely restarted). Connections
+are opened when first needed, bound to the event loop they were opened on, and closed by
+:meth:`AsyncReads.close` (the app's shutdown).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import set_json_loads
 from sqlalchemy import Dialect
 
+from storage import json_codec
 from storage.db import Database, postgres_options
 from storage.prepared import Prepared, driver_error
 
@@ -101,7 +102,7 @@ class AsyncReads:
         connection = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, options=self._options
         )
-        set_json_loads(orjson.loads, connection)
+        set_json_loads(json_codec.loads, connection)
         return connection
 
     async def _release(self, connection: psycopg.AsyncConnection[Any], reusable: bool) -> None:

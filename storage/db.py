@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from storage import json_codec
 
 _AFTER_COMMIT = "emr_hub.after_commit"
 _BEFORE_COMMIT = "emr_hub.before_commit"
@@ -35,11 +36,12 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return json_codec.dumps(value).decode()
 
 
 def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | None = None) -> Engine:
-    """An engine with orjson for JSON columns and dialect-specific hardening.
+    """An engine whose JSON columns keep decimals as written (:mod:`storage.json_codec`), with
+    dialect-specific hardening.
 
     On PostgreSQL the pool holds ``pool_size`` connections and never opens more (a pool that
     overflows under load opens and closes a backend per burst, which costs more than the
@@ -58,7 +60,7 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | Non
         engine = create_engine(
             url,
             json_serializer=_json_dumps,
-            json_deserializer=orjson.loads,
+            json_deserializer=json_codec.loads,
             hide_parameters=True,  # errors never show the values (names, CCCDs) of a statement
             connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
         )
@@ -67,7 +69,7 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | Non
     return create_engine(
         url,
         json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=json_codec.loads,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=30,

@@ -1,8 +1,9 @@
 """SQLModel tables.
 
 * ``resource`` holds the current version of every resource (deleted ones as tombstones),
-  ``resource_history`` every version including the current one; the body is JSON (JSONB on
-  PostgreSQL) and carries its own ``meta.versionId`` / ``meta.lastUpdated``.
+  ``resource_history`` every version including the current one; the body is JSON (``json``
+  on PostgreSQL, the text as written, so decimals keep their digits) and carries its own
+  ``meta.versionId`` / ``meta.lastUpdated``.
 * ``search_token``, ``search_string``, ``search_reference``, ``search_date``,
   ``search_quantity`` (numbers too) and ``search_uri`` hold the search index rows of each
   resource, one row per value, written in the same transaction as the resource.
@@ -43,6 +44,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 JsonBody = JSON().with_variant(JSONB(), "postgresql")
+ResourceBody = JSON()
+"""A FHIR resource, kept as the text the hub wrote: ``json`` on PostgreSQL, not ``jsonb``,
+whose numeric drops a decimal's exponent and the sign of a negative zero (``1E+2`` reads
+back ``100``, ``-0.0`` as ``0.0``) where FHIR keeps them (docs/adr/0010-exact-decimals.md)."""
 SerialKey = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -58,7 +63,7 @@ class ResourceRow(SQLModel, table=True):
     version_id: int
     last_updated: datetime = _tz_column()
     deleted: bool = False
-    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonBody))
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(ResourceBody))
     owner_org: str | None = Field(default=None, max_length=128, nullable=True)
     """The Organization (``Organization/<id>``) whose client created the resource; None when
     the operator did (the command line, or versions stored before provenance was kept)."""
@@ -79,7 +84,7 @@ class ResourceHistoryRow(SQLModel, table=True):
     last_updated: datetime = _tz_column(index=True)
     deleted: bool = False
     method: str = Field(max_length=8)
-    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonBody))
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(ResourceBody))
     author_client: str = Field(default="operator", max_length=128)
     """The API client that wrote this version (``operator`` for the command line)."""
     author_org: str | None = Field(default=None, max_length=128, nullable=True)

@@ -19,6 +19,8 @@ class Received:
     headers: dict[str, str]
     body: Any
     status: int
+    raw: bytes = b""
+    """The body's bytes as sent."""
 
     @property
     def key(self) -> str:
@@ -70,6 +72,7 @@ class Receiver:
                             headers={k.lower(): v for k, v in self.headers.items()},
                             body=json.loads(raw) if raw else None,
                             status=status,
+                            raw=raw,
                         )
                     )
                     receiver.held += held

@@ -33,6 +33,7 @@ from emr_hub.security.audit import log as audit_log
 from emr_hub.security.audit.events import EventFacts, PatientEntity, rest_event
 from emr_hub.security.principal import Principal
 from emr_hub.security.scopes import ScopeSet
+from storage import json_codec
 from storage.db import as_utc
 from storage.tables import ExportJob
 
@@ -200,7 +201,7 @@ class Exporter:
                 }
             )
         if output.filtered(resource_type):
-            return orjson.dumps(output.present(orjson.loads(row.text)))
+            return json_codec.dumps(output.present(json_codec.loads(row.text)))
         return row.text.encode()
 
     def _resize(self, size: int, count: int) -> None:

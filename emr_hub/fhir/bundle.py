@@ -17,8 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-import orjson
-
 from emr_hub.errors import FhirError, bad_request, fhir_error, operation_outcome
 from emr_hub.fhir import interactions
 from emr_hub.fhir.http import parse_if_match
@@ -27,6 +25,7 @@ from emr_hub.fhir.search.searchset import search_bundle
 from emr_hub.fhir.search.values import parse_token_query
 from emr_hub.fhir.store import FhirStore, Stored, format_instant
 from emr_hub.fhir.validation import ID_PATTERN, is_resource_type
+from storage import json_codec
 
 if TYPE_CHECKING:
     from emr_hub.security.principal import Principal
@@ -455,8 +454,8 @@ def _patch_operations(entry: Entry) -> Any:
         and isinstance(resource.get("data"), str)
     ):
         try:
-            return orjson.loads(base64.b64decode(resource["data"], validate=True))
-        except (ValueError, orjson.JSONDecodeError):
+            return json_codec.loads(base64.b64decode(resource["data"], validate=True))
+        except ValueError:
             raise bad_request(
                 "The Binary of a PATCH entry does not hold a JSON Patch",
                 f"{entry.where}.resource.data",

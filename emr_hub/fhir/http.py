@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from email.utils import format_datetime
@@ -15,6 +14,7 @@ from fastapi.responses import Response
 from emr_hub.errors import FhirError, Issue, bad_request
 from emr_hub.fhir.output import present
 from emr_hub.fhir.store import Stored
+from storage import json_codec
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "text/json", "json")
@@ -79,38 +79,23 @@ def parse_json_body(raw: bytes, content_type: str | None) -> Any:
             "The request body is empty; a FHIR JSON resource was expected", code="required"
         )
     try:
-        parsed = orjson.loads(raw)
+        orjson.loads(raw)  # the gate: what orjson refuses is refused, with its line and column
     except orjson.JSONDecodeError as exc:
         raise bad_request(
             f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", code="structure"
         ) from None
-    _refuse_duplicate_keys(raw)
-    return parsed
+    return _parse_exact(raw)
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return members
-
-
-def _refuse_duplicate_keys(raw: bytes) -> None:
-    """A JSON object naming one key twice is refused: parsers disagree on which value wins
-    (orjson keeps the last, others the first), so a body that reads one way to the hub could
-    read another way to the system it came from. orjson cannot tell, so the standard library's
-    parser reads the body again (about 5 ms a megabyte) with a hook that can."""
+def _parse_exact(raw: bytes) -> Any:
+    """The body, each decimal keeping its literal (:mod:`storage.json_codec`), and refused
+    when an object names one key twice: parsers disagree on which value wins (orjson keeps
+    the last, others the first), so a body that reads one way to the hub could read another
+    way to the system it came from. orjson can do neither, so the standard library's parser
+    reads the body once more (about 5 ms a megabyte) with hooks that can."""
     try:
-        json.loads(raw, object_pairs_hook=_unique_members)
-    except _DuplicateKey as duplicate:
+        return json_codec.loads_unique(raw)
+    except json_codec.DuplicateKey as duplicate:
         raise bad_request(
             f"The JSON names the key {duplicate.args[0]!r} twice in one object", code="structure"
         ) from None
@@ -157,7 +142,7 @@ def prefer_return(request: Request, default: str = "representation") -> str:
 
 
 def dump(body: Any, pretty: bool = False) -> bytes:
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2 if pretty else 0)
+    return json_codec.dumps(body, option=orjson.OPT_INDENT_2 if pretty else 0)
 
 
 def fhir_response(

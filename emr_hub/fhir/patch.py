@@ -17,10 +17,10 @@ import copy
 from typing import Any
 
 import jsonpatch
-import orjson
 from jsonpointer import JsonPointer, JsonPointerException
 
 from emr_hub.errors import FhirError, Issue, bad_request
+from storage import json_codec
 
 MAX_OPERATIONS = 1000
 MAX_GROWTH_BYTES = 4 * 1024 * 1024
@@ -46,7 +46,7 @@ def apply_patch(
         if op == "copy":
             budget -= _size_at(document, operation.get("from"), index, op, path)
         elif op in ("add", "replace"):
-            budget -= len(orjson.dumps(operation.get("value")))
+            budget -= len(json_codec.dumps(operation.get("value")))
         if budget < 0:
             raise FhirError(
                 422,
@@ -99,7 +99,7 @@ def _size_at(document: Any, pointer: Any, index: int, op: str, path: str) -> int
         value = JsonPointer(pointer).resolve(document)
     except JsonPointerException:
         raise _failed(index, op, path, "its from path is not in the resource") from None
-    return len(orjson.dumps(value))
+    return len(json_codec.dumps(value))
 
 
 def _failed(index: int, op: str, path: str, why: str) -> FhirError:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -40,6 +41,7 @@ from emr_hub.fhir.stored import (
     format_instant,
     now_instant,
 )
+from storage import json_codec
 from storage.bulk import write_rows
 from storage.db import as_utc, before_commit
 from storage.prepared import Prepared
@@ -64,6 +66,12 @@ def _strip_volatile_meta(resource: dict[str, Any]) -> dict[str, Any]:
     if rest:
         copy["meta"] = rest
     return copy
+
+
+def _same_json(left: dict[str, Any], right: dict[str, Any]) -> bool:
+    return json_codec.dumps(left, orjson.OPT_SORT_KEYS) == json_codec.dumps(
+        right, orjson.OPT_SORT_KEYS
+    )
 
 
 @dataclass(frozen=True)
@@ -478,10 +486,11 @@ class FhirStore:
 
     @staticmethod
     def _unchanged(current: Stored, resource: dict[str, Any]) -> bool:
-        """A live version with the same content: an update would only repeat it (a retry)."""
+        """A live version with the same content: an update would only repeat it (a retry).
+        Compared as JSON text, keys sorted: ``1.50`` is not ``1.5`` (they are equal floats)."""
         if current.deleted or current.content is None:
             return False
-        return _strip_volatile_meta(current.content) == _strip_volatile_meta(resource)
+        return _same_json(_strip_volatile_meta(current.content), _strip_volatile_meta(resource))
 
     def _stamp(self, resource: dict[str, Any], resource_id: str, version: int) -> dict[str, Any]:
         content = dict(resource)

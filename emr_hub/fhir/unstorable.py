@@ -6,8 +6,9 @@ The hub refuses it everywhere instead, naming where it is: in a resource (400 fr
 so in a batch only that entry fails), in a URL's path or query (400 before any route runs).
 The audit record of such a request keeps the text with U+FFFD in place of each NUL.
 
-The fast check serialises with orjson, which writes U+0000 as the escape ``\\u0000``: a few
-microseconds for a resource, and the walk that finds the path runs only when it hits.
+The fast check serialises with orjson (:func:`storage.json_codec.dumps`), which writes U+0000
+as the escape ``\\u0000``: a few microseconds for a resource, and the walk that finds the path
+runs only when it hits.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from emr_hub.errors import Issue, operation_outcome
+from storage import json_codec
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -31,8 +33,8 @@ def may_hold_nul(value: Any) -> bool:
     """Whether ``value`` (parsed JSON) may hold a NUL: False is certain, True is checked by
     :func:`nul_path` (a string holding the six characters ``\\u0000`` also hits)."""
     try:
-        return NUL_ESCAPE in orjson.dumps(value)
-    except TypeError:  # what orjson cannot write (an integer past 64 bits): walk instead
+        return NUL_ESCAPE in json_codec.dumps(value)
+    except TypeError:  # what orjson cannot write: walk instead
         return True
 
 

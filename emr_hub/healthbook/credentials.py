@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from joserfc import jws
 from joserfc.jws import JWSRegistry
 from joserfc.registry import HeaderParameter
 
 from emr_hub.healthbook.card_keys import card_signing_key
 from emr_hub.security.keys import ALGORITHM
+from storage import json_codec
 
 if TYPE_CHECKING:
     from emr_hub.hub import Hub
@@ -194,7 +194,9 @@ def _card(
         },
     }
     header = {"zip": "DEF", "alg": ALGORITHM, "kid": key.kid}
-    signed = jws.serialize_compact(header, _deflate(orjson.dumps(payload)), key, registry=_REGISTRY)
+    signed = jws.serialize_compact(
+        header, _deflate(json_codec.dumps(payload)), key, registry=_REGISTRY
+    )
     sources = tuple(f"{e['resource']['resourceType']}/{e['resource'].get('id')}" for e in entries)
     return Card(signed, sources, tuple(types), left_out)
 

@@ -70,6 +70,7 @@ from emr_hub.security.audit.trail import AuditTrail
 from emr_hub.security.principal import CITIZEN, Principal
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.sealing import key_encryption_key, seal, unseal
+from storage import json_codec
 from storage.db import as_utc
 from storage.tables import HealthLink, HealthLinkFile
 
@@ -354,7 +355,7 @@ def _manifest(hub: Hub, link: Any, request: ManifestRequest, now: datetime) -> d
     key = _unsealed_key(hub, link)
     contents = [
         (SMART_HEALTH_CARD, orjson.dumps({"verifiableCredential": [card]})),
-        (FHIR_JSON, orjson.dumps(bundle)),
+        (FHIR_JSON, json_codec.dumps(bundle)),
     ]
     files: list[dict[str, Any]] = []
     stored: list[dict[str, Any]] = []

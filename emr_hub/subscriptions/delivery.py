@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from emr_hub.fhir.store import FhirStore
 from emr_hub.hub import Hub
 from emr_hub.outbox import PermanentDeliveryError, handler, send_http
 from emr_hub.subscriptions.hosts import AllowList, endpoint_problem
 from emr_hub.subscriptions.matching import TOPIC
 from emr_hub.subscriptions.rules import FHIR_JSON, headers_of, payload_type
+from storage import json_codec
 
 
 @handler(TOPIC)
@@ -60,7 +59,7 @@ def deliver_notification(hub: Hub, message_id: str, payload: dict[str, Any]) -> 
     if mime:
         url = f"{endpoint.rstrip('/')}/{resource_type}/{resource_id}"
         send_http(
-            message_id, "PUT", url, orjson.dumps(body), content_type=FHIR_JSON, headers=headers
+            message_id, "PUT", url, json_codec.dumps(body), content_type=FHIR_JSON, headers=headers
         )
     else:
         send_http(message_id, "POST", endpoint, None, headers=headers)

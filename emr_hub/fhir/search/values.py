@@ -44,6 +44,8 @@ from decimal import Context, Decimal
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
+from storage.json_codec import DecimalText
+
 Element = tuple[str, Any]
 
 PREFIXES: Final = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -764,11 +766,15 @@ _EXACT = Context(prec=2 * _MAX_DIGITS + 2 * _MAX_EXPONENT, Emax=10**6, Emin=-(10
 
 
 def _decimal(value: Any) -> Decimal | None:
-    """A JSON number (int, float, Decimal) or its text as a finite Decimal of sane size."""
+    """A JSON number (int, float, Decimal) or its text as a finite Decimal of sane size; a
+    decimal read with its literal (:class:`~storage.json_codec.DecimalText`) from that literal,
+    digits past a float's precision included."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         number = Decimal(value)
+    elif isinstance(value, DecimalText):
+        number = Decimal(value.text)
     elif isinstance(value, float):
         number = Decimal(repr(value))  # the shortest text that reads back as this float
     elif isinstance(value, Decimal):

@@ -25,8 +25,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.datastructures import URLPath
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from emr_hub.fhir import interactions, routes
@@ -47,7 +48,11 @@ class DirectRead(BaseRoute):
     def __init__(self, endpoints: dict[str, tuple[Any, frozenset[str]]]) -> None:
         self.read, self.read_types = endpoints["read"]
         self.vread, self.vread_types = endpoints["vread"]
-        self.path = self.read.path
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        """No URL is named after this route: ``url_for`` goes on to the FHIR routes behind it
+        (the base class would raise NotImplementedError, and this route is the first asked)."""
+        raise NoMatchFound(name, path_params)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] != "GET":

@@ -140,3 +140,9 @@ def test_only_the_reads_paths_are_taken(tmp_path: Path, path: str, taken: bool) 
     scope = {"type": "http", "method": "GET", "path": path, "app": app}
     assert (route.matches(scope)[0].name == "FULL") is taken
     assert route.matches({**scope, "method": "POST"})[0].name == "NONE"
+
+
+def test_urls_are_still_built_for_the_routes_behind_it(tmp_path: Path) -> None:
+    app = create_app(settings=make_settings(tmp_path))
+    assert isinstance(app.router.routes[0], DirectRead)
+    assert app.url_path_for("healthz") == "/healthz"

@@ -8,6 +8,7 @@ The broker-and-worker behaviour (a wallet down, a worker killed) is in test_push
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,21 @@ def wallet_hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
 def client(wallet_hub: Hub) -> Iterator[TestClient]:
     with TestClient(create_app(wallet_hub)) as test_client:
         yield test_client
+
+
+@contextmanager
+def served_with_wallet(hub: Hub, tmp_path: Path) -> Iterator[WalletReceiver]:
+    """The hub served at its base URL and ``scripts/wallet_receiver.py`` listening at its
+    wallet URL, both stopped after."""
+    base = hub.settings.base_url
+    wallet_port = int(str(hub.settings.wallet_url).rsplit(":", 1)[1].split("/")[0])
+    receiver = WalletReceiver(wallet_port, base, tmp_path / "wallet.db", tmp_path / "wallet.log")
+    try:
+        with ServedHub(hub, int(base.rsplit(":", 1)[1])):
+            receiver.wait_ready()
+            yield receiver
+    finally:
+        receiver.stop()
 
 
 def push_rows(hub: Hub) -> list[tuple[str, int, str | None]]:
@@ -169,39 +185,33 @@ def test_a_push_reaches_the_wallet_verified_and_audited(
     wallet_hub: Hub, client: TestClient, tmp_path: Path
 ) -> None:
     base = wallet_hub.settings.base_url
-    wallet_port = int(str(wallet_hub.settings.wallet_url).rsplit(":", 1)[1].split("/")[0])
-    receiver = WalletReceiver(wallet_port, base, tmp_path / "wallet.db", tmp_path / "wallet.log")
-    try:
-        with ServedHub(wallet_hub, int(base.rsplit(":", 1)[1])):
-            receiver.wait_ready()
-            api = Api(client, token_for(wallet_hub))
-            patient_id = patient_id_of(api.post("", visit_bundle()))
+    with served_with_wallet(wallet_hub, tmp_path) as receiver:
+        api = Api(client, token_for(wallet_hub))
+        patient_id = patient_id_of(api.post("", visit_bundle()))
 
-            def delivered() -> bool:
-                relay_pending(wallet_hub, now=past_the_window())
-                return push_rows(wallet_hub) == [(LAN, 1, "delivered")]
-
-            wait_for(delivered, 60, "the push to be delivered", receiver.log)
-            [push] = receiver.received()["accepted"]
-            jwks = httpx.get(f"{base}/.well-known/jwks.json").json()
-            [card] = push["credentials"]
-            assert verify_card(card, jwks)["zip"] == "DEF"
-
-            # A note the summary does not show owes a push that sends nothing.
-            assert api.post("/Observation", social_history(patient_id, "ít ngủ")).status_code == 201
+        def delivered() -> bool:
             relay_pending(wallet_hub, now=past_the_window())
-            log = pushes(
-                citizen_api(wallet_hub, client, LAN_CCCD)
-                .get(f"/Patient/{patient_id}/$wallet-log")
-                .json()
-            )
-            assert [p["status"] for p in log] == ["unchanged", "delivered"]
-            assert log[0]["digest"] == log[1]["digest"] and "sent" not in log[0]
-            assert log[1]["idempotencyKey"] == push["key"] and log[1]["answer"] == 201
-            assert log[1]["attempts"] >= 1 and log[0]["attempts"] == 0  # the second sent nothing
-            assert len(receiver.received()["accepted"]) == 1
-    finally:
-        receiver.stop()
+            return push_rows(wallet_hub) == [(LAN, 1, "delivered")]
+
+        wait_for(delivered, 60, "the push to be delivered", receiver.log)
+        [push] = receiver.received()["accepted"]
+        jwks = httpx.get(f"{base}/.well-known/jwks.json").json()
+        [card] = push["credentials"]
+        assert verify_card(card, jwks)["zip"] == "DEF"
+
+        # A note the summary does not show owes a push that sends nothing.
+        assert api.post("/Observation", social_history(patient_id, "ít ngủ")).status_code == 201
+        relay_pending(wallet_hub, now=past_the_window())
+        log = pushes(
+            citizen_api(wallet_hub, client, LAN_CCCD)
+            .get(f"/Patient/{patient_id}/$wallet-log")
+            .json()
+        )
+        assert [p["status"] for p in log] == ["unchanged", "delivered"]
+        assert log[0]["digest"] == log[1]["digest"] and "sent" not in log[0]
+        assert log[1]["idempotencyKey"] == push["key"] and log[1]["answer"] == 201
+        assert log[1]["attempts"] >= 1 and log[0]["attempts"] == 0  # the second sent nothing
+        assert len(receiver.received()["accepted"]) == 1
     with wallet_hub.db.snapshot() as session:
         events = list(
             session.scalars(
@@ -246,31 +256,25 @@ def test_her_patients_at_two_hospitals_make_one_push_with_a_card_each(
     wallet_hub: Hub, client: TestClient, tmp_path: Path
 ) -> None:
     base = wallet_hub.settings.base_url
-    wallet_port = int(str(wallet_hub.settings.wallet_url).rsplit(":", 1)[1].split("/")[0])
-    receiver = WalletReceiver(wallet_port, base, tmp_path / "wallet.db", tmp_path / "wallet.log")
-    try:
-        with ServedHub(wallet_hub, int(base.rsplit(":", 1)[1])):
-            receiver.wait_ready()
-            first = Api(client, token_for(wallet_hub, client_id="bach-mai"))
-            second = Api(client, token_for(wallet_hub, client_id="bac-ninh-general"))
-            ids = sorted(patient_id_of(api.post("", visit_bundle())) for api in (first, second))
-            assert ids[0] != ids[1]  # two Patient resources, one citizen
-            assert push_rows(wallet_hub) == [(LAN, 2, None)]
+    with served_with_wallet(wallet_hub, tmp_path) as receiver:
+        first = Api(client, token_for(wallet_hub, client_id="bach-mai"))
+        second = Api(client, token_for(wallet_hub, client_id="bac-ninh-general"))
+        ids = sorted(patient_id_of(api.post("", visit_bundle())) for api in (first, second))
+        assert ids[0] != ids[1]  # two Patient resources, one citizen
+        assert push_rows(wallet_hub) == [(LAN, 2, None)]
 
-            def delivered() -> bool:
-                relay_pending(wallet_hub, now=past_the_window())
-                return push_rows(wallet_hub) == [(LAN, 2, "delivered")]
+        def delivered() -> bool:
+            relay_pending(wallet_hub, now=past_the_window())
+            return push_rows(wallet_hub) == [(LAN, 2, "delivered")]
 
-            wait_for(delivered, 60, "the push to be delivered", receiver.log)
-            [push] = receiver.received()["accepted"]
-            jwks = httpx.get(f"{base}/.well-known/jwks.json").json()
-            assert len(push["credentials"]) == 2
-            for card in push["credentials"]:
-                verify_card(card, jwks)
-            assert receiver.card(LAN_CCCD).json()["verifiableCredential"] == push["credentials"]
-            # Either Patient's log is hers.
-            lan = citizen_api(wallet_hub, client, LAN_CCCD)
-            logs = [pushes(lan.get(f"/Patient/{i}/$wallet-log").json()) for i in ids]
-            assert logs[0] == logs[1] and [p["status"] for p in logs[0]] == ["delivered"]
-    finally:
-        receiver.stop()
+        wait_for(delivered, 60, "the push to be delivered", receiver.log)
+        [push] = receiver.received()["accepted"]
+        jwks = httpx.get(f"{base}/.well-known/jwks.json").json()
+        assert len(push["credentials"]) == 2
+        for card in push["credentials"]:
+            verify_card(card, jwks)
+        assert receiver.card(LAN_CCCD).json()["verifiableCredential"] == push["credentials"]
+        # Either Patient's log is hers.
+        lan = citizen_api(wallet_hub, client, LAN_CCCD)
+        logs = [pushes(lan.get(f"/Patient/{i}/$wallet-log").json()) for i in ids]
+        assert logs[0] == logs[1] and [p["status"] for p in logs[0]] == ["delivered"]

@@ -62,6 +62,7 @@ from bench.ingest import (
     free_port,
     log,
 )
+from bench.load import start_worker, worker_log
 from bench.search import (
     Query,
     Sample,
@@ -74,7 +75,7 @@ from bench.search import (
     start_server,
     summarise,
 )
-from bench.wallet_lag import PUSH, Wallet, measure_push_lag, start_worker, worker_log
+from bench.wallet_lag import PUSH, Wallet, measure_push_lag
 
 SUMMARY = "summary"
 CARD = "health-card"

@@ -68,6 +68,7 @@ from bench.access import loaded_database
 from bench.generate import Generator
 from bench.ingest import DEFAULT_DATA, _code_version, _loadavg, database_kind, log
 from bench.search import (
+    Running,
     _connect,
     machine,
     machine_line,
@@ -435,16 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         assert state is not None
         settings = {"EMR_HUB_BROKER_URL": args.broker}
         running = start_server(args, url, stack, 4, settings)
-        worker_log = Path(running.env["EMR_HUB_DATA_DIR"]).parent / "worker.log"
-        with worker_log.open("wb") as output:
-            worker = subprocess.Popen(
-                [running.executable, "worker", "--beat", "--concurrency", "2"],
-                env=running.env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        stack.callback(_stop_group, worker)
+        worker = start_worker(running, stack)
         receiver = Receiver()
         stack.callback(receiver.close)
         subscription = subscribe(running.api.client, receiver.url)
@@ -481,6 +473,25 @@ def main(argv: list[str] | None = None) -> int:
         print_figures(figures)
     failed = figures["errors"] or figures["notifications"]["missing"]
     return 1 if failed or figures["notifications"]["repeats"] else 0
+
+
+def worker_log(running: Running) -> Path:
+    return Path(running.env["EMR_HUB_DATA_DIR"]).parent / "worker.log"
+
+
+def start_worker(running: Running, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
+    """``emr-hub worker --beat`` with the server's settings (so its broker), stopped with
+    ``stack``; its output goes to :func:`worker_log`."""
+    with worker_log(running).open("wb") as output:
+        worker = subprocess.Popen(
+            [running.executable, "worker", "--beat", "--concurrency", "2"],
+            env=running.env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack.callback(_stop_group, worker)
+    return worker
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> None:

@@ -69,24 +69,6 @@ class Wallet:
         _stop_group(self.process)
 
 
-def worker_log(running: Running) -> Path:
-    return Path(running.env["EMR_HUB_DATA_DIR"]).parent / "worker.log"
-
-
-def start_worker(running: Running, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
-    """``emr-hub worker --beat`` with the server's settings (so its broker), as load.py runs it."""
-    with worker_log(running).open("wb") as output:
-        worker = subprocess.Popen(
-            [running.executable, "worker", "--beat", "--concurrency", "2"],
-            env=running.env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stack.callback(_stop_group, worker)
-    return worker
-
-
 @dataclass
 class Write:
     cccd: str

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from jwcrypto import jwe, jwk, jws
 from sqlalchemy import select, update
 
-from emr_hub.demo import PATIENTS
+from emr_hub.demo import PATIENTS, load_demo
 from emr_hub.fhir.persons import person_of_cccd
 from emr_hub.healthbook.summary import content_digest
 from emr_hub.hub import Hub
@@ -30,7 +30,6 @@ from emr_hub.security.tokens import CITIZEN_SCOPE, issue_citizen_token
 from storage.tables import HealthLink
 from tests.conftest import free_port, make_settings
 from tests.fhir.conftest import token_for
-from tests.healthbook.conftest import load_demo_network
 from tests.processes import EMR_HUB, ApiServer, ManagedProcess, cli_env
 
 LAN = PATIENTS[0]
@@ -411,7 +410,7 @@ def test_parallel_guesses_never_check_more_passcodes_than_the_limit(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     hub = Hub.from_settings(make_settings(tmp_path, postgres_url, base_url=base), migrate=True)
-    load_demo_network(hub)
+    load_demo(hub)
     server = TwoWorkerServer(
         cli_env(tmp_path, postgres_url, EMR_HUB_BASE_URL=base), port, tmp_path / "serve.log"
     )

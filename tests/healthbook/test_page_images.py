@@ -7,19 +7,16 @@ from __future__ import annotations
 import html
 import io
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pydicom
-import pytest
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from emr_hub.demo import BY_ID, PATIENTS, load_demo
+from emr_hub.demo import BY_ID, PATIENTS
 from emr_hub.demo_imaging import STUDY_UID
 from emr_hub.hub import Hub
-from emr_hub.main import create_app
 from tests.fhir.conftest import token_for
 from tests.healthbook.test_signin import book, dev_sign_in
 
@@ -40,18 +37,6 @@ class Study:
     """How the page names the modality."""
     date: str
     instances: int
-
-
-@pytest.fixture
-def demo(hub: Hub) -> Hub:
-    load_demo(hub)
-    return hub
-
-
-@pytest.fixture
-def client(demo: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(demo)) as test_client:
-        yield test_client
 
 
 def stow(client: TestClient, token: str, file: str, study: Study, cccd: str) -> None:
@@ -98,7 +83,7 @@ def image_rows(page: str) -> list[tuple[str, dict[str, str]]]:
     ]
 
 
-def test_her_studies_are_on_her_page_and_on_no_one_elses(demo: Hub, client: TestClient) -> None:
+def test_her_studies_are_on_her_page_and_on_no_one_elses(demo_hub: Hub, client: TestClient) -> None:
     dev_sign_in(client, LAN.cccd)
     [(uid, cells)] = image_rows(book(client))  # the demo's: Bắc Ninh general's CT of her stay
     assert (uid, cells["Cơ sở"], cells["Ngày chụp"]) == (
@@ -107,7 +92,7 @@ def test_her_studies_are_on_her_page_and_on_no_one_elses(demo: Hub, client: Test
         "09:30 22/10/2026",
     )
 
-    token = token_for(demo, "system/*.cruds", SENDER)
+    token = token_for(demo_hub, "system/*.cruds", SENDER)
     older = Study(generate_uid(), "Cộng hưởng từ (MR)", "20250310", 1)
     newer = Study(generate_uid(), "Chụp cắt lớp vi tính (CT)", "20261102", 2)
     stow(client, token, "MR_small.dcm", older, LAN.cccd)

@@ -34,7 +34,7 @@ class Hub:
             settings.effective_database_url,
             # The request threads, plus two for the background threads (the audit writer,
             # the outbox relay). An API process also has the event-loop reads' connections
-            # (storage/async_reads.py) and the client-change listener's: threads + 5 in all.
+            # (storage/async_db.py) and the client-change listener's: threads + 5 in all.
             pool_size=settings.worker_threads + 2,
             statement_timeout=settings.statement_timeout_seconds,
         )

@@ -38,11 +38,12 @@ from emr_hub.referrals.routes import router as referral_router
 from emr_hub.security import install as install_security
 from emr_hub.security.audit.middleware import AuditMiddleware
 from emr_hub.security.audit.routes import router as audit_router
+from emr_hub.security.audit.writer import LoopAuditWriter
 from emr_hub.security.routes import router as auth_router
 from emr_hub.subscriptions import install as install_subscriptions
 from emr_hub.subscriptions.routes import router as subscription_router
 from emr_hub.tasks import configure_celery, in_process, start_relay_thread
-from storage.async_reads import AsyncReads
+from storage.async_db import AsyncConnections
 from storage.objects import ObjectStoreUnavailable
 
 log = logging.getLogger("emr_hub")
@@ -73,13 +74,18 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Fast
         gc.freeze()
         stop_relay = start_background_work(app.state.hub)
         stop_metrics = start_process_metrics(app.state.hub)
-        app.state.reads = AsyncReads.for_database(app.state.hub.db)
+        # The event loop's own connections: the direct reads' and the audit group writer's.
+        app.state.async_db = AsyncConnections.for_database(app.state.hub.db)
+        app.state.audit_writer = LoopAuditWriter.on(app.state.async_db)
         try:
             yield
         finally:
-            if app.state.reads is not None:
-                await app.state.reads.close()
-            app.state.reads = None
+            if app.state.audit_writer is not None:
+                await app.state.audit_writer.close()
+            app.state.audit_writer = None
+            if app.state.async_db is not None:
+                await app.state.async_db.close()
+            app.state.async_db = None
             stop_relay()
             stop_metrics()
             if owned:

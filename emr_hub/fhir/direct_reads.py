@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
-from emr_hub.fhir import interactions, routes
+from emr_hub.fhir import interactions, output, routes
 from emr_hub.fhir.validation import ID_PATTERN, R4_RESOURCE_TYPES
 from emr_hub.hub import Hub
 from emr_hub.security.access import store_for
@@ -58,7 +58,7 @@ class DirectRead(BaseRoute):
         if scope["type"] != "http" or scope["method"] != "GET":
             return Match.NONE, {}
         path: str = scope["path"]
-        if not path.startswith(PREFIX) or getattr(scope["app"].state, "reads", None) is None:
+        if not path.startswith(PREFIX) or getattr(scope["app"].state, "async_db", None) is None:
             return Match.NONE, {}  # not a read, or no event-loop reads: the FastAPI route serves
         parts = path[len(PREFIX) :].split("/")
         if len(parts) == 2:
@@ -86,13 +86,16 @@ class DirectRead(BaseRoute):
             interactions.check_read(principal, resource_type, resource_id)
         else:
             number = interactions.check_vread(principal, resource_type, resource_id, version)
-        with hub.db.single_read() as session:  # it never connects: the statement runs on reads
+        # With no query (no _summary, _elements, _pretty ...) and no output filter for the
+        # type, the stored JSON text is the answer's body: it is not parsed and re-serialised.
+        verbatim = not scope["query_string"] and not output.filtered(resource_type)
+        with hub.db.single_read() as session:  # it never connects: the statement runs on the loop
             store = store_for(session, hub.settings, principal)
             if version is None:
-                plan = store.read_plan(resource_type, resource_id)
+                plan = store.read_plan(resource_type, resource_id, verbatim=verbatim)
             else:
-                plan = store.vread_plan(resource_type, resource_id, number)
-            stored = plan.result(await state.reads.first(plan.statement, plan.params))
+                plan = store.vread_plan(resource_type, resource_id, number, verbatim=verbatim)
+            stored = plan.result(await state.async_db.first(plan.statement, plan.params))
             absorb_read(principal, store)
         response = routes.render_resource(request, stored, hub)
         await response(scope, receive, send)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ARRAY, Integer, String, any_, bindparam, exists, func, select
+from sqlalchemy import ARRAY, Integer, String, Text, any_, bindparam, cast, exists, func, select
 
 from emr_hub.fhir.search.indexer import COMPARTMENT
 from storage.prepared import Prepared
@@ -53,12 +53,13 @@ def members(text: str | None) -> list[tuple[str, str]]:
     return [(patient, person) for patient, person in pairs]
 
 
-def read_statement(visible: Visible, resource_type: str) -> Any:
+def read_statement(visible: Visible, resource_type: str, verbatim: bool = False) -> Any:
+    """``verbatim``: the content as its stored text, not parsed (to be sent as it is)."""
     statement = select(
         RESOURCE.c.version_id,
         RESOURCE.c.last_updated,
         RESOURCE.c.deleted,
-        RESOURCE.c.content,
+        cast(RESOURCE.c.content, Text) if verbatim else RESOURCE.c.content,
         RESOURCE.c.owner_org,
         members_of(RESOURCE.c.resource_type, RESOURCE.c.id),
     ).where(
@@ -68,11 +69,12 @@ def read_statement(visible: Visible, resource_type: str) -> Any:
     return _where(statement, visible(RESOURCE, resource_type))
 
 
-def vread_statement(visible: Visible, resource_type: str) -> Any:
+def vread_statement(visible: Visible, resource_type: str, verbatim: bool = False) -> Any:
+    """``verbatim``: as :func:`read_statement`'s."""
     query = select(
         HISTORY.c.last_updated,
         HISTORY.c.deleted,
-        HISTORY.c.content,
+        cast(HISTORY.c.content, Text) if verbatim else HISTORY.c.content,
         HISTORY.c.method,
         members_of(HISTORY.c.resource_type, HISTORY.c.id),
     ).where(

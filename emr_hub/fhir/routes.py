@@ -22,6 +22,7 @@ from emr_hub.fhir.bundle import process_bundle
 from emr_hub.fhir.capability import capability_statement
 from emr_hub.fhir.elements import SUMMARY_MODES, apply_elements, apply_summary, parse_elements
 from emr_hub.fhir.http import (
+    FHIR_JSON,
     fhir_response,
     parse_if_match,
     parse_json_body,
@@ -115,6 +116,9 @@ def render_resource(request: Request, stored: Stored, hub: Hub, status: int = 20
     summary = request.query_params.get("_summary")
     if summary is not None and summary not in SUMMARY_MODES:
         raise bad_request(f"Unknown _summary value {summary!r}", "_summary")
+    if stored.text is not None:  # read to be sent as stored (nothing asked to change it)
+        headers = version_headers(stored, hub.settings.fhir_base_url)
+        return Response(stored.text.encode(), status, media_type=FHIR_JSON, headers=headers)
     assert stored.content is not None
     body = apply_summary(stored.content, summary)
     body = apply_elements(body, parse_elements(request.query_params.getlist("_elements")))

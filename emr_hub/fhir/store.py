@@ -79,7 +79,7 @@ class SingleRead:
     """A read that is one statement: the statement, its parameters, and ``result``, which
     turns the row it gave (or None) into the answer (or raises 404 / 410). :meth:`run` runs
     it in a session; a caller on the event loop runs the statement itself
-    (:mod:`storage.async_reads`) and hands the row to ``result``."""
+    (:mod:`storage.async_db`) and hands the row to ``result``."""
 
     statement: Prepared
     params: dict[str, Any]
@@ -170,17 +170,32 @@ class FhirStore:
         self.flush()
         return self.read_plan(resource_type, resource_id).run(self.session)
 
-    def read_plan(self, resource_type: str, resource_id: str) -> SingleRead:
-        """:meth:`read` as its statement and what makes the answer of its row."""
+    def read_plan(
+        self, resource_type: str, resource_id: str, *, verbatim: bool = False
+    ) -> SingleRead:
+        """:meth:`read` as its statement and what makes the answer of its row. ``verbatim``:
+        the answer holds the stored JSON as text (:attr:`Stored.text`), not parsed, for a
+        caller that sends it unchanged."""
         statement = self._prepared(
-            "read", resource_type, lambda: sql.read_statement(self.visible, resource_type)
+            "read",
+            resource_type,
+            lambda: sql.read_statement(self.visible, resource_type, verbatim),
+            verbatim,
         )
 
         def result(row: tuple[Any, ...] | None) -> Stored:
             if row is None:
                 raise not_found(f"{resource_type}/{resource_id} is not known")
+            content, text = _content(row[3], verbatim)
             stored = Stored(
-                resource_type, resource_id, row[0], as_utc(row[1]), row[2], row[3], owner=row[4]
+                resource_type,
+                resource_id,
+                row[0],
+                as_utc(row[1]),
+                row[2],
+                content,
+                owner=row[4],
+                text=text,
             )
             if stored.deleted:
                 error = gone(f"{resource_type}/{resource_id} was deleted")
@@ -196,17 +211,31 @@ class FhirStore:
         self.flush()
         return self.vread_plan(resource_type, resource_id, version_id).run(self.session)
 
-    def vread_plan(self, resource_type: str, resource_id: str, version_id: int) -> SingleRead:
-        """:meth:`vread` as its statement and what makes the answer of its row."""
+    def vread_plan(
+        self, resource_type: str, resource_id: str, version_id: int, *, verbatim: bool = False
+    ) -> SingleRead:
+        """:meth:`vread` as its statement and what makes the answer of its row
+        (``verbatim``: as :meth:`read_plan`'s)."""
         statement = self._prepared(
-            "vread", resource_type, lambda: sql.vread_statement(self.visible, resource_type)
+            "vread",
+            resource_type,
+            lambda: sql.vread_statement(self.visible, resource_type, verbatim),
+            verbatim,
         )
 
         def result(row: tuple[Any, ...] | None) -> Stored:
             if row is None:
                 raise not_found(f"{resource_type}/{resource_id} has no version {version_id}")
+            content, text = _content(row[2], verbatim)
             stored = Stored(
-                resource_type, resource_id, version_id, as_utc(row[0]), row[1], row[2], row[3]
+                resource_type,
+                resource_id,
+                version_id,
+                as_utc(row[0]),
+                row[1],
+                content,
+                row[3],
+                text=text,
             )
             if stored.deleted:
                 raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
@@ -582,6 +611,11 @@ class FhirStore:
         self._queue_history(resource_type, resource_id, version, deleted, content, method)
         if content is not None:
             self._queue_index(resource_type, resource_id, content)
+
+
+def _content(column: Any, verbatim: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """A read's (content, text): the parsed JSON, or with ``verbatim`` the stored text."""
+    return (None, column) if verbatim else (column, None)
 
 
 def _check_if_match(current: Stored | None, if_match: int | None, reference: str) -> None:

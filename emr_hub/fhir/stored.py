@@ -47,6 +47,9 @@ class Stored:
     content: dict[str, Any] | None
     method: str = "PUT"
     owner: str | None = None
+    text: str | None = None
+    """The stored JSON as text, when it was read to be sent unchanged (``content`` is then
+    None): :meth:`emr_hub.fhir.store.FhirStore.read_plan` with ``verbatim``."""
 
     @property
     def etag(self) -> str:

@@ -5,9 +5,10 @@ For each audited request it makes an :class:`~emr_hub.security.audit.trail.Audit
 request id from ``X-Request-Id``, or a new one, echoed in the answer; the client's address),
 lets the request run, and when the answer's status line is about to be sent builds the
 AuditEvent (:mod:`.events`) from the trail, the route and the status and waits for the group
-writer (:mod:`.writer`) to commit it. A successful write has already committed its record with
-its data (the trail says so) and is not recorded twice. If the record cannot be written the
-answer is replaced by a 503: nothing is disclosed, or acknowledged, unaudited.
+writer (:mod:`.writer`; the app's event-loop writer where it has one) to commit it. A
+successful write has already committed its record with its data (the trail says so) and is not
+recorded twice. If the record cannot be written the answer is replaced by a 503: nothing is
+disclosed, or acknowledged, unaudited.
 
 Not audited: ``/fhir/metadata`` and the discovery documents (public, no personal data),
 ``/healthz``, ``/readyz``, the JWKS and the API docs.
@@ -33,6 +34,7 @@ from emr_hub.security.audit.trail import AuditTrail
 
 if TYPE_CHECKING:
     from emr_hub.hub import Hub
+    from emr_hub.security.audit.writer import LoopAuditWriter
 
 log = logging.getLogger("emr_hub")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
@@ -108,7 +110,11 @@ async def record(hub: Hub, scope: Scope, trail: AuditTrail, status: int) -> None
         event = event_of(hub, trail, status)  # pure work: no thread hop
     else:  # a refusal looks up the patients of what it aimed at
         event = await run_in_threadpool(failure_aware_event, hub, trail, status)
-    await asyncio.wrap_future(hub.audit_writer.submit([event]))
+    on_loop: LoopAuditWriter | None = getattr(scope["app"].state, "audit_writer", None)
+    if on_loop is not None:
+        await on_loop.write([event])
+    else:  # no event-loop connection (SQLite, or an app whose startup did not run)
+        await asyncio.wrap_future(hub.audit_writer.submit([event]))
 
 
 def _request_id(scope: Scope) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from emr_hub.hub import Hub
 from emr_hub.main import took_too_long
-from storage.async_reads import AsyncReads
+from storage.async_db import AsyncConnections
 from storage.db import Database
 from storage.prepared import Prepared
 from tests.conftest import make_settings
@@ -38,7 +38,7 @@ def test_rows_come_back_typed_as_the_engine_types_them(hub: Hub) -> None:
     )
 
     async def run() -> tuple[object, ...] | None:
-        reads = AsyncReads(hub.db)
+        reads = AsyncConnections(hub.db)
         try:
             return await reads.first(statement, {"value": "x"})
         finally:
@@ -54,7 +54,7 @@ def test_no_more_connections_than_its_size_and_they_are_reused(hub: Hub) -> None
     statement = Prepared(select(func.pg_sleep(0.05), bindparam("n", type_=Integer)))
 
     async def run() -> int:
-        reads = AsyncReads(hub.db, size=2)
+        reads = AsyncConnections(hub.db, size=2)
         try:
             await asyncio.gather(*(reads.first(statement, {"n": n}) for n in range(12)))
             return reads._opened
@@ -71,7 +71,7 @@ def test_the_statement_timeout_applies(tmp_path: Path, postgres_url: str) -> Non
     statement = Prepared(select(func.pg_sleep(bindparam("seconds", type_=Integer))))
 
     async def run() -> BaseException | None:
-        reads = AsyncReads(hub.db)
+        reads = AsyncConnections(hub.db)
         try:
             await reads.first(statement, {"seconds": 3})
         except OperationalError as error:
@@ -92,7 +92,7 @@ def test_a_lost_connection_is_raised_as_sqlalchemy_does_and_the_next_one_is_new(
     hub: Hub,
 ) -> None:
     async def run() -> tuple[DBAPIError, tuple[object, ...] | None]:
-        reads = AsyncReads(hub.db)
+        reads = AsyncConnections(hub.db)
         try:
             assert await reads.first(ECHO, {"text": "before"}) is not None
             await asyncio.to_thread(kill_pooled_backends, hub)
@@ -113,7 +113,7 @@ def test_a_cancelled_statement_leaves_its_connection_closed(hub: Hub) -> None:
     slow = Prepared(select(func.pg_sleep(bindparam("seconds", type_=Integer))))
 
     async def run() -> tuple[int, tuple[object, ...] | None]:
-        reads = AsyncReads(hub.db, size=1)
+        reads = AsyncConnections(hub.db, size=1)
         try:
             task = asyncio.create_task(reads.first(slow, {"seconds": 5}))
             await asyncio.sleep(0.3)  # let it reach the server
@@ -131,7 +131,7 @@ def test_a_cancelled_statement_leaves_its_connection_closed(hub: Hub) -> None:
 
 def test_closed_reads_refuse_work_and_hold_no_connection(hub: Hub) -> None:
     async def run() -> None:
-        reads = AsyncReads(hub.db)
+        reads = AsyncConnections(hub.db)
         await reads.first(ECHO, {"text": "x"})
         await reads.close()
         assert reads._opened == 0
@@ -144,6 +144,6 @@ def test_closed_reads_refuse_work_and_hold_no_connection(hub: Hub) -> None:
 def test_sqlite_has_none(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
     try:
-        assert AsyncReads.for_database(db) is None
+        assert AsyncConnections.for_database(db) is None
     finally:
         db.dispose()

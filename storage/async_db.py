@@ -1,25 +1,29 @@
-"""Single statements run on the event loop, with asyncio connections of psycopg (PostgreSQL).
+"""Statements run on the event loop, with asyncio connections of psycopg (PostgreSQL).
 
-A read (``GET [type]/[id]``) is one statement. Run from a route the usual way it costs a hop
-to a worker thread (the driver blocks), an ORM session, a pool checkout and check-in: together
-several times what the database does for it. :class:`AsyncReads` instead keeps a few asyncio
-connections per API process and runs a :class:`~storage.prepared.Prepared` statement on one
-of them as a server-side prepared statement, without leaving the event loop.
+A read (``GET [type]/[id]``) is one statement, and the audit record of a read one short
+transaction. Run from a route the usual way each costs a hop to a worker thread (the driver
+blocks), an ORM session, a pool checkout and check-in: together several times what the
+database does for it. :class:`AsyncConnections` instead keeps a few asyncio connections per
+API process: :meth:`~AsyncConnections.first` runs a :class:`~storage.prepared.Prepared`
+statement on one of them as a server-side prepared statement, :meth:`~AsyncConnections.run`
+lends one to a coroutine (the audit group writer's transaction), without leaving the event
+loop.
 
 The connections start as the engine's do (``timezone``, ``statement_timeout``), in autocommit
-(one statement is its own snapshot), with the engine's JSON loader (:mod:`storage.json_codec`:
-decimals keep their digits). Errors are raised as SQLAlchemy raises the engine's
-(``OperationalError`` ...), so the API answers them alike. A connection whose statement failed
-with a lost connection, or was cancelled midway (the client hung up), is closed rather than
-reused; a lost one also closes the idle ones (the server has likely restarted). Connections
-are opened when first needed, bound to the event loop they were opened on, and closed by
-:meth:`AsyncReads.close` (the app's shutdown).
+(one statement is its own snapshot; a coroutine that needs a transaction opens one), with the
+engine's JSON loader (:mod:`storage.json_codec`: decimals keep their digits). Errors are raised
+as SQLAlchemy raises the engine's (``OperationalError`` ...), so the API answers them alike. A
+connection whose statement failed with a lost connection, or was cancelled midway (the client
+hung up), is closed rather than reused; a lost one also closes the idle ones (the server has
+likely restarted). Connections are opened when first needed, bound to the event loop they were
+opened on, and closed by :meth:`AsyncConnections.close` (the app's shutdown).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import set_json_loads
@@ -29,13 +33,16 @@ from storage import json_codec
 from storage.db import Database, postgres_options
 from storage.prepared import Prepared, driver_error
 
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[Any]
+
 CONNECTIONS = 2
-"""Connections per API process: a read holds one for a round trip only (about 0.1 ms), so two
-serve thousands of reads a second; they come on top of the engine's pool (docs/scaling.md
-counts them)."""
+"""Read connections per API process: a read holds one for a round trip only (about 0.1 ms),
+so two serve thousands of reads a second; they come on top of the engine's pool
+(docs/scaling.md counts them)."""
 
 
-class AsyncReads:
+class AsyncConnections:
     """Up to ``size`` asyncio connections to ``db``'s PostgreSQL database."""
 
     def __init__(self, db: Database, size: int = CONNECTIONS) -> None:
@@ -44,33 +51,42 @@ class AsyncReads:
         self._options = postgres_options(db.statement_timeout)
         self._dialect: Dialect = db.engine.dialect
         self._size = size
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[Connection] = []
         self._opened = 0
         self._freed = asyncio.Condition()
         self._closed = False
 
     @classmethod
-    def for_database(cls, db: Database) -> AsyncReads | None:
+    def for_database(cls, db: Database, size: int = CONNECTIONS) -> AsyncConnections | None:
         """Statements on the event loop where the database offers it (PostgreSQL), else None."""
-        return cls(db) if db.dialect == "postgresql" else None
+        return cls(db, size) if db.dialect == "postgresql" else None
 
     async def first(self, statement: Prepared, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row of ``statement`` for ``params``, or None."""
         sql, values = statement.driver_sql(self._dialect, params)
+
+        async def fetch(connection: Connection) -> tuple[Any, ...] | None:
+            async with connection.cursor() as cursor:
+                await cursor.execute(sql, values, prepare=True)
+                return await cursor.fetchone()
+
+        return await self.run(fetch, sql)
+
+    async def run(self, work: Callable[[Connection], Awaitable[T]], what: str) -> T:
+        """``work`` done on a connection of the pool (``what`` names it in an error); a
+        driver error comes out as SQLAlchemy's."""
         connection = await self._acquire()
         reusable = False
         try:
-            async with connection.cursor() as cursor:
-                await cursor.execute(sql, values, prepare=True)
-                row = await cursor.fetchone()
+            result = await work(connection)
             reusable = True
-            return row
+            return result
         except psycopg.Error as error:
             lost = connection.broken or self._dialect.is_disconnect(error, connection, None)
             reusable = not lost
             if lost:
                 await self._close_idle()
-            raise driver_error(sql, error, self._dialect, lost) from error
+            raise driver_error(what, error, self._dialect, lost) from error
         finally:
             await self._release(connection, reusable)
 
@@ -79,11 +95,11 @@ class AsyncReads:
         self._closed = True
         await self._close_idle()
 
-    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+    async def _acquire(self) -> Connection:
         async with self._freed:
             while True:
                 if self._closed:
-                    raise RuntimeError("the event-loop reads are closed")
+                    raise RuntimeError("the event-loop connections are closed")
                 if self._idle:
                     return self._idle.pop()
                 if self._opened < self._size:
@@ -98,14 +114,14 @@ class AsyncReads:
                 self._freed.notify()
             raise
 
-    async def _open(self) -> psycopg.AsyncConnection[Any]:
+    async def _open(self) -> Connection:
         connection = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, options=self._options
         )
         set_json_loads(json_codec.loads, connection)
         return connection
 
-    async def _release(self, connection: psycopg.AsyncConnection[Any], reusable: bool) -> None:
+    async def _release(self, connection: Connection, reusable: bool) -> None:
         keep = reusable and not self._closed and not connection.broken
         if not keep:
             await connection.close()

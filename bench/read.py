@@ -9,6 +9,9 @@ author). For each of ``--connections`` (default 16 and 64) it runs ``wrk`` for `
 - ``read-obs``: ``GET Observation/{id}`` over as many Observations;
 - ``vread``: ``GET Patient/{id}/_history/1``;
 - ``history``: ``GET Patient/{id}/_history``;
+- ``search-cccd``: ``GET Patient?identifier={CCCD system}|{number}`` over the same patients;
+- ``search-obs``: ``GET Observation?patient=&code=&date=ge{year}&date=lt{year+1}``, each for
+  an Observation of the sample (its patient, LOINC code and year, so it finds at least one);
 - ``healthz``: ``GET /healthz``, the floor of HTTP and the framework at that moment.
 
 Besides wrk's requests/s and latency percentiles it prints, per run, the PostgreSQL sessions
@@ -33,6 +36,7 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 
@@ -40,10 +44,11 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.access import audit_rows, loaded_database, run_wrk
+from bench.generate import CCCD, LOINC
 from bench.ingest import _code_version, _loadavg, database_kind, log
 from bench.search import _connect, machine, machine_line, start_server
 
-KINDS = ("read", "read-obs", "vread", "history", "healthz")
+KINDS = ("read", "read-obs", "vread", "history", "search-cccd", "search-obs", "healthz")
 
 
 def sample_ids(url: str, resource_type: str, count: int, rng: random.Random) -> list[str]:
@@ -68,7 +73,47 @@ def sessions_opened(url: str) -> int:
     return int(row[0])
 
 
-def paths_for(kind: str, patients: list[str], observations: list[str]) -> list[str]:
+def contents(url: str, resource_type: str, ids: list[str]) -> list[dict[str, Any]]:
+    """The stored JSON of those resources."""
+    with _connect(url) as conn:
+        rows = conn.execute(
+            "SELECT content::text FROM resource WHERE resource_type = %s AND id = ANY(%s)",
+            (resource_type, ids),
+        ).fetchall()
+    return [orjson.loads(row[0]) for row in rows]
+
+
+def search_paths(kind: str, url: str, patients: list[str], observations: list[str]) -> list[str]:
+    """The search URLs of ``kind``, made from what the sampled resources hold."""
+    if kind == "search-cccd":
+        numbers = [
+            identifier["value"]
+            for patient in contents(url, "Patient", patients)
+            for identifier in patient.get("identifier", [])
+            if identifier.get("system") == CCCD
+        ]
+        return ["/fhir/Patient?" + urlencode({"identifier": f"{CCCD}|{n}"}) for n in numbers]
+    paths = []
+    for observation in contents(url, "Observation", observations):
+        codes = [c["code"] for c in observation["code"].get("coding", []) if c["system"] == LOINC]
+        moment = observation.get("effectiveDateTime") or observation.get("issued")
+        subject = observation.get("subject", {}).get("reference", "")
+        if not codes or not moment or not subject.startswith("Patient/"):
+            continue
+        year = int(moment[:4])
+        query = [
+            ("patient", subject.removeprefix("Patient/")),
+            ("code", f"{LOINC}|{codes[0]}"),
+            ("date", f"ge{year}"),
+            ("date", f"lt{year + 1}"),
+        ]
+        paths.append("/fhir/Observation?" + urlencode(query))
+    return paths
+
+
+def paths_for(kind: str, url: str, patients: list[str], observations: list[str]) -> list[str]:
+    if kind.startswith("search-"):
+        return search_paths(kind, url, patients, observations)
     return {
         "read": [f"/fhir/Patient/{pid}" for pid in patients],
         "read-obs": [f"/fhir/Observation/{oid}" for oid in observations],
@@ -120,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         running = start_server(args, url, stack, 4)
         token = running.api.client.headers["Authorization"].split(" ", 1)[1]
         for kind in args.kinds:
-            paths = paths_for(kind, patients, observations)
+            paths = paths_for(kind, url, patients, observations)
             status = running.api.request("GET", paths[0]).status_code
             if status != 200:
                 raise SystemExit(f"{kind}: {paths[0]} answers HTTP {status}")

@@ -127,13 +127,19 @@ class FhirStore:
         """The access condition on a ``resource`` table alias (None: everything is visible)."""
         return None if self.access is None else self.access.visible(resource, resource_type)
 
-    def disclose(self, items: Iterable[Stored]) -> None:
-        """Remember what a read path is about to return (with the patients of what
-        :meth:`load_many` loaded, so the audit record need not look them up)."""
+    def disclose(
+        self, items: Iterable[Stored], members: dict[tuple[str, str], str | None] | None = None
+    ) -> None:
+        """Remember what a read path is about to return, with the patients of each where
+        they are known (``members``: the aggregated column a query selected with
+        :func:`~emr_hub.fhir.read_sql.members_of`; or what :meth:`load_many` loaded), so the
+        audit record need not look them up."""
         for stored in items:
             self.disclosed.append(stored)
             key = (stored.resource_type, stored.id)
-            if key in self._loaded_members:
+            if members is not None and key in members:
+                self.members[key] = sql.members(members[key])
+            elif key in self._loaded_members:
                 self.members[key] = sql.members(self._loaded_members[key])
 
     @property

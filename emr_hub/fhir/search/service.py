@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy import ColumnElement, and_, false, func, or_, select
 
 from emr_hub.errors import bad_request
+from emr_hub.fhir.read_sql import members_of
 from emr_hub.fhir.search.compile import RESOURCE, Compiler
 from emr_hub.fhir.search.indexer import REFERENCE
 from emr_hub.fhir.search.params import ANY_TYPE, Include, SearchRequest, require_search_scopes
@@ -89,6 +90,7 @@ def run_search(
             resource.c.last_updated,
             resource.c.content,
             resource.c.owner_org,
+            members_of(resource.c.resource_type, resource.c.id),  # for the audit record
             *(expr for expr, _ in keys[:-2]),
         )
         .where(*page_where)
@@ -103,7 +105,7 @@ def run_search(
     next_cursor = None
     if len(rows) > request.count and page:
         last = page[-1]
-        next_cursor = _encode_cursor([*last[6:], last[0], last[1]])
+        next_cursor = _encode_cursor([*last[7:], last[0], last[1]])
     total = None
     if only_count or request.total != "none":
         if not only_count and request.cursor is None and len(rows) <= request.count:
@@ -111,7 +113,7 @@ def run_search(
         elif only_count or request.total == "accurate":
             count_query = select(func.count()).select_from(resource).where(*where)
             total = store.session.execute(count_query).scalar_one()
-    store.disclose(matches)
+    store.disclose(matches, {(r[0], r[1]): r[6] for r in page})
     included = _includes(store, principal, request, matches) if request.includes and matches else []
     return SearchResult(matches, included, total, next_cursor)
 

@@ -32,9 +32,10 @@ class Hub:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(
             settings.effective_database_url,
-            # The request threads, plus two for the background threads (the audit writer,
-            # the outbox relay). An API process also has the event-loop reads' connections
-            # (storage/async_db.py) and the client-change listener's: threads + 5 in all.
+            # The request threads, plus two for the background threads (the thread audit
+            # writer, the outbox relay). An API process also has its event loop's connections
+            # (storage/async_db.py: the direct reads and the loop's audit writer share them)
+            # and the client-change listener's: threads + 5 in all.
             pool_size=settings.worker_threads + 2,
             statement_timeout=settings.statement_timeout_seconds,
         )

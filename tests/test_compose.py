@@ -471,7 +471,7 @@ def test_proxy_logs_no_url(compose: dict[str, Any]) -> None:
 
 def test_scale_pools_fit_postgres(compose: dict[str, Any]) -> None:
     """Every API process of the profile at its pool's size (worker threads + 2, emr_hub/hub.py)
-    plus its client change listener and its event-loop reads (storage/async_db.py), with
+    plus its client change listener and its event loop's connections (storage/async_db.py), with
     room for the workers and an operator, within max_connections."""
     assert "max_connections" not in " ".join(command(service(compose, "postgres")))
     default_threads = Settings.model_fields["worker_threads"].default

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,39 @@ def references(event: dict[str, Any]) -> set[str]:
 
 def agent_who(event: dict[str, Any]) -> list[dict[str, Any]]:
     return [agent["who"] for agent in event["agent"]]
+
+
+@contextmanager
+def audit_inserts_refused(hub: Hub) -> Iterator[None]:
+    """Meanwhile every insert into ``audit_event`` fails ('audit disk full'), as when the
+    audit's storage is out of space."""
+    with hub.db.transaction() as session:
+        if hub.db.dialect == "postgresql":
+            session.execute(
+                text(
+                    "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$"
+                )
+            )
+            session.execute(
+                text(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event "
+                    "FOR EACH ROW EXECUTE FUNCTION no_audit()"
+                )
+            )
+        else:
+            session.execute(
+                text(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event "
+                    "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
+                )
+            )
+    try:
+        yield
+    finally:
+        on_table = " ON audit_event" if hub.db.dialect == "postgresql" else ""
+        with hub.db.transaction() as session:
+            session.execute(text(f"DROP TRIGGER no_audit{on_table}"))
 
 
 # --------------------------------------------------------------------- records
@@ -333,35 +367,12 @@ def test_verify_finds_a_removed_record_and_a_changed_column(hub: Hub, api: Api) 
 def test_an_answer_waits_for_its_record(hub: Hub, api: Api) -> None:
     """When the record cannot be written, the answer is withheld (503), not sent unaudited."""
     patient_id = created(api, patient())
-    with hub.db.transaction() as session:
-        if hub.db.dialect == "postgresql":
-            session.execute(
-                text(
-                    "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$"
-                )
-            )
-            session.execute(
-                text(
-                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event "
-                    "FOR EACH ROW EXECUTE FUNCTION no_audit()"
-                )
-            )
-        else:
-            session.execute(
-                text(
-                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event "
-                    "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
-                )
-            )
-    read = api.get(f"/Patient/{patient_id}")
-    assert read.status_code == 503
-    assert patient_id not in read.text
-    write = api.post("/Patient", patient("001185000456"))
-    assert write.status_code == 503  # the write's own transaction could not commit its record
-    on_table = " ON audit_event" if hub.db.dialect == "postgresql" else ""
-    with hub.db.transaction() as session:
-        session.execute(text(f"DROP TRIGGER no_audit{on_table}"))
+    with audit_inserts_refused(hub):
+        read = api.get(f"/Patient/{patient_id}")
+        assert read.status_code == 503
+        assert patient_id not in read.text
+        write = api.post("/Patient", patient("001185000456"))
+        assert write.status_code == 503  # the write's own transaction could not commit its record
     assert api.get("/Patient", params={"identifier": f"{CCCD}|001185000456"}).json()["total"] == 0
 
 

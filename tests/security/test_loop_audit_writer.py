@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from emr_hub.hub import Hub
 from emr_hub.security.audit import writer as writer_module
@@ -20,6 +20,7 @@ from emr_hub.security.audit.log import EVENT, verify
 from emr_hub.security.audit.writer import LoopAuditWriter
 from storage.async_db import AsyncConnections
 from tests.conftest import make_settings
+from tests.security.test_audit import audit_inserts_refused
 
 
 @pytest.fixture
@@ -93,27 +94,12 @@ def test_records_handed_over_during_a_commit_share_the_next(
 
 
 def test_a_failed_commit_reaches_every_waiter_and_the_next_succeeds(hub: Hub) -> None:
-    with hub.db.transaction() as session:
-        session.execute(
-            text(
-                "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$"
-            )
-        )
-        session.execute(
-            text(
-                "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event "
-                "FOR EACH ROW EXECUTE FUNCTION no_audit()"
-            )
-        )
-
     async def run() -> list[BaseException | None]:
         async with loop_writer(hub) as writer:
-            outcomes = await asyncio.gather(
-                *(writer.write([event(f"f{n}")]) for n in range(5)), return_exceptions=True
-            )
-            with hub.db.transaction() as session:
-                session.execute(text("DROP TRIGGER no_audit ON audit_event"))
+            with audit_inserts_refused(hub):
+                outcomes = await asyncio.gather(
+                    *(writer.write([event(f"f{n}")]) for n in range(5)), return_exceptions=True
+                )
             await writer.write([event("after")])
             return list(outcomes)
 

@@ -112,7 +112,7 @@ def find_matches(
         error.issues = [replace(issue, expression=(expression,)) for issue in error.issues]
         raise
     store.flush()
-    return list(store.session.scalars(select_ids))
+    return list(store.session.scalars(select_ids, store.access_params()))
 
 
 def create(

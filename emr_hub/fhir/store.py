@@ -127,6 +127,10 @@ class FhirStore:
         """The access condition on a ``resource`` table alias (None: everything is visible)."""
         return None if self.access is None else self.access.visible(resource, resource_type)
 
+    def access_params(self) -> dict[str, Any]:
+        """The values every statement holding a :meth:`visible` condition is executed with."""
+        return {} if self.access is None else self.access.params()
+
     def disclose(
         self, items: Iterable[Stored], members: dict[tuple[str, str], str | None] | None = None
     ) -> None:
@@ -280,9 +284,7 @@ class FhirStore:
         return sql.prepared((name, resource_type, shape, *variant), build)
 
     def _params(self, **values: Any) -> dict[str, Any]:
-        if self.access is not None:
-            values.update(self.access.params())
-        return values
+        return values | self.access_params()
 
     def load_many(
         self,

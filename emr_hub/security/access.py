@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from emr_hub.errors import FhirError, Issue, forbidden
 from emr_hub.fhir import hooks, labels
-from emr_hub.fhir.search.compile import Visibility
+from emr_hub.fhir.search.compile import SEARCHED
 from emr_hub.fhir.search.indexer import COMPARTMENT
 from emr_hub.fhir.store import OPERATOR_AUTHOR, Author, FhirStore, Stored
 from emr_hub.security import policy as rules
@@ -93,16 +93,16 @@ def process_policy() -> Policy:
     return policy
 
 
-def hospital_visibility(organization: str | None, now: datetime) -> Visibility | None:
-    """What ``organization`` may see at ``now``, as the search compiler takes it (None: the
-    operator, or no policy): the Subscriptions a hospital owns match only what it may read."""
+def hospital_access(organization: str | None, now: datetime) -> PolicyAccess | None:
+    """What ``organization`` may see at ``now`` (None: the operator, or no policy): the
+    Subscriptions a hospital owns match only what it may read."""
     if organization is None or not _process["enforced"]:
         return None
     from emr_hub.security.principal import HOSPITAL, Principal
     from emr_hub.security.scopes import ScopeSet
 
     subscriber = Principal("subscriber", organization, ScopeSet(), "", kind=HOSPITAL)
-    return PolicyAccess(process_policy(), subscriber, now).visible
+    return PolicyAccess(process_policy(), subscriber, now)
 
 
 def reader_of(principal: Principal) -> Reader:
@@ -137,63 +137,49 @@ def store_for(
     return store
 
 
-class PolicyAccess:
-    """:class:`emr_hub.fhir.access.Access` for one principal at one instant."""
+# The principal's values enter the SQL as named parameters without a value, so a condition
+# built for one principal serves every other of the same kind, and a statement executed
+# without the principal's values (PolicyAccess.params) fails instead of running with
+# someone else's.
+_ORGANIZATION = bindparam("policy_org", type_=String, required=True)
+_PERSON = bindparam("policy_person", type_=String, required=True)
+_PURPOSE = bindparam("policy_purpose", type_=String, required=True)
+_NOW = bindparam("policy_now", type_=GRANT.c.starts.type, required=True)
 
-    def __init__(self, policy: Policy, principal: Principal, now: datetime) -> None:
+SHARED_ALIASES: tuple[FromClause, ...] = (SEARCHED,)
+"""The table aliases whose access condition is kept once built (every search uses them)."""
+_CONDITIONS: dict[tuple[Any, ...], ColumnElement[bool] | None] = {}
+"""Per (policy, kind of reader, shared alias, type): a few per type."""
+
+
+class _Condition:
+    """The access condition of a kind of reader under ``policy``, as SQL."""
+
+    def __init__(self, policy: Policy, kind: str) -> None:
         self.policy = policy
-        self.principal = principal
-        self.reader = reader_of(principal)
-        self.now = now
-        # The principal's values enter the SQL as named parameters, so a statement built for
-        # one principal serves another of the same kind (FhirStore caches the read's).
-        self._organization = bindparam("policy_org", self.reader.organization, String)
-        self._person = bindparam("policy_person", self.reader.person, String)
-        self._purpose = bindparam("policy_purpose", self.reader.purpose, String)
-        self._now = bindparam("policy_now", now, GRANT.c.starts.type)
+        self.kind = kind
 
-    def shape(self, resource_type: str | None) -> tuple[Any, ...]:
-        """What the SQL of :meth:`visible` depends on besides :meth:`params`."""
-        return (id(self.policy), self.reader.kind, resource_type)
-
-    def params(self) -> dict[str, Any]:
-        """The values of the principal's named parameters."""
-        return {
-            "policy_org": self.reader.organization,
-            "policy_person": self.reader.person,
-            "policy_purpose": self.reader.purpose,
-            "policy_now": self.now,
-        }
-
-    # ------------------------------------------------------------------ reading
-    def visible(
-        self, resource: FromClause, resource_type: str | None = None
-    ) -> ColumnElement[bool] | None:
-        reader = self.reader
-        if reader.kind == "operator":
-            return None
+    def on(self, resource: FromClause, resource_type: str | None) -> ColumnElement[bool] | None:
         if resource_type is not None:
             return self._for_type(resource, resource_type)
         policy = self.policy
         kind = resource.c.resource_type
         public = kind.in_(sorted(policy.public_types))
         patient = and_(kind.in_(sorted(policy.patient_types)), self._patient_data(resource))
-        if reader.kind == "citizen":
+        if self.kind == "citizen":
             return or_(public, patient)
-        owned = and_(
-            resource.c.owner_org == self._organization, kind.not_in(sorted(policy.hub_only))
-        )
+        owned = and_(resource.c.owner_org == _ORGANIZATION, kind.not_in(sorted(policy.hub_only)))
         return or_(public, owned, patient)
 
     def _for_type(self, resource: FromClause, resource_type: str) -> ColumnElement[bool] | None:
         category = self.policy.category(resource_type)
         if category in (rules.DIRECTORY, rules.SHARED):
             return None
-        if self.reader.kind == "citizen":
+        if self.kind == "citizen":
             return self._patient_data(resource) if category == rules.PATIENT else false()
         if category == rules.HUB_ONLY:
             return false()
-        owned = resource.c.owner_org == self._organization
+        owned = resource.c.owner_org == _ORGANIZATION
         if category == rules.PRIVATE:
             return owned
         return or_(owned, self._patient_data(resource))
@@ -203,8 +189,8 @@ class PolicyAccess:
         compartment rows, the least "open" (1) or "closed" (0) is 1 (and none is NULL). One
         scalar subquery, so a chain of several links stays within SQLite's parser depth."""
         member = COMPARTMENT.alias()
-        if self.reader.kind == "citizen":
-            is_open: ColumnElement[Any] = case((member.c.person == self._person, 1), else_=0)
+        if self.kind == "citizen":
+            is_open: ColumnElement[Any] = case((member.c.person == _PERSON, 1), else_=0)
         else:
             is_open = self._openness(member, resource)
         least = (
@@ -228,18 +214,57 @@ class PolicyAccess:
             .where(
                 grant.c.person == member.c.person,
                 or_(
-                    grant.c.organization == self._organization,
+                    grant.c.organization == _ORGANIZATION,
                     grant.c.organization == rules.EVERY_HOSPITAL,
                 ),
-                or_(grant.c.starts.is_(None), grant.c.starts <= self._now),
-                or_(grant.c.ends.is_(None), grant.c.ends > self._now),
-                or_(grant.c.purpose.is_(None), grant.c.purpose == self._purpose),
+                or_(grant.c.starts.is_(None), grant.c.starts <= _NOW),
+                or_(grant.c.ends.is_(None), grant.c.ends > _NOW),
+                or_(grant.c.purpose.is_(None), grant.c.purpose == _PURPOSE),
                 or_(grant.c.kind != rules.CARE, resource.c.restricted.is_(False)),
             )
             .correlate(member, resource)
             .scalar_subquery()
         )
         return func.coalesce(strongest, 0).op("%")(2)
+
+
+class PolicyAccess:
+    """:class:`emr_hub.fhir.access.Access` for one principal at one instant."""
+
+    def __init__(self, policy: Policy, principal: Principal, now: datetime) -> None:
+        self.policy = policy
+        self.principal = principal
+        self.reader = reader_of(principal)
+        self.now = now
+
+    def shape(self, resource_type: str | None) -> tuple[Any, ...]:
+        """What the SQL of :meth:`visible` depends on besides :meth:`params`."""
+        return (id(self.policy), self.reader.kind, resource_type)
+
+    def params(self) -> dict[str, Any]:
+        """The values of the principal's named parameters."""
+        return {
+            "policy_org": self.reader.organization,
+            "policy_person": self.reader.person,
+            "policy_purpose": self.reader.purpose,
+            "policy_now": self.now,
+        }
+
+    # ------------------------------------------------------------------ reading
+    def visible(
+        self, resource: FromClause, resource_type: str | None = None
+    ) -> ColumnElement[bool] | None:
+        """The condition on ``resource``; every statement that holds it is executed with
+        :meth:`params`. On an alias every search shares (:data:`SHARED_ALIASES`) it is built
+        once per policy, kind of reader and type, and reused."""
+        if self.reader.kind == "operator":
+            return None
+        if not any(resource is shared for shared in SHARED_ALIASES):
+            return _Condition(self.policy, self.reader.kind).on(resource, resource_type)
+        key = (self.policy, self.reader.kind, resource, resource_type)
+        if key not in _CONDITIONS:
+            _CONDITIONS[key] = _Condition(self.policy, self.reader.kind).on(resource, resource_type)
+        return _CONDITIONS[key]
 
     # ------------------------------------------------------------------ writing
     def check_writable_type(self, resource_type: str) -> None:

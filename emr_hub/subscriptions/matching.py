@@ -31,7 +31,7 @@ from emr_hub.errors import FhirError
 from emr_hub.fhir.search.compile import Compiler
 from emr_hub.fhir.store import FhirStore, Stored
 from emr_hub.outbox import add_message
-from emr_hub.security.access import hospital_visibility
+from emr_hub.security.access import hospital_access
 from emr_hub.subscriptions.criteria import parse_criteria
 from storage.tables import SubscriptionRoute
 
@@ -63,10 +63,12 @@ def match_changes(store: FhirStore, changes: list[Stored]) -> None:
     ).all()
     dialect = store.session.get_bind().dialect.name
     for subscription_id, resource_type, criteria, owner in routes:
-        visibility = hospital_visibility(owner, store.moment)
+        access = hospital_access(owner, store.moment)
+        visibility = None if access is None else access.visible
         compiler = Compiler(store.base_url, dialect, visibility=visibility)
+        params = {} if access is None else access.params()
         for resource_id, version in _matches(
-            store.session, compiler, subscription_id, criteria, written[resource_type]
+            store.session, compiler, subscription_id, criteria, written[resource_type], params
         ):
             notify(store.session, subscription_id, f"{resource_type}/{resource_id}", version)
 
@@ -87,6 +89,7 @@ def _matches(
     subscription_id: str,
     criteria: str,
     versions: dict[str, int],
+    params: dict[str, Any],
 ) -> list[tuple[str, int]]:
     try:
         request = parse_criteria(criteria).request
@@ -103,7 +106,7 @@ def _matches(
         query = base.where(resource_id.in_(ids[start : start + CHUNK])).add_columns(
             resource.c.version_id  # type: ignore[attr-defined]
         )
-        found += [(rid, v) for rid, v in session.execute(query) if versions.get(rid) == v]
+        found += [(rid, v) for rid, v in session.execute(query, params) if versions.get(rid) == v]
     return found
 
 

@@ -58,6 +58,9 @@ from emr_hub.fhir.search.params import (
 from storage.tables import ResourceRow
 
 RESOURCE = ResourceRow.__table__
+SEARCHED = RESOURCE.alias("r")
+"""The alias of the searched resource, one object for every search, so that what is built on
+it (the access condition, the patients of each match) can be built once and reused."""
 Visibility = Callable[[FromClause, str | None], ColumnElement[bool] | None]
 """The access condition on a resource table alias, given the one type it holds (None: no
 condition); :meth:`emr_hub.fhir.store.FhirStore.visible`."""
@@ -87,7 +90,7 @@ class Compiler:
 
     # ------------------------------------------------------------------ entry
     def select_ids(self, request: SearchRequest) -> Select[Any]:
-        resource = RESOURCE.alias("r")
+        resource = SEARCHED
         query = select(resource.c.id).where(
             resource.c.resource_type == request.resource_type, resource.c.deleted.is_(False)
         )

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, select
 
 from emr_hub.errors import bad_request
 from emr_hub.fhir.read_sql import members_of
-from emr_hub.fhir.search.compile import RESOURCE, Compiler
+from emr_hub.fhir.search.compile import SEARCHED, Compiler
 from emr_hub.fhir.search.indexer import REFERENCE
 from emr_hub.fhir.search.params import ANY_TYPE, Include, SearchRequest, require_search_scopes
 from emr_hub.fhir.search.registry import params_for
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from emr_hub.security.principal import Principal
 
 MAX_INCLUDED = 1000
+_MEMBERS = members_of(SEARCHED.c.resource_type, SEARCHED.c.id)
 ITERATE_DEPTH = 3
 
 
@@ -57,7 +58,7 @@ def run_search(
     for each in requests:
         require_search_scopes(principal, each)
     compiler = Compiler(base_url, store.session.get_bind().dialect.name, visibility=store.visible)
-    resource = RESOURCE.alias("r")
+    resource = SEARCHED
     per_type = []
     for each in requests:
         visible = store.visible(resource, each.resource_type)
@@ -90,7 +91,7 @@ def run_search(
             resource.c.last_updated,
             resource.c.content,
             resource.c.owner_org,
-            members_of(resource.c.resource_type, resource.c.id),  # for the audit record
+            _MEMBERS,  # for the audit record
             *(expr for expr, _ in keys[:-2]),
         )
         .where(*page_where)
@@ -99,7 +100,8 @@ def run_search(
     )
     store.flush()
     only_count = request.summary == "count" or request.count == 0
-    rows = [] if only_count else store.session.execute(query).all()
+    params = store.access_params()
+    rows = [] if only_count else store.session.execute(query, params).all()
     page = rows[: request.count]
     matches = [Stored(r[0], r[1], r[2], as_utc(r[3]), False, r[4], owner=r[5]) for r in page]
     next_cursor = None
@@ -112,7 +114,7 @@ def run_search(
             total = len(rows)
         elif only_count or request.total == "accurate":
             count_query = select(func.count()).select_from(resource).where(*where)
-            total = store.session.execute(count_query).scalar_one()
+            total = store.session.execute(count_query, params).scalar_one()
     store.disclose(matches, {(r[0], r[1]): r[6] for r in page})
     included = _includes(store, principal, request, matches) if request.includes and matches else []
     return SearchResult(matches, included, total, next_cursor)

@@ -67,7 +67,7 @@ from emr_hub.security.audit.events import (
 )
 from emr_hub.security.audit.log import append
 from emr_hub.security.audit.trail import AuditTrail
-from emr_hub.security.principal import CITIZEN, Principal
+from emr_hub.security.principal import Principal
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.sealing import key_encryption_key, seal, unseal
 from storage import json_codec
@@ -334,14 +334,8 @@ def _manifest(hub: Hub, link: Any, request: ManifestRequest, now: datetime) -> d
         path=MANIFEST_PATH,
         started=now,
     )
-    reader = Principal(
-        client_id="health-link",
-        organization=None,
-        scopes=_LINK_SCOPES,
-        token_id=f"health-link/{link.id}",
-        kind=CITIZEN,
-        person=link.person,
-        trail=trail,
+    reader = Principal.citizen(
+        link.person, "health-link", _LINK_SCOPES, f"health-link/{link.id}", trail=trail
     )
     base = hub.settings.fhir_base_url
     try:

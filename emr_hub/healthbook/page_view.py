@@ -31,7 +31,7 @@ from emr_hub.healthbook.summary import patient_summary
 from emr_hub.imaging.study import DICOM_UID
 from emr_hub.security.audit.access_log import read_access_log
 from emr_hub.security.consent import is_privacy_consent
-from emr_hub.security.principal import CITIZEN, Principal
+from emr_hub.security.principal import Principal
 from emr_hub.security.scopes import ScopeSet
 from emr_hub.security.tokens import CITIZEN_CLIENT_ID, CITIZEN_SCOPE
 
@@ -181,13 +181,11 @@ class BookView:
 
 def citizen_principal(person: str, session_id: str) -> Principal:
     """The principal of the signed-in citizen: what her access token would carry."""
-    return Principal(
-        client_id=CITIZEN_CLIENT_ID,
-        organization=None,
-        scopes=ScopeSet.parse(CITIZEN_SCOPE),
-        token_id=f"health-book-session:{session_id[:16]}",
-        kind=CITIZEN,
-        person=person,
+    return Principal.citizen(
+        person,
+        CITIZEN_CLIENT_ID,
+        ScopeSet.parse(CITIZEN_SCOPE),
+        f"health-book-session:{session_id[:16]}",
     )
 
 

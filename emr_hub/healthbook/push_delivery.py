@@ -56,7 +56,7 @@ from emr_hub.security.audit import log as audit_log
 from emr_hub.security.audit.events import EventFacts, PatientEntity, outcome_of, rest_event
 from emr_hub.security.audit.trail import AuditTrail
 from emr_hub.security.keys import signing_key
-from emr_hub.security.principal import CITIZEN, Principal
+from emr_hub.security.principal import Principal
 from emr_hub.security.scopes import ScopeSet
 from storage.db import Database, after_commit
 from storage.tables import WalletPush
@@ -74,9 +74,7 @@ _keys_loaded: WeakSet[Database] = WeakSet()
 
 def push_principal(person: str, push_id: str) -> Principal:
     """The citizen as the push reads her record: her own view, named as the hub's push."""
-    return Principal(
-        PUSH_CLIENT, None, PUSH_SCOPES, f"wallet-push:{push_id}", kind=CITIZEN, person=person
-    )
+    return Principal.citizen(person, PUSH_CLIENT, PUSH_SCOPES, f"wallet-push:{push_id}")
 
 
 def install() -> None:

@@ -73,6 +73,20 @@ class Principal:
     trail: AuditTrail | None = field(default=None, compare=False, repr=False)
     """What the request touched, for its audit record (None outside an HTTP request)."""
 
+    @classmethod
+    def citizen(
+        cls,
+        person: str,
+        client_id: str,
+        scopes: ScopeSet,
+        token_id: str,
+        *,
+        trail: AuditTrail | None = None,
+    ) -> Principal:
+        """A citizen reading her own record as ``client_id`` (her token, her health book's
+        session, a health link, the wallet push): no hospital, her person key."""
+        return cls(client_id, None, scopes, token_id, kind=CITIZEN, person=person, trail=trail)
+
     @property
     def is_operator(self) -> bool:
         return self.kind == OPERATOR_ROLE

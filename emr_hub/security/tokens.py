@@ -188,14 +188,7 @@ def _citizen(claims: dict[str, Any], scopes: ScopeSet, token_id: str) -> Princip
         or scopes.contexts != {"patient"}
     ):
         raise _invalid()
-    return Principal(
-        client_id=CITIZEN_CLIENT_ID,
-        organization=None,
-        scopes=scopes,
-        token_id=token_id,
-        kind=CITIZEN,
-        person=person,
-    )
+    return Principal.citizen(person, CITIZEN_CLIENT_ID, scopes, token_id)
 
 
 def _client_principal(

@@ -147,7 +147,7 @@ class Exporter:
                             base_url=self.hub.settings.fhir_base_url,
                             postgres=self.postgres,
                         )
-                    params = self._params(store.access.params() if store.access else {})
+                    params = self._params(store.access_params())
                     rows, last = scan.batch(session, phase, after, self.limit, params)
                     if rows and self.hub.settings.audit_enabled:
                         ids = [row.resource_id for row in rows]

@@ -314,8 +314,8 @@ class FhirStore:
                     "load_ids": ids[start : start + 500],
                     "load_since": since,
                 }
-                if policed and self.access is not None:
-                    params.update(self.access.params())
+                if policed:
+                    params.update(self.access_params())
                 rows = statement.all(self.session, params)
                 for rid, version, updated, content, owner, members in rows:
                     found[(resource_type, rid)] = Stored(

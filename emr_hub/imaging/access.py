@@ -29,8 +29,7 @@ def visible_studies(store: FhirStore) -> tuple[ColumnElement[bool], dict[str, An
         resource.c.deleted.is_(False),
         visible if visible is not None else true(),
     )
-    params = store.access.params() if store.access is not None else {}
-    return condition, params
+    return condition, store.access_params()
 
 
 def readable_study(store: FhirStore, principal: Principal, study_uid: str) -> DicomStudy:

@@ -13,13 +13,14 @@ from sqlalchemy.exc import StatementError
 from emr_hub.fhir.search.compile import SEARCHED
 from emr_hub.hub import Hub
 from emr_hub.security.access import PolicyAccess, hospital_access, process_policy
+from emr_hub.security.principal import Principal
 from tests.security.policy_world import citizen_principal, hospital_principal
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def _access(principal: object) -> PolicyAccess:
-    return PolicyAccess(process_policy(), principal, NOW)  # type: ignore[arg-type]
+def _access(principal: Principal) -> PolicyAccess:
+    return PolicyAccess(process_policy(), principal, NOW)
 
 
 def test_the_condition_on_the_searched_alias_is_one_object_per_kind_of_reader() -> None:

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from emr_hub.security.principal import Principal
 
 MAX_INCLUDED = 1000
-_MEMBERS = members_of(SEARCHED.c.resource_type, SEARCHED.c.id)
 ITERATE_DEPTH = 3
+_MEMBERS = members_of(SEARCHED.c.resource_type, SEARCHED.c.id)
+"""The patients of each match, for the audit record: built once, on the shared alias."""
 
 
 @dataclass

@@ -175,7 +175,11 @@ def model_class(resource_type: str) -> type[Any] | None:
     return cls if isinstance(cls, type) and issubclass(cls, Resource) else None
 
 
-R4_RESOURCE_TYPES = frozenset(t for t in _R4_TYPES_IN_R4B if model_class(t) is not None)
+# Named, not probed: importing all 128 models builds their pydantic schemas, about 3 s of CPU
+# that every process (each CLI command, each worker) would pay at start. A model is imported
+# when a resource of its type is first validated; tests/fhir/test_validation.py checks that
+# each type named here has one.
+R4_RESOURCE_TYPES = frozenset(_R4_TYPES_IN_R4B)
 
 
 def is_resource_type(name: str) -> bool:

@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 
 from emr_hub.errors import FhirError
 from emr_hub.fhir.identifiers import INSURANCE, cccd_birth_year, cccd_problem, identifier_problem
-from emr_hub.fhir.validation import R4_RESOURCE_TYPES, is_resource_type, validate_resource
+from emr_hub.fhir.validation import (
+    R4_RESOURCE_TYPES,
+    is_resource_type,
+    model_class,
+    validate_resource,
+)
 
 
 def test_r4_types_are_the_r4_list_minus_what_r4b_dropped() -> None:
@@ -23,6 +28,13 @@ def test_r4_types_are_the_r4_list_minus_what_r4b_dropped() -> None:
     } <= R4_RESOURCE_TYPES
     for not_r4 in ("Resource", "DomainResource", "SubscriptionTopic", "Citation", "patient", ""):
         assert not is_resource_type(not_r4)
+
+
+def test_every_named_type_has_its_model() -> None:
+    """The type list is written out, not probed at import (which would load every model):
+    each name in it must still be a resource model of fhir.resources."""
+    assert [t for t in sorted(R4_RESOURCE_TYPES) if model_class(t) is None] == []
+    assert model_class("Nope") is None
 
 
 @pytest.mark.parametrize(

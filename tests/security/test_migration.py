@@ -25,8 +25,8 @@ from storage.migrate import alembic_config, upgrade
 from tests.conftest import make_settings
 
 
-def test_models_and_database_agree(database_url: str) -> None:
-    db = Database(database_url)
+def test_models_and_database_agree(empty_database_url: str) -> None:
+    db = Database(empty_database_url)
     try:
         upgrade(db.engine)
         with db.engine.connect() as conn:
@@ -36,13 +36,13 @@ def test_models_and_database_agree(database_url: str) -> None:
         db.dispose()
 
 
-def test_upgrade_from_0006_keeps_keys_and_clients(tmp_path: Path, database_url: str) -> None:
-    db = Database(database_url)
+def test_upgrade_from_0006_keeps_keys_and_clients(tmp_path: Path, empty_database_url: str) -> None:
+    db = Database(empty_database_url)
     legacy = ECKey.generate_key("P-256")
     kid = legacy.thumbprint()
     try:
         with db.engine.begin() as conn:
-            config = alembic_config(database_url)
+            config = alembic_config(empty_database_url)
             config.attributes["connection"] = conn
             command.upgrade(config, "0006")
         with db.engine.begin() as conn:  # what the code of revision 0006 wrote
@@ -74,7 +74,7 @@ def test_upgrade_from_0006_keeps_keys_and_clients(tmp_path: Path, database_url: 
     finally:
         db.dispose()
 
-    hub = Hub.from_settings(make_settings(tmp_path, database_url), migrate=True)
+    hub = Hub.from_settings(make_settings(tmp_path, empty_database_url), migrate=True)
     try:
         assert verification_key(hub, kid) is not None  # verifies before sealing
         assert signing_key(hub).kid == kid  # the old key signs on, now sealed

@@ -140,15 +140,15 @@ def test_versions_stay_in_order_across_a_receiver_outage_and_a_killed_worker(
 
 
 def test_notifications_owed_before_the_upgrade_join_their_sequence(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, empty_database_url: str
 ) -> None:
     """Revision 0008 gives the notifications still owed their sequence from the payload;
     delivered ones stay history."""
-    db = Database(database_url)
+    db = Database(empty_database_url)
     now = datetime.now(UTC)
     try:
         with db.engine.begin() as conn:
-            config = alembic_config(database_url)
+            config = alembic_config(empty_database_url)
             config.attributes["connection"] = conn
             command.upgrade(config, "0007")
         with db.engine.begin() as conn:  # what the code of revision 0007 wrote
@@ -171,7 +171,7 @@ def test_notifications_owed_before_the_upgrade_join_their_sequence(
     finally:
         db.dispose()
 
-    hub = Hub.from_settings(make_settings(tmp_path, database_url), migrate=True)
+    hub = Hub.from_settings(make_settings(tmp_path, empty_database_url), migrate=True)
     try:
         with hub.db.transaction() as session:
             notify(session, "s", "Task/t", 3)

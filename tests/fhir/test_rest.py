@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -454,6 +457,40 @@ def test_search_paging_survives_writes_between_pages(api: Api, sort: str | None)
     assert writes >= 3
     assert len(seen) == len(set(seen))  # nothing repeated
     assert before <= set(seen)  # nothing that was there all along skipped
+
+
+def test_a_tampered_cursor_is_a_400_at_every_place_of_it(api: Api) -> None:
+    """The next link's cursor is the client's to send back, so anything can come: each of its
+    values replaced by the wrong kind, a text no decimal reads, an exponent past what a
+    decimal holds, or an unreadable date is a 400 naming ``_cursor``, never a 500 (null is a
+    value a cursor may hold, so it is not among them)."""
+    for year in (1990, 1991, 1992):
+        ident = [{"system": "urn:cursor", "value": "v"}]
+        create(api, patient(identifier=ident, birthDate=f"{year}-01-01"))
+    params = {"identifier": "urn:cursor|v", "_count": "1", "_sort": "birthdate"}
+    first = api.get("/Patient", params=params).json()
+    nxt = next(x["url"] for x in first["link"] if x["relation"] == "next")
+    cursor = parse_qs(urlsplit(nxt).query)["_cursor"][0]
+    values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    assert len(values) == 3 and "dt" in values[0]  # the birth date, the type, the id
+    hostile = [
+        {"dec": "abc"},
+        {"dec": "NaN"},
+        {"dec": "0E1000000000000000000"},
+        {"dt": "never"},
+        {"dt": 5},
+        "text",
+        [1],
+    ]
+    for place in range(len(values)):
+        for value in hostile:
+            if isinstance(value, str) and isinstance(values[place], str):
+                continue  # a text where a text goes is a cursor that pages on from elsewhere
+            forged = [*values[:place], value, *values[place + 1 :]]
+            text = base64.urlsafe_b64encode(json.dumps(forged).encode()).decode().rstrip("=")
+            response = api.get("/Patient", params={**params, "_cursor": text})
+            assert response.status_code == 400, (place, value, response.text)
+            assert outcome_issue(response)["expression"] == ["_cursor"]
 
 
 def test_ids_dot_and_dot_dot_are_refused_everywhere_an_id_is_named(api: Api) -> None:

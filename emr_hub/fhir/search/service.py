@@ -23,7 +23,13 @@ from emr_hub.errors import bad_request
 from emr_hub.fhir.read_sql import members_of
 from emr_hub.fhir.search.compile import SEARCHED, Compiler
 from emr_hub.fhir.search.indexer import REFERENCE
-from emr_hub.fhir.search.params import ANY_TYPE, Include, SearchRequest, require_search_scopes
+from emr_hub.fhir.search.params import (
+    ANY_TYPE,
+    Include,
+    SearchRequest,
+    SortKey,
+    require_search_scopes,
+)
 from emr_hub.fhir.search.registry import params_for
 from emr_hub.fhir.store import FhirStore, Stored
 from storage.db import as_utc
@@ -78,7 +84,8 @@ def run_search(
     keys += [(resource.c.resource_type, False), (resource.c.id, False)]
     page_where = list(where)
     if request.cursor:
-        page_where.append(_after(keys, _decode_cursor(request.cursor, len(keys))))
+        kinds = [*(_cursor_kind(k) for k in request.sort), str, str]
+        page_where.append(_after(keys, _decode_cursor(request.cursor, kinds)))
     order = [
         item
         for expr, desc in keys
@@ -154,7 +161,20 @@ def _encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(text: str, size: int) -> list[Any]:
+def _cursor_kind(key: SortKey) -> type:
+    """The Python type of a sort key's value: what a cursor must hold at its place."""
+    if key.param.code == "_lastUpdated" or key.param.type == "date":
+        return datetime
+    if key.param.type in ("number", "quantity"):
+        return Decimal
+    return str
+
+
+def _decode_cursor(text: str, kinds: list[type]) -> list[Any]:
+    """The values of a cursor this hub made, each of the kind its sort key holds (or null).
+    The client sends the cursor back and may have changed it: a value of another kind would
+    reach the database as a wrong-typed parameter, so it is refused here."""
+
     def untag(value: Any) -> Any:
         if isinstance(value, dict) and "dt" in value:
             return datetime.fromisoformat(value["dt"])
@@ -164,10 +184,15 @@ def _decode_cursor(text: str, size: int) -> list[Any]:
 
     try:
         values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        if not isinstance(values, list) or len(values) != size:
+        if not isinstance(values, list) or len(values) != len(kinds):
             raise ValueError("wrong shape")
-        return [untag(value) for value in values]
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+        decoded = [untag(value) for value in values]
+        if any(v is not None and not isinstance(v, k) for v, k in zip(decoded, kinds, strict=True)):
+            raise ValueError("a value of the wrong kind")
+        if any(isinstance(v, Decimal) and v.is_nan() for v in decoded):  # (open ends: ±Infinity)
+            raise ValueError("not a number")
+        return decoded
+    except (ValueError, TypeError, ArithmeticError, orjson.JSONDecodeError):
         raise bad_request(
             "Malformed or outdated _cursor; start the search again", "_cursor"
         ) from None

@@ -40,7 +40,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Context, Decimal
+from decimal import Context, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
@@ -771,17 +771,20 @@ def _decimal(value: Any) -> Decimal | None:
     digits past a float's precision included."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        number = Decimal(value)
-    elif isinstance(value, DecimalText):
-        number = Decimal(value.text)
-    elif isinstance(value, float):
-        number = Decimal(repr(value))  # the shortest text that reads back as this float
-    elif isinstance(value, Decimal):
-        number = value
-    elif isinstance(value, str) and _NUMBER.fullmatch(value):
-        number = Decimal(value)
-    else:
+    try:
+        if isinstance(value, int):
+            number = Decimal(value)
+        elif isinstance(value, DecimalText):
+            number = Decimal(value.text)
+        elif isinstance(value, float):
+            number = Decimal(repr(value))  # the shortest text that reads back as this float
+        elif isinstance(value, Decimal):
+            number = value
+        elif isinstance(value, str) and _NUMBER.fullmatch(value):
+            number = Decimal(value)
+        else:
+            return None
+    except InvalidOperation:  # an exponent past what Decimal holds at all (0E1000000000000000000)
         return None
     if not number.is_finite():
         return None

@@ -91,14 +91,10 @@ def client(oidc_hub: Hub) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def dev_hub(hub: Hub) -> Hub:
-    load_demo(hub)
-    return hub
-
-
-@pytest.fixture
-def dev_client(dev_hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(dev_hub)) as test_client:
+def dev_client(demo_hub: Hub) -> Iterator[TestClient]:
+    """The health-book conftest's ``client`` (the demo network's app), under another name:
+    this module's ``client`` signs in through the OpenID provider."""
+    with TestClient(create_app(demo_hub)) as test_client:
         yield test_client
 
 
@@ -284,11 +280,11 @@ def test_the_cookie_is_secure_outside_loopback(tmp_path: Path, database_url: str
 
 
 # ------------------------------------------------------------------ CSRF and logout
-def test_every_form_needs_its_csrf_token(dev_hub: Hub, dev_client: TestClient) -> None:
+def test_every_form_needs_its_csrf_token(demo_hub: Hub, dev_client: TestClient) -> None:
     refused = dev_client.post("/health-book/dev-sign-in", data={"cccd": LAN.cccd})
     assert refused.status_code == 403 and SESSION_COOKIE not in dev_client.cookies
     token = csrf_of(dev_client.get("/health-book").text)
-    with TestClient(create_app(dev_hub)) as other_browser:  # a token from another browser
+    with TestClient(create_app(demo_hub)) as other_browser:  # a token from another browser
         other_browser.get("/health-book")
         refused = other_browser.post(
             "/health-book/dev-sign-in", data={"csrf_token": token, "cccd": LAN.cccd}
@@ -304,7 +300,7 @@ def test_every_form_needs_its_csrf_token(dev_hub: Hub, dev_client: TestClient) -
         assert dev_client.post("/health-book/logout", data=bad).status_code == 403
         withdraw = {"consent": "anything", **bad}
         assert dev_client.post("/health-book/sharing/withdraw", data=withdraw).status_code == 403
-    lan = citizen(dev_hub, dev_client, LAN.cccd)
+    lan = citizen(demo_hub, dev_client, LAN.cccd)
     assert lan.get("/Consent").json().get("total") == 0  # nothing was written
     assert signed_in_as(book(dev_client)) == LAN_NAME  # and she is still signed in
     assert good == csrf_of(book(dev_client))
@@ -317,10 +313,10 @@ def copied_session(hub: Hub, value: str) -> TestClient:
     return other
 
 
-def test_logout_revokes_the_session_on_the_server(dev_hub: Hub, dev_client: TestClient) -> None:
+def test_logout_revokes_the_session_on_the_server(demo_hub: Hub, dev_client: TestClient) -> None:
     dev_sign_in(dev_client, LAN.cccd)
     kept = dev_client.cookies[SESSION_COOKIE]
-    with copied_session(dev_hub, kept) as copy:
+    with copied_session(demo_hub, kept) as copy:
         assert signed_in_as(book(copy)) == LAN_NAME  # the copy works while the session lasts
     page = book(dev_client)
     out = dev_client.post(
@@ -329,36 +325,36 @@ def test_logout_revokes_the_session_on_the_server(dev_hub: Hub, dev_client: Test
     assert out.status_code == 303
     assert cookie_attributes(out, SESSION_COOKIE)["max-age"] == "0"
     assert signed_in_as(dev_client.get("/health-book").text) is None
-    with dev_hub.db.snapshot() as session:
+    with demo_hub.db.snapshot() as session:
         revoked = [row.revoked_at for row in session.scalars(select(CitizenSession))]
     assert len(revoked) == 1 and revoked[0] is not None
 
-    with copied_session(dev_hub, kept) as copy:  # and opens nothing once she logged out
+    with copied_session(demo_hub, kept) as copy:  # and opens nothing once she logged out
         assert signed_in_as(copy.get("/health-book").text) is None
         assert copy.get("/health-book/card.smart-health-card").status_code == 401
 
 
-def test_a_tampered_cookie_opens_nothing(dev_hub: Hub, dev_client: TestClient) -> None:
+def test_a_tampered_cookie_opens_nothing(demo_hub: Hub, dev_client: TestClient) -> None:
     dev_sign_in(dev_client, LAN.cccd)
     value = dev_client.cookies[SESSION_COOKIE]
     payload, _, signature = value.rpartition(".")
     # The first character: all its bits count (the last one's lowest bits are padding).
     flipped = ("B" if signature[0] != "B" else "C") + signature[1:]
     for tampered in (f"{payload}.{flipped}", value.replace(value[:4], "AAAA", 1)):
-        with copied_session(dev_hub, tampered) as copy:
+        with copied_session(demo_hub, tampered) as copy:
             assert signed_in_as(copy.get("/health-book").text) is None
 
 
-def test_an_expired_session_opens_nothing(dev_hub: Hub, dev_client: TestClient) -> None:
+def test_an_expired_session_opens_nothing(demo_hub: Hub, dev_client: TestClient) -> None:
     person = person_of_cccd(LAN.cccd)
     for hours_ago, opens in ((1, True), (9, False)):  # sessions last 8 hours
         secret = open_session(
-            dev_hub, person, DEVELOPMENT, now=datetime.now(UTC) - timedelta(hours=hours_ago)
+            demo_hub, person, DEVELOPMENT, now=datetime.now(UTC) - timedelta(hours=hours_ago)
         )
         carrier = Response()
-        set_session_cookie(carrier, dev_hub, secret)
+        set_session_cookie(carrier, demo_hub, secret)
         value = cookie_attributes(carrier, SESSION_COOKIE)["value"]
-        with copied_session(dev_hub, value) as browser:
+        with copied_session(demo_hub, value) as browser:
             assert (signed_in_as(browser.get("/health-book").text) == LAN_NAME) is opens
 
 
@@ -513,7 +509,7 @@ def card_payload(jws: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ share with a doctor
 def test_a_link_for_a_doctor_is_made_shown_once_and_revoked(
-    dev_hub: Hub, dev_client: TestClient
+    demo_hub: Hub, dev_client: TestClient
 ) -> None:
     dev_sign_in(dev_client, LAN.cccd)
     token = csrf_of(book(dev_client))
@@ -547,7 +543,7 @@ def test_a_link_for_a_doctor_is_made_shown_once_and_revoked(
     listed = re.findall(r'data-link="([0-9a-f-]{36})"', page)
     assert len(listed) == 1 and "Phòng khám Hà Đông" in page
     assert page.count(payload["key"]) == 0 and encoded not in page  # shown once, never again
-    with TestClient(create_app(dev_hub)) as toan_browser:
+    with TestClient(create_app(demo_hub)) as toan_browser:
         dev_sign_in(toan_browser, TOAN.cccd)
         toan_token = csrf_of(book(toan_browser))
         refused = toan_browser.post(
@@ -618,9 +614,9 @@ def test_the_id_token_is_checked_for_nonce_audience_and_issuer(tmp_path: Path, i
 
 
 def test_a_citizen_registered_by_two_hospitals_picks_either_record(
-    dev_hub: Hub, dev_client: TestClient
+    demo_hub: Hub, dev_client: TestClient
 ) -> None:
-    bach_mai = hospital(dev_hub, dev_client, "bach-mai")
+    bach_mai = hospital(demo_hub, dev_client, "bach-mai")
     second = {
         "resourceType": "Patient",
         "identifier": [{"system": "http://fhir.hl7.org.vn/core/sid/cccd", "value": LAN.cccd}],

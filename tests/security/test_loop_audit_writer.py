@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from emr_hub.fhir.unstorable import without_nul
 from emr_hub.hub import Hub
 from emr_hub.security.audit import writer as writer_module
 from emr_hub.security.audit.log import EVENT, verify
@@ -129,3 +130,38 @@ def test_no_writer_on_sqlite(tmp_path: Path) -> None:
         assert LoopAuditWriter.on(AsyncConnections.for_database(instance.db)) is None
     finally:
         instance.close()
+
+
+def test_the_database_hashes_every_text_as_the_verifier_does(hub: Hub) -> None:
+    """The chain's hashes of the PostgreSQL writers are made in the database (migration 0017)
+    over the canonical JSON text the hub made; ``verify`` recomputes them in Python. Texts
+    whose bytes differ from their characters (Vietnamese, an emoji), JSON escapes (quotes,
+    backslashes, control characters) and a NUL from a hostile URL must hash the same there,
+    on both writers (the event loop's and the threads' group commit), in runs of any length."""
+    texts = ["Nguyễn Thị Lan", 'a "quoted" \\ path', "tab\there\nline", "🩺", "nul\x00byte"]
+    events = [event(text) for text in texts]
+    for number, given in enumerate(events):
+        given["entity"].append(
+            {
+                "what": {"reference": f"Patient/p{number}"},
+                "type": {"code": "1"},
+                "role": {"code": "1"},
+                "detail": [{"type": "cccd-person", "valueString": texts[number]}],
+            }
+        )
+
+    async def run() -> None:
+        async with loop_writer(hub) as writer:
+            await writer.write(events[:1])
+            await writer.write(events[1:3])
+
+    asyncio.run(run())
+    hub.audit_writer.submit(events[3:]).result(timeout=30)
+    result = verify(hub.db)
+    assert result.intact and result.checked == len(events), result
+    with hub.db.snapshot() as session:
+        stored = session.execute(select(EVENT.c.content).order_by(EVENT.c.seq)).scalars().all()
+    assert [s["entity"][0]["what"]["identifier"]["value"] for s in stored] == [
+        without_nul(text)
+        for text in texts  # a NUL is stored as U+FFFD, the rest as given
+    ]

@@ -24,8 +24,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import bindparam, insert, literal_column, select, update
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.fhir.unstorable import NUL_ESCAPE, without_nul
@@ -69,26 +68,29 @@ class _Links:
     patients: list[dict[str, Any]] = field(default_factory=list)
     entities: list[dict[str, Any]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
-    bodies: list[str] = field(default_factory=list)
-    """The canonical JSON each record's hash covers (what the driver path stores)."""
     last_seq: int = 0
     last_hash: str = GENESIS
 
 
+def _storable(event: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The event as stored and the canonical JSON its hash covers."""
+    body = canonical(event)
+    if NUL_ESCAPE in body:  # a hostile URL's text, kept readable and storable
+        event = without_nul(event)
+        body = canonical(event)
+    return event, body
+
+
 def _link(events: list[dict[str, Any]], last_seq: int, last_hash: str) -> _Links:
     links = _Links()
-    for event in events:
-        body = canonical(event)
-        if NUL_ESCAPE in body:  # a hostile URL's text, kept readable and storable
-            event = without_nul(event)
-            body = canonical(event)
+    for given in events:
+        event, body = _storable(given)
         last_seq += 1
         digest = _chain_hash(last_seq, last_hash, body)
         links.events.append(
             {"seq": last_seq, **columns_of(event), "content": event, "prev_hash": last_hash}
             | {"hash": digest}
         )
-        links.bodies.append(body.decode())
         links.patients += [
             {"audit_seq": last_seq, "patient_id": p, "person": person, "types": types}
             for p, person, types in patients_of(event)
@@ -126,43 +128,12 @@ def append(session: Session, events: list[dict[str, Any]]) -> list[int]:
     return links.positions
 
 
-def _driver_sql(statement: Any) -> str:
-    """``statement`` as psycopg SQL (named parameters; constants rendered in)."""
-    return str(statement.compile(dialect=_PG, compile_kwargs={"render_postcompile": True}))
-
-
-_PG = psycopg_dialect.dialect()
-_EVENT_INSERT = _driver_sql(insert(EVENT))
-
-
-def _insert_without_key(table: Any) -> Any:
-    """An INSERT of every column but the table's own sequence (the database numbers it)."""
-    return (
-        insert(table)
-        .inline()
-        .values({c.name: bindparam(c.name) for c in table.c if c.name != "seq"})
-    )
-
-
-_PATIENT_INSERT = _driver_sql(_insert_without_key(PATIENT))
-_ENTITY_INSERT = _driver_sql(_insert_without_key(ENTITY))
-_HEAD_LOCK = _driver_sql(
-    select(HEAD.c.last_seq, HEAD.c.last_hash)
-    .where(HEAD.c.id == literal_column("1"))
-    .with_for_update()
-)
-_HEAD_MOVE = _driver_sql(
-    update(HEAD)
-    .where(HEAD.c.id == literal_column("1"))
-    .values(last_seq=bindparam("last_seq"), last_hash=bindparam("last_hash"))
-)
+_APPEND = "SELECT emr_hub_audit_append(%s)"
 
 
 def append_committed(db: Database, events: list[dict[str, Any]]) -> list[int]:
     """Append ``events`` in a transaction of their own and commit it (the group writer's
-    path). On PostgreSQL it runs on the driver in pipeline mode: two round trips (the head's
-    lock and read; the rows, the head's move and the commit) instead of one per statement,
-    and the content goes in as the canonical text already made for its hash."""
+    path). On PostgreSQL it is one statement on the driver (:func:`_batch`), in autocommit."""
     if db.dialect != "postgresql":
         with db.transaction() as session:
             return append(session, events)
@@ -172,14 +143,11 @@ def append_committed(db: Database, events: list[dict[str, Any]]) -> list[int]:
     try:
         conn = raw.driver_connection
         assert conn is not None
-        with conn.pipeline(), conn.cursor() as cursor:
-            cursor.execute(_HEAD_LOCK)
-            last_seq, last_hash = cursor.fetchone()  # type: ignore[misc]
-            links = _link(events, last_seq, last_hash)
-            for sql, rows in _driver_writes(links):
-                cursor.executemany(sql, rows)
-            conn.commit()
-        return links.positions
+        with conn.cursor() as cursor:
+            cursor.execute(_APPEND, (_batch(events),))
+            (first,) = cursor.fetchone()  # type: ignore[misc]
+        conn.commit()
+        return list(range(first, first + len(events)))
     except psycopg.Error as error:
         if db.engine.dialect.is_disconnect(error, raw.driver_connection, None):
             raw.invalidate(error)  # a lost connection never goes back to the pool
@@ -191,31 +159,34 @@ def append_committed(db: Database, events: list[dict[str, Any]]) -> list[int]:
 async def append_on(
     connection: psycopg.AsyncConnection[Any], events: list[dict[str, Any]]
 ) -> list[int]:
-    """Append ``events`` in a transaction of their own on ``connection``, an asyncio psycopg
-    connection in autocommit (the event-loop group writer's path), and commit it: the same
-    statements as :func:`append_committed`, pipelined into the same two round trips."""
+    """Append ``events`` on ``connection``, an asyncio psycopg connection in autocommit (the
+    event-loop group writer's path): one statement, committed when it returns."""
     if not events:
         return []
-    async with connection.pipeline(), connection.transaction(), connection.cursor() as cursor:
-        await cursor.execute(_HEAD_LOCK)
-        last_seq, last_hash = await cursor.fetchone()  # type: ignore[misc]
-        links = _link(events, last_seq, last_hash)
-        for sql, rows in _driver_writes(links):
-            await cursor.executemany(sql, rows)
-    return links.positions
+    cursor = await connection.execute(_APPEND, (_batch(events),))
+    (first,) = await cursor.fetchone()  # type: ignore[misc]
+    return list(range(first, first + len(events)))
 
 
-def _driver_writes(links: _Links) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """The statements (driver SQL, rows) that store ``links`` and move the chain's head; the
-    content goes in as the canonical text its hash was computed over."""
-    for row, body in zip(links.events, links.bodies, strict=True):
-        row["content"] = body
-    yield _EVENT_INSERT, links.events
-    if links.patients:
-        yield _PATIENT_INSERT, links.patients
-    if links.entities:
-        yield _ENTITY_INSERT, links.entities
-    yield _HEAD_MOVE, [{"last_seq": links.last_seq, "last_hash": links.last_hash}]
+def _batch(events: list[dict[str, Any]]) -> str:
+    """The argument of the database's ``emr_hub_audit_append`` (migration 0017): each record's
+    columns and canonical JSON text, which the function numbers and hashes after the chain's
+    head as :func:`link_hash` does, and the patient and resource rows by their record's place
+    (``at``) in the run."""
+    records: list[dict[str, Any]] = []
+    patients: list[dict[str, Any]] = []
+    entities: list[dict[str, Any]] = []
+    for at, given in enumerate(events):
+        event, body = _storable(given)
+        records.append(columns_of(event) | {"content": body.decode()})
+        patients += [
+            {"at": at, "patient_id": p, "person": person, "types": types}
+            for p, person, types in patients_of(event)
+        ]
+        entities += [
+            {"at": at, "resource_type": t, "resource_id": i} for t, i in entities_of(event)
+        ]
+    return orjson.dumps({"events": records, "patients": patients, "entities": entities}).decode()
 
 
 # ------------------------------------------------------------- derived columns

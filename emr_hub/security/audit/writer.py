@@ -13,9 +13,9 @@ handed over and waited for without leaving the loop, where a thread writer cost 
 thread and a wake-up back per request, about a third of a read's CPU when measured. Code that
 runs in a worker thread (and every app on SQLite) uses :class:`AuditWriter`, a thread of its
 own. Both append a batch as :mod:`emr_hub.security.audit.log` does (on PostgreSQL one call of
-the database's ``emr_hub_audit_append``, one round trip). Successful writes put their record in their own transaction instead
-(:func:`emr_hub.security.audit.log.append` just before the commit), so a write and its audit
-record commit together or not at all.
+the database's ``emr_hub_audit_append``, one round trip). Successful writes put their record
+in their own transaction instead (:func:`emr_hub.security.audit.log.append` just before the
+commit), so a write and its audit record commit together or not at all.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import insert, select, update
+from sqlalchemy import JSON, Text, bindparam, cast, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from emr_hub.fhir.unstorable import NUL_ESCAPE, without_nul
@@ -107,12 +107,15 @@ def _link(events: list[dict[str, Any]], last_seq: int, last_hash: str) -> _Links
 
 def append(session: Session, events: list[dict[str, Any]]) -> list[int]:
     """Append ``events`` (AuditEvent resources) to the chain in the session's transaction;
-    returns their positions. Takes the chain's lock until the transaction ends."""
+    returns their positions. Takes the chain's lock until the transaction ends: on PostgreSQL
+    in the database's ``emr_hub_audit_append`` (:func:`_batch`), one round trip; on SQLite,
+    whose write lock serialises appenders, here."""
     if not events:
         return []
-    head = select(HEAD.c.last_seq, HEAD.c.last_hash).where(HEAD.c.id == 1)
     if session.get_bind().dialect.name == "postgresql":
-        head = head.with_for_update()
+        first = session.execute(_APPEND_IN_SESSION, {"batch": _batch(events)}).scalar_one()
+        return list(range(first, first + len(events)))
+    head = select(HEAD.c.last_seq, HEAD.c.last_hash).where(HEAD.c.id == 1)
     last_seq, last_hash = session.execute(head).one()
     links = _link(events, last_seq, last_hash)
     session.execute(insert(EVENT), links.events)
@@ -129,6 +132,7 @@ def append(session: Session, events: list[dict[str, Any]]) -> list[int]:
 
 
 _APPEND = "SELECT emr_hub_audit_append(%s)"
+_APPEND_IN_SESSION = select(func.emr_hub_audit_append(cast(bindparam("batch", type_=Text), JSON)))
 
 
 def append_committed(db: Database, events: list[dict[str, Any]]) -> list[int]:

@@ -23,12 +23,9 @@ more cards with the old key from memory; those verify too.
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from joserfc.jwk import ECKey
 from sqlalchemy import select
@@ -42,8 +39,9 @@ from emr_hub.security.keys import (
     lock_key_changes,
     new_sealed_key,
 )
+from emr_hub.security.refreshed import PerDatabase, Refreshed
 from emr_hub.security.sealing import key_encryption_key, unseal
-from storage.db import Database, as_utc
+from storage.db import as_utc
 from storage.tables import HealthCardKey
 
 if TYPE_CHECKING:
@@ -72,18 +70,15 @@ class CardKeyInfo:
 
 @dataclass
 class _Cache:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    signer: ECKey | None = None
-    signer_loaded: float = float("-inf")
-    published: list[dict[str, Any]] = field(default_factory=list)
-    published_loaded: float = float("-inf")
+    signer: Refreshed[ECKey] = field(default_factory=Refreshed)
+    published: Refreshed[list[dict[str, Any]]] = field(default_factory=Refreshed)
 
     def forget(self) -> None:
-        self.signer_loaded = self.published_loaded = float("-inf")
+        self.signer.forget()
+        self.published.forget()
 
 
-_caches: WeakKeyDictionary[Database, _Cache] = WeakKeyDictionary()
-_caches_lock = threading.Lock()
+_caches = PerDatabase(_Cache)
 
 
 def card_signing_key(hub: Hub) -> ECKey:
@@ -91,30 +86,23 @@ def card_signing_key(hub: Hub) -> ECKey:
 
     Raises :class:`~emr_hub.security.sealing.SealingError` when the key-encryption key is
     missing or wrong."""
-    cache = _cache(hub.db)
     refresh = hub.settings.signing_key_refresh_seconds
-    signer = cache.signer
-    if signer is not None and time.monotonic() - cache.signer_loaded < refresh:
-        return signer
-    with cache.lock:
-        if cache.signer is None or time.monotonic() - cache.signer_loaded >= refresh:
-            cache.signer = _load_signer(hub)
-            cache.signer_loaded = time.monotonic()
-        return cache.signer
+    return _caches.of(hub.db).signer.get(refresh, lambda: _load_signer(hub))
 
 
 def card_public_jwks(hub: Hub) -> list[dict[str, Any]]:
     """The public JWKs of every health-card key, rotated ones included, oldest first. Only
     public keys are read, so the key-encryption key is needed only to make the first key."""
-    cache = _cache(hub.db)
-    if time.monotonic() - cache.published_loaded >= hub.settings.signing_key_refresh_seconds:
+
+    def load() -> list[dict[str, Any]]:
         published = _read_published(hub)
         if not published:
             card_signing_key(hub)
             published = _read_published(hub)
-        with cache.lock:
-            cache.published, cache.published_loaded = published, time.monotonic()
-    return list(cache.published)
+        return published
+
+    refresh = hub.settings.signing_key_refresh_seconds
+    return list(_caches.of(hub.db).published.get(refresh, load))
 
 
 def rotate_card_key(hub: Hub) -> tuple[str, datetime]:
@@ -131,7 +119,7 @@ def rotate_card_key(hub: Hub) -> tuple[str, datetime]:
                 unseal(kek, row.kid, row.sealed_private)
         new = _new_row(hub, moment)
         session.add(new)
-    _cache(hub.db).forget()
+    _caches.of(hub.db).forget()
     return new.kid, moment + publication_delay(hub)
 
 
@@ -156,14 +144,6 @@ def list_card_keys(hub: Hub) -> list[CardKeyInfo]:
             )
             for index, row in enumerate(rows)
         ]
-
-
-def _cache(db: Database) -> _Cache:
-    with _caches_lock:
-        cache = _caches.get(db)
-        if cache is None:
-            cache = _caches[db] = _Cache()
-        return cache
 
 
 def _read_published(hub: Hub) -> list[dict[str, Any]]:

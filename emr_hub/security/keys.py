@@ -25,19 +25,17 @@ by a key newer than this process's copy verify immediately.
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from joserfc.jwk import ECKey
 from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from emr_hub.security.refreshed import PerDatabase, Refreshed
 from emr_hub.security.sealing import KeyEncryptionKey, key_encryption_key, seal, unseal
 from storage.db import Database, as_utc
 from storage.tables import SigningKey
@@ -72,14 +70,12 @@ class _Verifier:
 
 @dataclass
 class _KeyRing:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    signing: ECKey | None = None
-    signing_loaded: float = float("-inf")
-    public: dict[str, _Verifier] = field(default_factory=dict)
-    public_loaded: float = float("-inf")
+    signing: Refreshed[ECKey] = field(default_factory=Refreshed)
+    public: Refreshed[dict[str, _Verifier]] = field(default_factory=Refreshed)
 
     def forget(self) -> None:
-        self.signing_loaded = self.public_loaded = float("-inf")
+        self.signing.forget()
+        self.public.forget()
 
 
 @dataclass(frozen=True)
@@ -92,8 +88,7 @@ class KeyInfo:
     retires_at: datetime | None
 
 
-_rings: WeakKeyDictionary[Database, _KeyRing] = WeakKeyDictionary()
-_rings_lock = threading.Lock()
+_rings = PerDatabase(_KeyRing)
 
 
 def signing_key(hub: Hub) -> ECKey:
@@ -102,16 +97,8 @@ def signing_key(hub: Hub) -> ECKey:
     Raises :class:`~emr_hub.security.sealing.SealingError` when the key-encryption key is
     missing or wrong.
     """
-    ring = _ring(hub.db)
     refresh = hub.settings.signing_key_refresh_seconds
-    key = ring.signing
-    if key is not None and time.monotonic() - ring.signing_loaded < refresh:
-        return key
-    with ring.lock:
-        if ring.signing is None or time.monotonic() - ring.signing_loaded >= refresh:
-            ring.signing = _load_signer(hub)
-            ring.signing_loaded = time.monotonic()
-        return ring.signing
+    return _rings.of(hub.db).signing.get(refresh, lambda: _load_signer(hub))
 
 
 def verification_key(hub: Hub, kid: str) -> ECKey | None:
@@ -119,8 +106,8 @@ def verification_key(hub: Hub, kid: str) -> ECKey | None:
     if not _KID.fullmatch(kid):
         return None
     moment = datetime.now(UTC)
-    ring = _fresh_public(hub)
-    verifier = ring.public.get(kid)
+    public = _fresh_public(hub)
+    verifier = public.get(kid)
     if verifier is None:
         # Perhaps a key made since this process last read them (a rotation elsewhere).
         with hub.db.snapshot() as session:
@@ -128,8 +115,7 @@ def verification_key(hub: Hub, kid: str) -> ECKey | None:
             verifier = _verifier(row, moment) if row is not None else None
         if verifier is None:
             return None
-        with ring.lock:
-            ring.public[kid] = verifier
+        public[kid] = verifier  # one item: the readers see it whole, or not yet
     return verifier.key if verifier.valid_at(moment) else None
 
 
@@ -137,12 +123,12 @@ def public_jwks(hub: Hub) -> dict[str, Any]:
     """The JWK Set of every key that verifies tokens now, public members only (the first
     key is made if there is none yet)."""
     moment = datetime.now(UTC)
-    ring = _fresh_public(hub)
-    if not any(verifier.valid_at(moment) for verifier in ring.public.values()):
+    public = _fresh_public(hub)
+    if not any(verifier.valid_at(moment) for verifier in public.values()):
         signing_key(hub)
-        ring.forget()
-        ring = _fresh_public(hub)
-    verifiers = sorted(ring.public.items())
+        _rings.of(hub.db).forget()
+        public = _fresh_public(hub)
+    verifiers = sorted(public.items())
     return {
         "keys": [public_jwk(verifier.key) for _, verifier in verifiers if verifier.valid_at(moment)]
     }
@@ -194,7 +180,7 @@ def rotate_signing_key(hub: Hub, *, now: datetime | None = None) -> tuple[str, d
                 row.retires_at = retires_at
         new = _new_key_row(kek, moment)
         session.add(new)
-    _ring(hub.db).forget()
+    _rings.of(hub.db).forget()
     return new.kid, retires_at
 
 
@@ -226,28 +212,17 @@ def list_keys(hub: Hub) -> list[KeyInfo]:
     return infos
 
 
-def _ring(db: Database) -> _KeyRing:
-    with _rings_lock:
-        ring = _rings.get(db)
-        if ring is None:
-            ring = _rings[db] = _KeyRing()
-        return ring
-
-
-def _fresh_public(hub: Hub) -> _KeyRing:
-    ring = _ring(hub.db)
+def _fresh_public(hub: Hub) -> dict[str, _Verifier]:
+    """The keys that verify tokens, by kid, as this process last read them (in the interval)."""
     refresh = hub.settings.signing_key_refresh_seconds
-    if time.monotonic() - ring.public_loaded < refresh:
-        return ring
-    with ring.lock:
-        if time.monotonic() - ring.public_loaded >= refresh:
-            moment = datetime.now(UTC)
-            with hub.db.snapshot() as session:
-                rows = _active_rows(session)
-                verifiers = {row.kid: _verifier(row, moment) for row in rows}
-            ring.public = {kid: v for kid, v in verifiers.items() if v is not None}
-            ring.public_loaded = time.monotonic()
-    return ring
+    return _rings.of(hub.db).public.get(refresh, lambda: _read_verifiers(hub))
+
+
+def _read_verifiers(hub: Hub) -> dict[str, _Verifier]:
+    moment = datetime.now(UTC)
+    with hub.db.snapshot() as session:
+        verifiers = {row.kid: _verifier(row, moment) for row in _active_rows(session)}
+    return {kid: v for kid, v in verifiers.items() if v is not None}
 
 
 def _load_signer(hub: Hub) -> ECKey:

@@ -61,16 +61,24 @@ def postgres_url_of(name: str) -> str:
     return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
+def create_postgres_database(prefix: str, template: str | None = None) -> str:
+    """A new database named ``prefix`` and a random suffix, empty or a copy of ``template``;
+    the test is skipped (failed under CI) when the server cannot make it."""
+    if not port_open("127.0.0.1", 5432):
+        service_missing("PostgreSQL is not reachable on 127.0.0.1:5432")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copied = f' TEMPLATE "{template}"' if template else ""
+    try:
+        postgres_admin(f'CREATE DATABASE "{name}"{copied}')
+    except Exception as exc:  # noqa: BLE001
+        service_missing(f"cannot create a PostgreSQL test database: {exc}")
+    return name
+
+
 @contextmanager
 def fresh_postgres_database() -> Iterator[str]:
     """Create an empty PostgreSQL database for one test (or module) and drop it afterwards."""
-    if not port_open("127.0.0.1", 5432):
-        service_missing("PostgreSQL is not reachable on 127.0.0.1:5432")
-    name = f"emr_hub_test_{uuid.uuid4().hex[:12]}"
-    try:
-        postgres_admin(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # noqa: BLE001
-        service_missing(f"cannot create a PostgreSQL test database: {exc}")
+    name = create_postgres_database("emr_hub_test")
     try:
         yield postgres_url_of(name)
     finally:
@@ -99,19 +107,15 @@ class MigratedTemplates:
         self._next: Future[str] | None = None
 
     def _copy(self) -> str:
-        name = f"emr_hub_test_{uuid.uuid4().hex[:12]}"
-        postgres_admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.postgres}"')
-        return name
+        return create_postgres_database("emr_hub_test", self.postgres)
 
     @contextmanager
     def postgres_copy(self) -> Iterator[str]:
         """A migrated database of the test's own, dropped after it."""
         self.postgres_template()
         ready, self._next = self._next, None
-        try:
-            name = (ready or self._background.submit(self._copy)).result()
-        except Exception as exc:  # noqa: BLE001
-            service_missing(f"cannot create a PostgreSQL test database: {exc}")
+        # (a copy the server refused skips the test, as a refused database does)
+        name = (ready or self._background.submit(self._copy)).result()
         self._next = self._background.submit(self._copy)
         try:
             yield postgres_url_of(name)
@@ -125,13 +129,7 @@ class MigratedTemplates:
 
             from storage.migrate import upgrade
 
-            if not port_open("127.0.0.1", 5432):
-                service_missing("PostgreSQL is not reachable on 127.0.0.1:5432")
-            name = f"emr_hub_template_{uuid.uuid4().hex[:12]}"
-            try:
-                postgres_admin(f'CREATE DATABASE "{name}"')
-            except Exception as exc:  # noqa: BLE001
-                service_missing(f"cannot create a PostgreSQL test database: {exc}")
+            name = create_postgres_database("emr_hub_template")
             self.postgres = name  # from here on, dropped at the end of the session
             engine = create_engine(postgres_url_of(name))
             try:

@@ -123,12 +123,13 @@ def public_jwks(hub: Hub) -> dict[str, Any]:
     """The JWK Set of every key that verifies tokens now, public members only (the first
     key is made if there is none yet)."""
     moment = datetime.now(UTC)
-    public = _fresh_public(hub)
-    if not any(verifier.valid_at(moment) for verifier in public.values()):
+    # sorted() copies the cached dict in one step: a kid verification_key adds meanwhile
+    # cannot change it under the loop below
+    verifiers = sorted(_fresh_public(hub).items())
+    if not any(verifier.valid_at(moment) for _, verifier in verifiers):
         signing_key(hub)
         _rings.of(hub.db).forget()
-        public = _fresh_public(hub)
-    verifiers = sorted(public.items())
+        verifiers = sorted(_fresh_public(hub).items())
     return {
         "keys": [public_jwk(verifier.key) for _, verifier in verifiers if verifier.valid_at(moment)]
     }
